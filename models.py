@@ -1,0 +1,374 @@
+"""
+The seven backbones of the LUAB paper, hand-written in plain PyTorch, with an optional point head.
+
+- ResNet-18/50/101/152 (torchvision's v1.5: a Bottleneck strides on its 3x3 conv) and ViT-Ti/S/B with patch 16.
+- Parameter names are torchvision's, so a torchvision `resnet50()` or `vit_b_16()` state dict loads with
+  strict=True and gives the same logits. ViT-Ti/S use the same layout; `load_pretrained` also reads DeiT/timm ViTs.
+- LUAB's only addition is `point_head`: a linear layer on the penultimate features that regresses K normalised
+  (x, y) points, origin top-left, x to the right, y down, in [0, 1]^2 of the network input. There is no sigmoid,
+  so predictions may leave the unit square. It is trained next to the classifier and dropped at inference.
+"""
+
+import math
+import os
+import re
+from collections import OrderedDict
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# -----------------------------------------------------------------------------
+# shared tail: classifier + optional point head on the penultimate features
+
+class ImageClassifier(nn.Module):
+    """Subclasses define forward_features (x -> [B, D]), feature_map (x -> [B, D, h, w]) and classifier."""
+
+    is_vit = False
+
+    def _init_point_head(self, dim, num_points):
+        self.num_points = num_points
+        self.point_head = nn.Linear(dim, 2 * num_points) if num_points > 0 else None
+        if self.point_head is not None:
+            nn.init.trunc_normal_(self.point_head.weight, std=0.02)
+            nn.init.zeros_(self.point_head.bias)
+
+    def forward(self, x):
+        """x: [B, 3, H, W] -> logits [B, C], or (logits [B, C], points [B, K, 2]) with a point head."""
+        feats = self.forward_features(x)
+        logits = self.classifier(feats)
+        if self.point_head is None:
+            return logits
+        # One forward returns both outputs, so DDP sees (and syncs) the gradients of both heads.
+        return logits, self.point_head(feats).view(-1, self.num_points, 2)
+
+# -----------------------------------------------------------------------------
+# ResNet
+
+def conv3x3(cin, cout, stride=1):
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+
+def conv1x1(cin, cout, stride=1):
+    return nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = conv1x1(inplanes, planes)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes, stride)  # v1.5: stride here, not in conv1 (+0.5% top-1, torchvision)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = conv1x1(planes, planes * self.expansion)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+def make_stage(block, inplanes, planes, num_blocks, stride):
+    """One `layerN`: the first block changes resolution/width (through `downsample`), the rest keep it."""
+    outplanes = planes * block.expansion
+    downsample = None
+    if stride != 1 or inplanes != outplanes:
+        downsample = nn.Sequential(conv1x1(inplanes, outplanes, stride), nn.BatchNorm2d(outplanes))
+    blocks = [block(inplanes, planes, stride, downsample)]
+    blocks += [block(outplanes, planes) for _ in range(1, num_blocks)]
+    return nn.Sequential(*blocks)
+
+class ResNet(ImageClassifier):
+
+    def __init__(self, block, layers, num_classes=1000, num_points=0):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        widths = [64, 128, 256, 512]
+        inplanes = 64
+        for i, (planes, n) in enumerate(zip(widths, layers)):
+            setattr(self, f"layer{i + 1}", make_stage(block, inplanes, planes, n, stride=1 if i == 0 else 2))
+            inplanes = planes * block.expansion
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(inplanes, num_classes)  # PyTorch's default Linear init, as torchvision
+        self.num_features = inplanes
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        self._init_point_head(inplanes, num_points)
+
+    @property
+    def classifier(self):
+        return self.fc
+
+    def feature_map(self, x):
+        """x: [B, 3, H, W] -> last stage output [B, D, H/32, W/32] (what CAM weighs with fc.weight)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward_features(self, x):
+        """x: [B, 3, H, W] -> globally average-pooled features [B, D]."""
+        return torch.flatten(self.avgpool(self.feature_map(x)), 1)
+
+# -----------------------------------------------------------------------------
+# Vision Transformer
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a residual branch for a whole sample, rescale the survivors (DeiT uses 0.1)."""
+
+    def __init__(self, p=0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+class SelfAttention(nn.Module):
+    """nn.MultiheadAttention's parameter names, with F.scaled_dot_product_attention doing the work."""
+
+    def __init__(self, dim, num_heads):
+        super().__init__()
+        self.num_heads = num_heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))  # rows: q, k, v (same as timm's qkv)
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)      # [B, N, 3D]
+        qkv = qkv.unflatten(-1, (3, self.num_heads, -1)).permute(2, 0, 3, 1, 4)  # [3, B, heads, N, D/heads]
+        y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])   # [B, heads, N, D/heads]
+        return self.out_proj(y.transpose(1, 2).flatten(2))            # [B, N, D]
+
+class EncoderBlock(nn.Module):
+    """Pre-norm transformer block, torchvision names (ln_1, self_attention, ln_2, mlp)."""
+
+    def __init__(self, dim, num_heads, drop_path=0.0):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dim, eps=1e-6)
+        self.self_attention = SelfAttention(dim, num_heads)
+        self.ln_2 = nn.LayerNorm(dim, eps=1e-6)
+        # The no-op Dropouts are kept so the two Linears are mlp.0 and mlp.3, as in torchvision.
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Dropout(0.0),
+                                 nn.Linear(4 * dim, dim), nn.Dropout(0.0))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x):
+        x = x + self.drop_path(self.self_attention(self.ln_1(x)))
+        return x + self.drop_path(self.mlp(self.ln_2(x)))
+
+class Encoder(nn.Module):
+
+    def __init__(self, seq_len, dim, depth, num_heads, drop_path=0.0):
+        super().__init__()
+        self.pos_embedding = nn.Parameter(torch.empty(1, seq_len, dim))
+        rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]  # linear decay 0 -> drop_path, as DeiT
+        self.layers = nn.Sequential(OrderedDict(
+            (f"encoder_layer_{i}", EncoderBlock(dim, num_heads, rates[i])) for i in range(depth)))
+        self.ln = nn.LayerNorm(dim, eps=1e-6)
+
+    def forward(self, x):
+        return self.ln(self.layers(x + self.pos_embedding))
+
+class VisionTransformer(ImageClassifier):
+
+    is_vit = True
+
+    def __init__(self, dim, num_heads, depth=12, num_classes=1000, num_points=0, drop_path=0.0,
+                 img_size=224, patch_size=16):
+        super().__init__()
+        if img_size % patch_size != 0:
+            raise ValueError(f"img_size {img_size} is not a multiple of the patch size {patch_size}")
+        self.patch_size = patch_size
+        self.img_size = img_size
+        self.num_features = dim
+        self.conv_proj = nn.Conv2d(3, dim, patch_size, stride=patch_size)
+        self.class_token = nn.Parameter(torch.empty(1, 1, dim))
+        self.encoder = Encoder((img_size // patch_size) ** 2 + 1, dim, depth, num_heads, drop_path)
+        self.heads = nn.Sequential(OrderedDict(head=nn.Linear(dim, num_classes)))
+        # DeiT's init: trunc-normal(.02) on every Linear (head included; torchvision zeroes its head)
+        # and on the two embeddings. conv_proj gets a truncated LeCun normal, torchvision's choice
+        # (and timm's jax-style init); DeiT itself left PyTorch's default conv init there.
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, SelfAttention):  # raw Parameters, but timm's qkv is a Linear
+                nn.init.trunc_normal_(m.in_proj_weight, std=0.02)
+                nn.init.zeros_(m.in_proj_bias)
+        fan_in = 3 * patch_size * patch_size
+        nn.init.trunc_normal_(self.conv_proj.weight, std=math.sqrt(1.0 / fan_in))
+        nn.init.zeros_(self.conv_proj.bias)
+        nn.init.trunc_normal_(self.class_token, std=0.02)
+        nn.init.trunc_normal_(self.encoder.pos_embedding, std=0.02)
+        self._init_point_head(dim, num_points)
+
+    @property
+    def classifier(self):
+        return self.heads.head
+
+    def tokens(self, x):
+        """x: [B, 3, img_size, img_size] -> all tokens after the final LayerNorm [B, 1 + h*w, D]."""
+        x = self.conv_proj(x).permute(0, 2, 3, 1).flatten(1, 2)  # [B, h*w, D], row-major patches; a view if NHWC
+        x = torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.encoder(x)
+
+    def forward_features(self, x):
+        """x -> the class token after the final LayerNorm [B, D]."""
+        return self.tokens(x)[:, 0]
+
+    def feature_map(self, x):
+        """x -> patch tokens after the final LayerNorm on the patch grid [B, D, H/16, W/16]."""
+        h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
+        return self.tokens(x)[:, 1:].transpose(1, 2).unflatten(2, (h, w))
+
+# -----------------------------------------------------------------------------
+# the seven models
+
+_CONFIGS = {
+    "resnet18": dict(block=BasicBlock, layers=(2, 2, 2, 2)),
+    "resnet50": dict(block=Bottleneck, layers=(3, 4, 6, 3)),
+    "resnet101": dict(block=Bottleneck, layers=(3, 4, 23, 3)),
+    "resnet152": dict(block=Bottleneck, layers=(3, 8, 36, 3)),
+    "vit_tiny": dict(dim=192, num_heads=3),   # DeiT-Ti
+    "vit_small": dict(dim=384, num_heads=6),  # DeiT-S
+    "vit_base": dict(dim=768, num_heads=12),  # ViT-B/16 = DeiT-B
+}
+MODEL_NAMES = tuple(_CONFIGS)
+
+def create_model(name, num_classes=1000, num_points=0, drop_path=0.0, img_size=224):
+    """A backbone by name (MODEL_NAMES); num_points=K > 0 adds the point head. img_size only matters for ViTs."""
+    if name not in _CONFIGS:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+    if name.startswith("vit"):
+        return VisionTransformer(**_CONFIGS[name], num_classes=num_classes, num_points=num_points,
+                                 drop_path=drop_path, img_size=img_size)
+    if drop_path:
+        raise ValueError("drop_path is only implemented for the ViTs")
+    return ResNet(**_CONFIGS[name], num_classes=num_classes, num_points=num_points)
+
+def param_groups(model, weight_decay):
+    """AdamW groups with DeiT's rule: no decay on 1-D params (norms), biases, class_token and pos_embedding.
+    (torchvision's ResNet recipe decays everything: pass model.parameters() to SGD there.)"""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim <= 1 or name.endswith((".bias", "class_token", "pos_embedding"))
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+# -----------------------------------------------------------------------------
+# loading foreign and own checkpoints
+
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
+_LAYER = r"encoder.layers.encoder_layer_\1."
+_VIT_RENAMES = [  # DeiT/timm -> torchvision (recipes.md §2); q/k/v row order already agrees
+    (r"^cls_token$", "class_token"),
+    (r"^pos_embed$", "encoder.pos_embedding"),
+    (r"^patch_embed\.proj\.", "conv_proj."),
+    (r"^blocks\.(\d+)\.norm1\.", _LAYER + "ln_1."),
+    (r"^blocks\.(\d+)\.attn\.qkv\.(weight|bias)$", _LAYER + r"self_attention.in_proj_\2"),
+    (r"^blocks\.(\d+)\.attn\.proj\.", _LAYER + "self_attention.out_proj."),
+    (r"^blocks\.(\d+)\.norm2\.", _LAYER + "ln_2."),
+    (r"^blocks\.(\d+)\.mlp\.fc1\.", _LAYER + "mlp.0."),
+    (r"^blocks\.(\d+)\.mlp\.fc2\.", _LAYER + "mlp.3."),
+    (r"^norm\.", "encoder.ln."),
+    (r"^head\.", "heads.head."),
+    (r"\.mlp\.linear_1\.", ".mlp.0."),  # torchvision before vision#6053 (e.g. vit_b_16-c867db91.pth)
+    (r"\.mlp\.linear_2\.", ".mlp.3."),
+]
+
+def _read_checkpoint(path):
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt, truncated, not a torch file, or pickles more than tensors
+        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+
+def _strip_prefixes(key):
+    while key.startswith(_WRAPPER_PREFIXES):
+        key = key.split(".", 1)[1]
+    return key
+
+def load_pretrained(model, state_dict_or_path):
+    """Load torchvision, DeiT/timm or our own weights (a state dict, a {"model": state dict} checkpoint,
+    or a path to either) into `model`. Returns a list of notes about the point head, which may be
+    missing from the file (it keeps its fresh init) or present in the file while the model has none
+    (it is ignored). Anything else that does not match exactly raises a ValueError naming the key."""
+    sd = state_dict_or_path
+    if isinstance(sd, (str, os.PathLike)):
+        sd = _read_checkpoint(sd)
+    if isinstance(sd, dict) and isinstance(sd.get("model"), dict):
+        sd = sd["model"]  # DeiT's and our training checkpoints
+    if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
+        raise ValueError("expected a state dict (str -> tensor) or a checkpoint holding one under 'model'")
+    renamed = {}
+    for key, value in sd.items():
+        key = _strip_prefixes(key)
+        if model.is_vit:
+            for pattern, repl in _VIT_RENAMES:
+                key = re.sub(pattern, repl, key)
+        renamed[key] = value
+    expected = model.state_dict()
+    notes, problems, to_load = [], [], {}
+    for key, value in renamed.items():
+        if key.startswith("point_head.") and model.point_head is None:
+            notes.append(f"ignored {key} from the checkpoint: the model has no point head")
+        elif key not in expected:
+            problems.append(f"unexpected key {key!r}")
+        elif value.shape != expected[key].shape:
+            problems.append(f"shape mismatch for {key!r}: checkpoint {list(value.shape)}, "
+                            f"model {list(expected[key].shape)}")
+        else:
+            to_load[key] = value
+    for key in expected:
+        if key in renamed:
+            continue
+        if key.startswith("point_head."):
+            notes.append(f"{key} is not in the checkpoint: kept its fresh initialisation")
+        elif not key.endswith("num_batches_tracked"):  # old torchvision files lack it; BatchNorm back-fills it
+            problems.append(f"missing key {key!r}")
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ValueError(f"checkpoint does not fit {type(model).__name__}: " + "; ".join(problems[:5]) + more)
+    model.load_state_dict(to_load, strict=False)
+    return notes

@@ -1,0 +1,298 @@
+"""models.py: shapes, gradients, parameter counts, torchvision parity and checkpoint loading.
+Small inputs throughout (64 px ResNets, 32 px ViTs) except where a real 224 layout is the point."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+import models
+
+RESNETS = ["resnet18", "resnet50", "resnet101", "resnet152"]
+VITS = ["vit_tiny", "vit_small", "vit_base"]
+ALL = RESNETS + VITS
+WIDTH = {"resnet18": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048,
+         "vit_tiny": 192, "vit_small": 384, "vit_base": 768}
+PARAMS = {"resnet18": 11_689_512, "resnet50": 25_557_032, "resnet101": 44_549_160, "resnet152": 60_192_808,
+          "vit_tiny": 5_717_416, "vit_small": 22_050_664, "vit_base": 86_567_656}
+
+def small(name, **kw):
+    """A model and an input batch small enough for CPU tests."""
+    if name.startswith("vit"):
+        return models.create_model(name, img_size=32, **kw), torch.randn(2, 3, 32, 32)
+    return models.create_model(name, **kw), torch.randn(2, 3, 64, 64)
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+def perturb_(model):
+    """Make every parameter and BN statistic distinct, so a swapped or skipped key changes the output
+    (fresh BNs are all 1/0 and torchvision's ViT head is all zeros)."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model
+
+def assert_same_logits(a, b):
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+
+# -----------------------------------------------------------------------------
+# shapes, gradients, sizes
+
+@pytest.mark.parametrize("name", ALL)
+def test_forward_backward(name):
+    torch.manual_seed(0)
+    model, x = small(name, num_classes=10)
+    logits = model(x)
+    assert logits.shape == (2, 10) and torch.isfinite(logits).all()
+    F.cross_entropy(logits, torch.tensor([1, 2])).backward()
+    for key, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), key
+    assert any(p.grad.abs().sum() > 0 for p in model.parameters())
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("K", [1, 80])
+def test_point_head(name, K):
+    torch.manual_seed(0)
+    model, x = small(name, num_classes=10, num_points=K)
+    assert isinstance(model.point_head, torch.nn.Linear)
+    assert model.point_head.in_features == WIDTH[name] and model.point_head.out_features == 2 * K
+    logits, points = model(x)
+    assert logits.shape == (2, 10) and points.shape == (2, K, 2)
+    (F.cross_entropy(logits, torch.tensor([1, 2])) + F.smooth_l1_loss(points, torch.rand(2, K, 2))).backward()
+    assert model.point_head.weight.grad.abs().sum() > 0 and model.classifier.weight.grad.abs().sum() > 0
+    # the points are the head applied to the penultimate features, (x, y) interleaved per point
+    model.eval()
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        _, points = model(x)
+    torch.testing.assert_close(points, model.point_head(feats).view(2, K, 2))
+
+@pytest.mark.parametrize("name", ALL)
+def test_parameter_counts(name):
+    with torch.device("meta"):  # no memory, no init time
+        plain = models.create_model(name)
+        with_points = models.create_model(name, num_points=80)
+    assert n_params(plain) == PARAMS[name]
+    assert plain.point_head is None and plain.num_points == 0
+    assert n_params(with_points) == PARAMS[name] + WIDTH[name] * 160 + 160
+    assert plain.is_vit == name.startswith("vit")
+
+@pytest.mark.parametrize("name", ["resnet50", "vit_tiny"])
+def test_features_feature_map_classifier(name):
+    torch.manual_seed(0)
+    model, x = small(name, num_classes=10)
+    model.eval()
+    with torch.no_grad():
+        feats, fmap, logits = model.forward_features(x), model.feature_map(x), model(x)
+    grid = 2  # 32 px / patch 16 for the ViT, 64 px / stride 32 for the ResNet
+    assert feats.shape == (2, WIDTH[name]) and fmap.shape == (2, WIDTH[name], grid, grid)
+    torch.testing.assert_close(model.classifier(feats), logits)
+    assert model.classifier is (model.heads.head if model.is_vit else model.fc)
+    assert "classifier" not in dict(model.named_modules())
+    if not model.is_vit:  # ResNet: CAM averaged over the map is exactly the logit
+        cam = torch.einsum("d,bdhw->bhw", model.classifier.weight[3], fmap)
+        torch.testing.assert_close(cam.mean((1, 2)) + model.fc.bias[3], logits[:, 3])
+
+def test_vit_img_size_and_drop_path():
+    model = models.create_model("vit_tiny", img_size=64, drop_path=0.1)
+    assert model.encoder.pos_embedding.shape == (1, 17, 192)
+    rates = [blk.drop_path.p for blk in model.encoder.layers]
+    assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.1) and rates == sorted(rates)
+    x = torch.randn(4, 3, 64, 64)
+    torch.manual_seed(0)
+    a = model(x)
+    torch.manual_seed(1)
+    assert not torch.allclose(a, model(x))  # stochastic in training
+    model.eval()
+    torch.testing.assert_close(model(x), model(x))
+    with pytest.raises(ValueError, match="multiple"):
+        models.create_model("vit_tiny", img_size=40)
+    with pytest.raises(ValueError, match="drop_path"):
+        models.create_model("resnet18", drop_path=0.1)
+    with pytest.raises(ValueError, match="resnet34"):
+        models.create_model("resnet34")
+
+def test_vit_init_is_deit():
+    torch.manual_seed(0)
+    model = models.create_model("vit_small")
+    head, qkv = model.heads.head.weight, model.encoder.layers[0].self_attention.in_proj_weight
+    for w in (head, qkv, model.encoder.layers[5].mlp[3].weight, model.class_token, model.encoder.pos_embedding):
+        assert abs(w.std().item() - 0.02) < 0.002
+    assert model.heads.head.bias.abs().sum() == 0 and model.encoder.ln.weight.eq(1).all()
+
+def test_channels_last_same_output():
+    torch.manual_seed(0)
+    model, x = small("resnet18")
+    model.eval()
+    with torch.no_grad():
+        ref = model(x)
+        model = model.to(memory_format=torch.channels_last)
+        out = model(x.to(memory_format=torch.channels_last))
+    assert_same_logits(out, ref)
+
+def test_param_groups():
+    model = models.create_model("vit_tiny", img_size=32, num_points=1)
+    decay, no_decay = models.param_groups(model, 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    ids = lambda g: {id(p) for p in g["params"]}
+    assert len(ids(decay) | ids(no_decay)) == len(list(model.parameters())) and not ids(decay) & ids(no_decay)
+    named = dict(model.named_parameters())
+    for key in ["class_token", "encoder.pos_embedding", "conv_proj.bias", "encoder.ln.weight",
+                "encoder.layers.encoder_layer_0.self_attention.in_proj_bias", "point_head.bias"]:
+        assert id(named[key]) in ids(no_decay), key
+    for key in ["conv_proj.weight", "encoder.layers.encoder_layer_0.self_attention.in_proj_weight",
+                "encoder.layers.encoder_layer_0.mlp.0.weight", "heads.head.weight", "point_head.weight"]:
+        assert id(named[key]) in ids(decay), key
+
+# -----------------------------------------------------------------------------
+# torchvision parity: strict load, same logits
+
+@pytest.mark.parametrize("name", RESNETS)
+def test_torchvision_resnet_parity(name):
+    torch.manual_seed(0)
+    ref = perturb_(getattr(torchvision.models, name)(weights=None)).eval()
+    ours = models.create_model(name).eval()
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert_same_logits(ours(x), ref(x))
+
+def test_torchvision_vit_b_16_parity():
+    torch.manual_seed(0)
+    ref = perturb_(torchvision.models.vit_b_16(weights=None)).eval()
+    ours = models.create_model("vit_base").eval()
+    assert set(ours.state_dict()) == set(ref.state_dict()) and len(ref.state_dict()) == 152
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert_same_logits(ours(x), ref(x))
+
+# -----------------------------------------------------------------------------
+# load_pretrained
+
+def to_deit(sd):
+    """torchvision -> DeiT/timm key names, written from the table in recipes.md §2."""
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("encoder.layers.encoder_layer_"):
+            n, rest = k[len("encoder.layers.encoder_layer_"):].split(".", 1)
+            rest = {"ln_1.weight": "norm1.weight", "ln_1.bias": "norm1.bias",
+                    "self_attention.in_proj_weight": "attn.qkv.weight", "self_attention.in_proj_bias": "attn.qkv.bias",
+                    "self_attention.out_proj.weight": "attn.proj.weight", "self_attention.out_proj.bias": "attn.proj.bias",
+                    "ln_2.weight": "norm2.weight", "ln_2.bias": "norm2.bias",
+                    "mlp.0.weight": "mlp.fc1.weight", "mlp.0.bias": "mlp.fc1.bias",
+                    "mlp.3.weight": "mlp.fc2.weight", "mlp.3.bias": "mlp.fc2.bias"}[rest]
+            out[f"blocks.{n}.{rest}"] = v
+        else:
+            out[{"class_token": "cls_token", "encoder.pos_embedding": "pos_embed",
+                 "conv_proj.weight": "patch_embed.proj.weight", "conv_proj.bias": "patch_embed.proj.bias",
+                 "encoder.ln.weight": "norm.weight", "encoder.ln.bias": "norm.bias",
+                 "heads.head.weight": "head.weight", "heads.head.bias": "head.bias"}[k]] = v
+    return out
+
+def check_loads(src, sd_or_path, x, **create_kw):
+    """Load into a fresh model of the same kind and compare eval outputs with the source model."""
+    torch.manual_seed(123)  # a different init than src
+    dst = models.create_model(src.name, **create_kw)
+    notes = models.load_pretrained(dst, sd_or_path)
+    src.eval(), dst.eval()
+    with torch.no_grad():
+        a, b = src(x), dst(x)
+    a, b = (a[0], b[0]) if isinstance(a, tuple) else (a, b)
+    torch.testing.assert_close(b, a, rtol=0, atol=0)
+    return dst, notes
+
+def named(name, **kw):
+    """A perturbed model that remembers its name, the source of a checkpoint."""
+    torch.manual_seed(0)
+    model = perturb_(models.create_model(name, **kw))
+    model.name = name
+    return model
+
+def test_load_deit_checkpoint_into_vit_tiny(tmp_path):
+    src = named("vit_tiny")
+    deit = to_deit(src.state_dict())
+    assert len(deit) == 152 and "blocks.11.attn.qkv.weight" in deit and "pos_embed" in deit
+    torch.save({"model": deit, "epoch": 299}, tmp_path / "deit_tiny.pth")
+    check_loads(src, tmp_path / "deit_tiny.pth", torch.randn(1, 3, 224, 224))
+
+def test_load_old_torchvision_mlp_names():
+    src = named("vit_tiny", img_size=32)
+    old = {k.replace("mlp.0.", "mlp.linear_1.").replace("mlp.3.", "mlp.linear_2."): v
+           for k, v in src.state_dict().items()}
+    assert "encoder.layers.encoder_layer_0.mlp.linear_1.weight" in old
+    check_loads(src, old, torch.randn(2, 3, 32, 32), img_size=32)
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod."])
+def test_load_wrapper_prefixes(prefix):
+    src = named("resnet18", num_classes=10)
+    sd = {prefix + k: v for k, v in src.state_dict().items()}
+    check_loads(src, sd, torch.randn(2, 3, 64, 64), num_classes=10)
+
+def test_load_own_training_checkpoint_with_point_head(tmp_path):
+    src = named("resnet18", num_classes=10, num_points=1)
+    ckpt = {"model": {"_orig_mod." + k: v for k, v in src.state_dict().items()},
+            "optimizer": {"state": {}, "param_groups": []}, "epoch": 3, "args": {"lr": 0.1}}
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    dst, notes = check_loads(src, tmp_path / "ckpt.pt", torch.randn(2, 3, 64, 64), num_classes=10, num_points=1)
+    assert notes == []
+    torch.testing.assert_close(dst.point_head.weight, src.point_head.weight)
+    # the head is dropped at inference: a plain classifier ignores it, with a note
+    _, notes = check_loads(src, tmp_path / "ckpt.pt", torch.randn(2, 3, 64, 64), num_classes=10)
+    assert len(notes) == 2 and all("point_head" in n for n in notes)
+
+def test_missing_point_head_is_fine():
+    src = named("vit_tiny", img_size=32)
+    torch.manual_seed(5)
+    dst = models.create_model("vit_tiny", img_size=32, num_points=80)
+    fresh = dst.point_head.weight.clone()
+    notes = models.load_pretrained(dst, src.state_dict())
+    assert any("point_head.weight" in n for n in notes)
+    torch.testing.assert_close(dst.point_head.weight, fresh)
+    torch.testing.assert_close(dst.class_token, src.class_token)
+
+def test_old_checkpoint_without_num_batches_tracked():
+    src = named("resnet18")
+    sd = {k: v for k, v in src.state_dict().items() if not k.endswith("num_batches_tracked")}
+    check_loads(src, sd, torch.randn(2, 3, 64, 64))
+
+def test_wrong_shape_names_the_key():
+    src = models.create_model("resnet18", num_classes=1000)
+    with pytest.raises(ValueError, match=r"'fc\.weight'.*\[1000, 512\].*\[10, 512\]"):
+        models.load_pretrained(models.create_model("resnet18", num_classes=10), src.state_dict())
+    vit = models.create_model("vit_tiny", img_size=224).state_dict()
+    with pytest.raises(ValueError, match=r"'encoder\.pos_embedding'"):
+        models.load_pretrained(models.create_model("vit_tiny", img_size=32), vit)
+    with pytest.raises(ValueError, match=r"'point_head\.weight'"):
+        models.load_pretrained(models.create_model("resnet18", num_points=80),
+                               models.create_model("resnet18", num_points=1).state_dict())
+
+def test_unknown_and_missing_keys_are_named():
+    sd = models.create_model("resnet18").state_dict()
+    with pytest.raises(ValueError, match=r"unexpected key 'fc2\.weight'"):
+        models.load_pretrained(models.create_model("resnet18"), {**sd, "fc2.weight": torch.zeros(1)})
+    del sd["layer3.1.bn2.running_var"]
+    with pytest.raises(ValueError, match=r"missing key 'layer3\.1\.bn2\.running_var'"):
+        models.load_pretrained(models.create_model("resnet18"), sd)
+    with pytest.raises(ValueError, match=r"unexpected key 'conv1\.weight'"):  # a ResNet file into a ViT
+        models.load_pretrained(models.create_model("vit_tiny", img_size=32), sd)
+
+def test_corrupt_and_missing_files_name_the_path(tmp_path):
+    bad = tmp_path / "garbage.pth"
+    bad.write_bytes(b"this is not a checkpoint" * 10)
+    with pytest.raises(ValueError, match="garbage.pth"):
+        models.load_pretrained(models.create_model("resnet18"), bad)
+    good = tmp_path / "truncated.pth"
+    torch.save(models.create_model("resnet18").state_dict(), good)
+    good.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ValueError, match="truncated.pth"):
+        models.load_pretrained(models.create_model("resnet18"), str(good))
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        models.load_pretrained(models.create_model("resnet18"), tmp_path / "nope.pth")
