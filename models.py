@@ -67,7 +67,8 @@ class BasicBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        out += identity  # in place, as torchvision: one activation-sized buffer less per block
+        return self.relu(out)
 
 class Bottleneck(nn.Module):
     expansion = 4
@@ -88,7 +89,8 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        out += identity
+        return self.relu(out)
 
 def make_stage(block, inplanes, planes, num_blocks, stride):
     """One `layerN`: the first block changes resolution/width (through `downsample`), the rest keep it."""
@@ -331,9 +333,11 @@ def _strip_prefixes(key):
 
 def load_pretrained(model, state_dict_or_path):
     """Load torchvision, DeiT/timm or our own weights (a state dict, a {"model": state dict} checkpoint,
-    or a path to either) into `model`. Returns a list of notes about the point head, which may be
-    missing from the file (it keeps its fresh init) or present in the file while the model has none
-    (it is ignored). Anything else that does not match exactly raises a ValueError naming the key."""
+    or a path to either) into `model`. Returns a list of notes (str) about the heads: a point head or a
+    classifier (fc / heads.head) that is entirely absent from the file keeps its fresh initialisation
+    (fine-tuning, e.g. ImageNet -> COCO with the 1000-class head removed), and a point head in the file
+    is ignored when the model has none (the head is dropped at inference). Anything else that does not
+    match exactly (unknown key, missing key, shape) raises a ValueError naming the key."""
     sd = state_dict_or_path
     if isinstance(sd, (str, os.PathLike)):
         sd = _read_checkpoint(sd)
@@ -360,10 +364,12 @@ def load_pretrained(model, state_dict_or_path):
                             f"model {list(expected[key].shape)}")
         else:
             to_load[key] = value
+    head = "heads.head." if model.is_vit else "fc."
+    head_dropped = not any(key.startswith(head) for key in renamed)  # the whole layer, not half of it
     for key in expected:
         if key in renamed:
             continue
-        if key.startswith("point_head."):
+        if key.startswith("point_head.") or (head_dropped and key.startswith(head)):
             notes.append(f"{key} is not in the checkpoint: kept its fresh initialisation")
         elif not key.endswith("num_batches_tracked"):  # old torchvision files lack it; BatchNorm back-fills it
             problems.append(f"missing key {key!r}")

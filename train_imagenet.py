@@ -248,7 +248,7 @@ def build_datasets(args):
     val = byproducts.ImageNetAB(os.path.join(args.data_dir, "val"), points="none", transform=val_tf)
     if train.classes != val.classes:
         raise SystemExit("train/ and val/ have different class folders")
-    if args.points == "clicks" and train.num_points == 0:
+    if args.points == "clicks" and not train._weights.gt(0).any():  # TODO public attribute
         raise SystemExit(f"--byproducts {args.byproducts!r} matches no image of {args.data_dir}/train "
                          "(wrong file, or keys not of the form wnid/stem?)")
     return train, val
@@ -268,7 +268,7 @@ def val_point_boxes(args, val):
             continue
         with Image.open(path) as im:  # header only: the geometry of the eval crop needs the JPEG's size
             size = im.size
-        w, h = rec["size"]  # boxes are in the XML's <size> frame, which may differ from the JPEG
+        w, h = rec["size"] or size  # boxes are in the XML's <size> frame, which may differ from the JPEG
         out.append((rec["boxes"] / np.array([w, h, w, h], dtype=np.float64), size))
     if not any(o is not None for o in out):
         raise SystemExit(f"--val-boxes {args.val_boxes!r} matches no val image")

@@ -142,14 +142,14 @@ def test_plain_luab_rand_learn(three_runs):
 def test_luab_reports_point_localisation(synth, tmp_path):
     stats = run(base_args(synth, tmp_path, "--model", "vit_tiny", "--recipe", "resnet", "--epochs", "1",
                           "--luab", "--val-boxes", str(synth / "imagenet" / "boxes" / "val")))
-    assert 0.0 <= stats["val_point_acc"] <= 100.0 and 0.0 <= stats["val_acc1"] <= 100.0
+    assert 0.0 <= stats["val_point_acc"] <= 100.0 and 0.0 <= stats["val_top1"] <= 100.0
 
 
 def test_deit_recipe_runs_with_mixup_cutmix_and_points(synth, tmp_path):
     stats = run(base_args(synth, tmp_path, "--model", "vit_tiny", "--recipe", "deit", "--epochs", "1",
                           "--lr", "5e-4", "--luab", "--max-steps-per-epoch", "3", "--model-ema"))
     assert math.isfinite(stats["train_loss"]) and stats["train_point_loss"] > 0
-    assert "ema_val_acc1" in stats
+    assert "ema_val_top1" in stats
 
 
 def test_two_processes_match_one(synth, tmp_path):

@@ -1,0 +1,1477 @@
+"""
+Every evaluation number of the LUAB paper for one checkpoint: one command, one JSON, and a side-by-side table.
+
+    python evaluate.py --model resnet50 --checkpoint ckpt.pt --imagenet-val DIR --imagenet-a DIR ... --out r.json
+    torchrun --nproc_per_node=8 evaluate.py ...      (exact: every image counted once, the same numbers as 1 process)
+    python evaluate.py --table base.json luab.json   (rows = checkpoints, columns = benchmarks, diffs to row 1)
+
+Columns: Table 1 (IN-1k, V2, ReaL, A, C, O, Sketch, R, Cocc, ObjectNet, SI-Score, Background Challenge),
+Table 4 (MaxBoxAccV2 of the CAM), Tables 5-7 (COCO mAP, context bias, mPxAP) and the point head's
+localisation accuracy. Each benchmark has its own root flag; a missing root is skipped with a note in the JSON.
+Layouts, class mappings, formulas and the traps are in ../shared/spec/evaluation.md; where the paper is silent
+the choice made is a flag and is written into the JSON's `protocol` entry next to the number.
+
+The metrics are pure numpy functions of arrays (logits, labels, masks, boxes), so they are tested without a
+model. Coordinates: normalised (x, y) in [0, 1]^2 of the image a tensor represents, origin top-left, x right,
+y down; boxes are (x0, y0, x1, y1) pixels.
+"""
+
+import argparse
+import contextlib
+import json
+import math
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision import transforms as T
+
+import byproducts
+from byproducts import IMAGENET_MEAN, IMAGENET_STD
+
+# -----------------------------------------------------------------------------
+# class-mapping data shipped in data/ (provenance and licences: data/README.md)
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+def _data_lines(name):
+    return (DATA_DIR / name).read_text().split()
+
+def _data_json(name):
+    return json.loads((DATA_DIR / name).read_text())
+
+IMAGENET_WNIDS = _data_lines("imagenet_wnids.txt")  # position = torchvision class index (sorted wnids)
+WNID_TO_INDEX = {w: i for i, w in enumerate(IMAGENET_WNIDS)}
+IMAGENET_A_WNIDS = _data_lines("imagenet_a_wnids.txt")  # 200, in 1k order; also IN-A's folder names
+IMAGENET_O_WNIDS = _data_lines("imagenet_o_wnids.txt")  # 200, the label space of the IN-O detector
+IMAGENET_R_WNIDS = _data_lines("imagenet_r_wnids.txt")  # 200, in 1k order; also IN-R's folder names
+IMAGENET_A_MASK = np.array([WNID_TO_INDEX[w] for w in IMAGENET_A_WNIDS])
+IMAGENET_O_MASK = np.array([WNID_TO_INDEX[w] for w in IMAGENET_O_WNIDS])
+IMAGENET_R_MASK = np.array([WNID_TO_INDEX[w] for w in IMAGENET_R_WNIDS])
+_in9 = _data_json("in_to_in9.json")
+IN_TO_IN9 = np.array([_in9[str(i)] for i in range(1000)])  # -1: the class is outside IN-9 (always wrong)
+IN9_CLASSES = [line.split()[0].lower() for line in (DATA_DIR / "in9_classes.txt").read_text().splitlines()
+               if line.strip()]
+SI_SCORE_LABELS = _data_json("si_score_labels.json")  # SI-Score class folder -> 1k index
+OBJECTNET_TO_IMAGENET = _data_json("objectnet_folder_to_imagenet_indices.json")  # 113 folders -> 1k indices
+
+# the 15 IN-C corruptions of the benchmark (the 4 "extra" ones are not part of it) and AlexNet's mean error
+# over the 5 severities (easyrobust imagenet_c.py get_ce_alexnet), the mCE normaliser
+IMAGENET_C_ALEXNET_ERR = {
+    "gaussian_noise": .886428, "shot_noise": .894468, "impulse_noise": .922640, "defocus_blur": .819880,
+    "glass_blur": .826268, "motion_blur": .785948, "zoom_blur": .798360, "snow": .866816, "frost": .826572,
+    "fog": .819324, "brightness": .564592, "contrast": .853204, "elastic_transform": .646056,
+    "pixelate": .717840, "jpeg_compression": .606500,
+}
+IMAGENET_C_CORRUPTIONS = tuple(IMAGENET_C_ALEXNET_ERR)
+SI_SCORE_FACTORS = {"si_size": ("area", "size"), "si_loc": ("location20_area02_min0pc", "location"),
+                    "si_rot": ("rotation",)}
+BGC_SPLITS = ("original", "mixed_same", "mixed_rand", "mixed_next", "only_fg", "no_fg", "only_bg_b", "only_bg_t")
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+# -----------------------------------------------------------------------------
+# classification metrics (pure functions of arrays; accuracies in percent)
+
+def _np(x):
+    return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
+
+def safe_argmax(logits):
+    """Row-wise argmax [N] (the first maximum, torch or numpy); -1 for a row holding a NaN, so that a diverged
+    model scores 0 rather than whatever class NaN comparisons happen to pick."""
+    if torch.is_tensor(logits):
+        return torch.where(torch.isnan(logits).any(1), -1, logits.argmax(1))
+    logits = np.asarray(logits)
+    return np.where(np.isnan(logits).any(1), -1, logits.argmax(1)) if logits.size else np.zeros(0, np.int64)
+
+def topk_accuracy(logits, labels, ks=(1, 5)):
+    """logits [N, C], labels [N] (torch or numpy) -> {"top1": %, "top5": %}. Ties are broken towards the lower
+    class index (as argmax does), so the result never depends on a sort's whims; a row with a NaN is wrong."""
+    logits = torch.as_tensor(_np(logits)).float()
+    labels = torch.as_tensor(_np(labels)).long()
+    if len(labels) == 0:
+        return {f"top{k}": float("nan") for k in ks}
+    target = logits.gather(1, labels[:, None])
+    before = torch.arange(logits.shape[1])[None] < labels[:, None]
+    rank = (logits > target).sum(1) + ((logits == target) & before).sum(1)
+    rank[torch.isnan(logits).any(1)] = logits.shape[1]
+    return {f"top{k}": 100.0 * (rank < k).double().mean().item() for k in ks}
+
+def top1(logits, labels):
+    """logits [N, C], labels [N] -> top-1 %."""
+    return 100.0 * float(np.mean(safe_argmax(_np(logits)) == _np(labels))) if len(labels) else float("nan")
+
+def masked_top1(logits, labels, class_indices):
+    """IN-A / IN-R: argmax over the sub-label-space logits[:, class_indices]; labels are positions in it.
+    A large logit on a class outside the subset is ignored, as in hendrycks' eval.py."""
+    return top1(_np(logits)[:, class_indices], labels)
+
+def real_accuracy(preds, val_indices, real_labels):
+    """ImageNet-ReaL: preds [N] (1k indices) of val images whose 0-based val index (ILSVRC2012_val_{i+1:08d})
+    is val_indices [N]; real_labels = real.json (50k lists). Images with an empty list are excluded from
+    numerator and denominator. Returns (%, number of images counted)."""
+    hits = [p in real_labels[i] for p, i in zip(_np(preds).tolist(), _np(val_indices).tolist()) if real_labels[i]]
+    return (100.0 * float(np.mean(hits)) if hits else float("nan")), len(hits)
+
+def imagenet_c_summary(acc):
+    """acc: {(corruption, severity): top-1 %} -> dict with `inc_acc` (mean top-1 over the (c, s) sets with
+    equal weight per set: the paper's IN-C column), `inc_mce` (mean over corruptions of mean_s err / AlexNet's
+    mean err, in %; only the 15 benchmark corruptions that are present) and per-corruption accuracies."""
+    if not acc:
+        return {}
+    out = {"inc_acc": float(np.mean(list(acc.values())))}
+    per_c = {}
+    for (c, s), a in acc.items():
+        per_c.setdefault(c, []).append(a)
+    ce = [np.mean([100.0 - a for a in per_c[c]]) / 100.0 / IMAGENET_C_ALEXNET_ERR[c]
+          for c in per_c if c in IMAGENET_C_ALEXNET_ERR]
+    out["inc_mce"] = 100.0 * float(np.mean(ce)) if ce else float("nan")
+    out["inc_per_corruption"] = {c: float(np.mean(v)) for c, v in sorted(per_c.items())}
+    return out
+
+def max_softmax(logits, class_indices=None):
+    """Maximum softmax probability [N] over logits[:, class_indices] (all classes if None)."""
+    x = torch.as_tensor(_np(logits)).double()
+    if class_indices is not None:
+        x = x[:, torch.as_tensor(class_indices)]
+    return x.softmax(1).max(1).values.numpy()
+
+def _stepwise_rates(pos_scores, neg_scores):
+    """Cumulative (tp, fp) at each distinct score threshold, scores sorted descending, ties grouped."""
+    scores = np.concatenate([pos_scores, neg_scores]).astype(np.float64)
+    labels = np.concatenate([np.ones(len(pos_scores)), np.zeros(len(neg_scores))])
+    order = np.argsort(-scores, kind="mergesort")
+    scores, labels = scores[order], labels[order]
+    last = np.r_[np.nonzero(np.diff(scores))[0], len(scores) - 1]  # the last item of each tie group
+    tp = np.cumsum(labels)[last]
+    return tp, (last + 1) - tp
+
+def ood_measures(out_scores, in_scores, recall_level=0.95):
+    """IN-O detection with OOD as the positive class (hendrycks calibration_tools.get_measures(out, in)).
+    Scores: higher = more anomalous (IN-O uses -MSP). Returns {"aupr", "auroc", "fpr95"} in %.
+    AUPR = sum_n (R_n - R_{n-1}) P_n at distinct thresholds (sklearn's average_precision_score);
+    AUROC = trapezoid over (FPR, TPR) from (0, 0); FPR at the threshold whose recall is nearest recall_level."""
+    out_scores, in_scores = _np(out_scores).ravel(), _np(in_scores).ravel()
+    tp, fp = _stepwise_rates(out_scores, in_scores)
+    n_pos, n_neg = len(out_scores), len(in_scores)
+    precision, recall = tp / (tp + fp), tp / n_pos
+    aupr = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    tpr, fpr = np.r_[0.0, tp / n_pos], np.r_[0.0, fp / n_neg]
+    auroc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+    # hendrycks fpr_and_fdr_at_recall: walk back from the first full-recall threshold; nearest recall wins,
+    # ties to the higher recall
+    last = int(np.searchsorted(tp, tp[-1]))
+    k = int(np.argmin(np.abs(recall[last::-1] - recall_level)))
+    fpr95 = float(fp[last::-1][k] / n_neg)
+    return {"aupr": 100.0 * aupr, "auroc": 100.0 * auroc, "fpr95": 100.0 * fpr95}
+
+def objectnet_accuracy(logits, folder_ids):
+    """logits [N, 1000]; folder_ids: for each image the list of 1k indices its ObjectNet folder maps to.
+    Protocol A: argmax over all 1000 classes, correct iff it is one of the folder's indices (= mapping the
+    prediction to an ObjectNet class with unmapped predictions wrong, abarbu/easyrobust). Protocol B: argmax
+    restricted to the 125 indices of the 113 overlapping classes (imagenet-testbed's class sublist).
+    Returns (A %, B %)."""
+    logits = _np(logits)
+    if len(logits) == 0:
+        return float("nan"), float("nan")
+    sub = np.array(sorted({i for ids in OBJECTNET_TO_IMAGENET.values() for i in ids}))
+    pred_a = safe_argmax(logits)
+    pred_b = np.where(pred_a < 0, -1, sub[safe_argmax(logits[:, sub])])
+    a = np.mean([p in ids for p, ids in zip(pred_a, folder_ids)])
+    b = np.mean([p in ids for p, ids in zip(pred_b, folder_ids)])
+    return 100.0 * float(a), 100.0 * float(b)
+
+def in9_predictions(logits, in_to_in9=IN_TO_IN9):
+    """Background Challenge: IN-9 class of the 1000-way argmax (-1 = outside IN-9, always wrong). With
+    in_to_in9=None the logits are already over the 9 (or any) classes: plain argmax."""
+    pred = safe_argmax(_np(logits))
+    return pred if in_to_in9 is None else np.where(pred < 0, -1, np.asarray(in_to_in9)[pred])
+
+def in9_accuracy(logits, labels, in_to_in9=IN_TO_IN9):
+    """logits [N, 1000] (or [N, 9] with in_to_in9=None), IN-9 labels [N] -> top-1 %."""
+    labels = _np(labels)
+    return 100.0 * float(np.mean(in9_predictions(logits, in_to_in9) == labels)) if len(labels) else float("nan")
+
+def bgc_gap(acc_mixed_same, acc_mixed_rand):
+    """BGC-gap = acc(mixed_same) - acc(mixed_rand), in points (lower = less reliance on the background)."""
+    return acc_mixed_same - acc_mixed_rand
+
+def bgc_accuracy(vulnerable):
+    """BGC-acc: % of foregrounds that no background in the pool can flip (vulnerable [N] bool)."""
+    return 100.0 * (1.0 - float(np.mean(_np(vulnerable)))) if len(vulnerable) else float("nan")
+
+def average_precision(scores, targets):
+    """AP of one class, ASL's formula (Alibaba-MIIL/ASL helper_functions.average_precision): the mean over
+    positives of precision at the positive's rank, scores sorted descending. Ties, which ASL leaves to
+    argsort's order, are one group here: every positive of a group gets the precision at the group's end.
+    That makes AP independent of the sample order (and equal to ASL's whenever scores are distinct).
+    A class without positives gets AP 0, as in ASL."""
+    scores, targets = _np(scores).astype(np.float64).ravel(), _np(targets).ravel() > 0
+    if targets.sum() == 0:
+        return 0.0
+    order = np.argsort(-scores, kind="mergesort")
+    s, t = scores[order], targets[order]
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # end of each tie group
+    group = np.repeat(np.arange(len(last)), np.diff(np.r_[-1, last]))
+    prec_at_end = np.cumsum(t)[last] / (last + 1)
+    return float(prec_at_end[group][t].sum() / t.sum())
+
+def mean_average_precision(scores, targets):
+    """scores [N, C] (logits or probabilities; only the order matters), targets [N, C] multi-hot ->
+    (mAP %, per-class AP [C] in %). Evaluate logits rather than sigmoids: float32 sigmoids saturate to ties."""
+    scores, targets = _np(scores), _np(targets)
+    ap = np.array([average_precision(scores[:, k], targets[:, k]) for k in range(scores.shape[1])])
+    return 100.0 * float(ap.mean()) if len(ap) else float("nan"), 100.0 * ap
+
+def context_bias(clean, erased, thr=0.5):
+    """Shetty et al.-style context reliance, reconstructed (no public code). For each (image, class c) pair
+    with clean score s_c > thr and at least one other GT class: clean [P] = s_c, erased [P] = s_c after another
+    class's pixels were erased (the random or the worst-case one). Returns {"flip": % of pairs whose score falls
+    to <= thr, "drop": mean score drop in points (100 x probability)}."""
+    clean, erased = _np(clean).astype(np.float64), _np(erased).astype(np.float64)
+    if len(clean) == 0:
+        return {"flip": float("nan"), "drop": float("nan")}
+    return {"flip": 100.0 * float(np.mean(erased <= thr)), "drop": 100.0 * float(np.mean(clean - erased))}
+
+def occlude_center(x, hole=112, fill=0.0):
+    """Cocc: a copy of x [B, C, H, W] with a centred hole x hole square set to `fill` (a scalar, or a [C]
+    per-channel value). The hole is rows/cols (H - hole)//2 ... + hole: 56..167 for 112 on 224."""
+    x = x.clone()
+    h, w = min(hole, x.shape[-2]), min(hole, x.shape[-1])
+    top, left = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
+    fill = torch.as_tensor(fill, dtype=x.dtype, device=x.device)
+    x[..., top:top + h, left:left + w] = fill.view(-1, 1, 1) if fill.ndim else fill
+    return x
+
+# -----------------------------------------------------------------------------
+# localisation: CAM boxes (MaxBoxAccV2), PxAP, the point head
+
+def normalize_cam(cam):
+    """wsolevaluation's normalize_scoremap: min-max to [0, 1]; a constant or NaN map becomes all zeros."""
+    cam = np.asarray(cam, dtype=np.float32)
+    if np.isnan(cam).any() or cam.min() == cam.max():
+        return np.zeros_like(cam)
+    cam = cam - cam.min()
+    return cam / cam.max()
+
+def _expand_ranges(lo, hi):
+    """Flat positions p with hi[p] > lo[p], each repeated for every level lo[p] + 1 .. hi[p] -> (level, p)."""
+    sel = np.flatnonzero(hi > lo)
+    cnt = (hi.ravel() - lo.ravel())[sel]
+    offset = np.arange(cnt.sum()) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+    return np.repeat(lo.ravel()[sel] + 1, cnt) + offset, np.repeat(sel, cnt)
+
+def _label_runs(lv, y, x0, x1, H, W):
+    """Union-find over row runs (level lv, row y, columns [x0, x1)), sorted by (lv, y, x0). Two runs in adjacent
+    rows of a level are 8-connected iff x0_j <= x1_i and x1_j >= x0_i. Vectorised: hooking of the larger root
+    onto the smaller + pointer jumping, O(log n) rounds. Returns (level [P], boxes [P, 4], area [P])."""
+    n = len(x0)
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros((0, 4), np.int64), np.zeros(0, np.int64)
+    row, stride = lv * H + y, W + 2
+    start_key, end_key = row * stride + x0, row * stride + x1
+    # within a row runs are sorted, so the runs of the next row touching run i are the index range [lo, hi]
+    lo = np.searchsorted(end_key, (row + 1) * stride + x0, side="left")
+    hi = np.searchsorted(start_key, (row + 1) * stride + x1, side="right") - 1
+    count = np.where(y < H - 1, np.maximum(hi - lo + 1, 0), 0)
+    u = np.repeat(np.arange(n), count)
+    v = np.arange(len(u)) - np.repeat(np.cumsum(count) - count, count) + np.repeat(lo, count)
+    parent = np.arange(n)
+    while len(u):
+        a, b = parent[u], parent[v]
+        keep = a != b
+        if not keep.any():
+            break
+        u, v, a, b = u[keep], v[keep], a[keep], b[keep]
+        np.minimum.at(parent, np.maximum(a, b), np.minimum(a, b))
+        while True:  # pointer jumping until every run points at its root
+            nxt = parent[parent]
+            if np.array_equal(nxt, parent):
+                break
+            parent = nxt
+    roots = np.flatnonzero(parent == np.arange(n))  # a root is its component's first run: raster order
+    comp = (np.cumsum(parent == np.arange(n)) - 1)[parent]
+    P = len(roots)
+    boxes = np.zeros((P, 4), np.int64)
+    boxes[:, 0], boxes[:, 1] = W, H
+    np.minimum.at(boxes[:, 0], comp, x0)
+    np.minimum.at(boxes[:, 1], comp, y)
+    np.maximum.at(boxes[:, 2], comp, x1)
+    np.maximum.at(boxes[:, 3], comp, y + 1)
+    area = np.bincount(comp, weights=x1 - x0, minlength=P).astype(np.int64)
+    return lv[roots], boxes, area
+
+def connected_component_boxes(binary):
+    """8-connected components of each binary map, without OpenCV. binary: bool [L, H, W] (or [H, W]).
+    Returns (level [P], boxes [P, 4] int64 (x0, y0, x1, y1) with x1 = max x + 1 and y1 = max y + 1, as
+    cv2.boundingRect gives, area [P] in pixels), sorted by level, then by first pixel in raster order."""
+    binary = np.asarray(binary, dtype=bool)
+    if binary.ndim == 2:
+        binary = binary[None]
+    L, H, W = binary.shape
+    padded = np.zeros((L, H, W + 2), np.int8)
+    padded[:, :, 1:-1] = binary
+    edges = np.flatnonzero(np.diff(padded, axis=2))  # +1 / -1 alternate along a row: start, end, start, ...
+    starts, ends = edges[0::2], edges[1::2]
+    lv, rem = np.divmod(starts, H * (W + 1))
+    y, x0 = np.divmod(rem, W + 1)
+    return _label_runs(lv, y, x0, ends % (W + 1), H, W)
+
+def nested_component_boxes(top):
+    """Components of the nested masks {top >= k} for k = 0 .. top.max(): the masks of a thresholded map.
+    top: int [H, W], the highest level each pixel belongs to (-1: none). The row runs of all levels are
+    generated straight from horizontal neighbour pairs (a run of level k starts at x iff top[x-1] < k <= top[x])
+    so the [L, H, W] stack is never built. Same output as connected_component_boxes(stack)."""
+    top = np.asarray(top, np.int64)
+    H, W = top.shape
+    k = np.full((H, W + 2), -1, np.int64)
+    k[:, 1:-1] = top
+    left, right = k[:, :-1], k[:, 1:]  # pair x: pixels x - 1 and x
+    ls, ps = _expand_ranges(left, right)  # run starts at x
+    le, pe = _expand_ranges(right, left)  # run ends (exclusive) at x
+    # both lists are in raster order; a stable sort by level (radix sort on int16) makes them level-major
+    order_s, order_e = (np.argsort(lev.astype(np.int16), kind="stable") for lev in (ls, le))
+    lv, (y, x0), x1 = ls[order_s], np.divmod(ps[order_s], W + 1), pe[order_e] % (W + 1)
+    return _label_runs(lv, y, x0, x1, H, W)
+
+def box_iou(boxes_a, boxes_b):
+    """IoU [P, G] of pixel boxes (x0, y0, x1, y1) with inclusive ends (+1 areas), as wsolevaluation."""
+    a = np.asarray(boxes_a, np.float64).reshape(-1, 4)[:, None]
+    b = np.asarray(boxes_b, np.float64).reshape(-1, 4)[None]
+    iw = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1
+    ih = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1
+    inter = np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
+    area_a = (a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
+    area_b = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
+    return inter / (area_a + area_b - inter)
+
+def cam_box_ious(cam, gt_boxes, thresholds):
+    """Best box IoU at every CAM threshold for one image (wsolevaluation compute_bboxes_from_scoremaps).
+    cam: [H, W] normalised to [0, 1]; gt_boxes: [G, 4] in the CAM's pixel frame; thresholds: [T] in [0, 1).
+    At tau the mask is uint8(255 cam) > int(tau * max) (cv2.THRESH_BINARY). V2 boxes every 8-connected
+    component (multi_contour_eval); V1 only the largest by pixel count (cv2 takes the largest contour by
+    polygon area: the same blob but for ties and thin shapes). No component gives the box (0, 0, 0, 0).
+    RETR_TREE also returns hole contours, whose boxes lie inside their component's box: ignored here.
+    Returns (iou_v2 [T], iou_v1 [T]). Only distinct binarisations are labelled (at most 256)."""
+    s8 = (np.asarray(cam, np.float32) * 255).astype(np.uint8)
+    H, W = s8.shape
+    cut = (np.asarray(thresholds, np.float64) * int(s8.max())).astype(np.int64)
+    values = np.unique(s8).astype(np.int64)
+    keep_from = np.searchsorted(values, cut, side="right")  # the mask keeps values[keep_from:]
+    levels, level_of = np.unique(keep_from, return_inverse=True)
+    lowest = np.where(levels < len(values), values[np.minimum(levels, len(values) - 1)], 256)
+    # level j keeps s8 >= lowest[j] (ascending, so the masks are nested): label all of them in one go
+    lv, boxes, area = nested_component_boxes(np.searchsorted(lowest, s8, side="right") - 1)
+    boxes[:, 2] = np.minimum(boxes[:, 2], W - 1)  # wsolevaluation clips x1, y1 to width-1, height-1
+    boxes[:, 3] = np.minimum(boxes[:, 3], H - 1)
+    gt = np.asarray(gt_boxes, np.float64).reshape(-1, 4)
+    empty = box_iou(np.zeros((1, 4)), gt).max()
+    best_v2 = np.full(len(levels), -np.inf)
+    best_v1 = np.full(len(levels), empty)
+    if len(lv):
+        iou = box_iou(boxes, gt).max(1)
+        np.maximum.at(best_v2, lv, iou)
+        order = np.lexsort((np.arange(len(lv)), -area, lv))  # per level: largest first, then raster order
+        first = order[np.r_[True, lv[order][1:] != lv[order][:-1]]]
+        best_v1[lv[first]] = iou[first]
+    best_v2[np.isinf(best_v2)] = empty
+    return best_v2[level_of], best_v1[level_of]
+
+class BoxAccumulator:
+    """MaxBoxAcc over a dataset (wsolevaluation BoxEvaluator). MaxBoxAccV2 = mean over IoU thresholds
+    delta in {30, 50, 70} of max_tau % images whose best box IoU >= delta at tau (all components);
+    MaxBoxAcc (V1) = IoU 50 with the largest component only. Counts are integers, so sums over ranks are exact."""
+
+    def __init__(self, cam_curve_interval=0.001, iou_thresholds=(30, 50, 70)):
+        self.thresholds = np.arange(0, 1, cam_curve_interval)
+        self.iou_thresholds = tuple(iou_thresholds)
+        self.counts = np.zeros((2, len(self.iou_thresholds), len(self.thresholds)), np.int64)  # [v2|v1, delta, tau]
+        self.n = 0
+
+    def accumulate(self, cam, gt_boxes):
+        self.add(*cam_box_ious(cam, gt_boxes, self.thresholds))
+
+    def add(self, v2, v1):
+        """One image's best IoU per threshold, as cam_box_ious returns them (e.g. from a worker process)."""
+        for k, delta in enumerate(self.iou_thresholds):
+            self.counts[0, k] += v2 >= delta / 100
+            self.counts[1, k] += v1 >= delta / 100
+        self.n += 1
+
+    def state(self):
+        return np.concatenate([[self.n], self.counts.ravel()])
+
+    def load_state(self, state):
+        self.n = int(state[0])
+        self.counts = np.asarray(state[1:], np.int64).reshape(self.counts.shape)
+
+    def compute(self):
+        best = 100.0 * self.counts.max(2) / max(self.n, 1)  # [v2|v1, delta]
+        out = {"maxboxacc_v2": float(best[0].mean())}
+        out.update({f"maxboxacc_v2_iou{d}": float(best[0, k]) for k, d in enumerate(self.iou_thresholds)})
+        if 50 in self.iou_thresholds:
+            out["maxboxacc_v1"] = float(best[1, self.iou_thresholds.index(50)])
+        return out
+
+def max_box_acc(cams, gt_boxes, cam_curve_interval=0.001, iou_thresholds=(30, 50, 70)):
+    """cams: [N, H, W] normalised CAMs, gt_boxes: N arrays [G, 4] -> the BoxAccumulator.compute() dict."""
+    acc = BoxAccumulator(cam_curve_interval, iou_thresholds)
+    for cam, boxes in zip(cams, gt_boxes):
+        acc.accumulate(cam, boxes)
+    return acc.compute()
+
+def pxap_bin_edges(cam_curve_interval=0.001):
+    """wsolevaluation MaskEvaluator bins: [0, d), ..., [1 - d, 1), [1, 2), [2, 3]."""
+    return np.append(np.arange(0, 1, cam_curve_interval), [1.0, 2.0, 3.0])
+
+def pxap_histograms(cam, mask, edges):
+    """cam [H, W] normalised; mask [H, W]: 1 = foreground, 0 = background, anything else (255) ignored.
+    Returns (fg_hist, bg_hist) over `edges`."""
+    cam, mask = np.asarray(cam), np.asarray(mask)
+    return np.histogram(cam[mask == 1], bins=edges)[0], np.histogram(cam[mask == 0], bins=edges)[0]
+
+def pxap(fg_hist, bg_hist):
+    """PxAP % from accumulated histograms (MaskEvaluator.compute): thresholds swept from the top bin down,
+    P = tp / (tp + fp), R = tp / #fg, PxAP = sum P[1:] * diff(R) over thresholds with tp + fp > 0."""
+    fg, bg = np.asarray(fg_hist, np.float64), np.asarray(bg_hist, np.float64)
+    if fg.sum() == 0:
+        return float("nan")
+    tp, fp = np.cumsum(fg[::-1]), np.cumsum(bg[::-1])
+    valid = (tp + fp) != 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = tp / (tp + fp)
+    recall = tp / fg.sum()
+    return 100.0 * float((precision[1:] * np.diff(recall))[valid[1:]].sum())
+
+def eval_points_to_original(points, sizes, resize=256, crop=224):
+    """points [N, 2] normalised in the network input, sizes [N, 2] original (W, H) -> [N, 2] pixels of the
+    original image. The input is torchvision's Resize(resize) (shorter side) + CenterCrop(crop), with its exact
+    integer sizes and offsets; resize=None means Resize((crop, crop)) (no crop): x * W, y * H."""
+    p, sizes = np.asarray(_np(points), np.float64).reshape(-1, 2), np.asarray(_np(sizes), np.float64).reshape(-1, 2)
+    if resize is None:
+        return p * sizes
+    w, h = sizes[:, 0], sizes[:, 1]
+    short, long_ = np.minimum(w, h), np.maximum(w, h)
+    new_long = np.floor(resize * long_ / short)
+    new_w = np.where(w <= h, resize, new_long)
+    new_h = np.where(w <= h, new_long, resize)
+    left, top = np.round((new_w - crop) / 2.0), np.round((new_h - crop) / 2.0)  # round half to even, as python
+    return np.stack([(p[:, 0] * crop + left) * w / new_w, (p[:, 1] * crop + top) * h / new_h], 1)
+
+def point_in_box_accuracy(points_px, boxes):
+    """points_px [N, 2]; boxes: N arrays [M, 4] (x0, y0, x1, y1) in the same units, ends inclusive.
+    % of points inside any of their boxes; entries without boxes (None or M = 0) are skipped."""
+    points_px = np.asarray(_np(points_px), np.float64).reshape(-1, 2)
+    hits = []
+    for (x, y), b in zip(points_px, boxes):
+        if b is None or len(b) == 0:
+            continue
+        b = np.asarray(b, np.float64).reshape(-1, 4)
+        hits.append(bool(np.any((b[:, 0] <= x) & (x <= b[:, 2]) & (b[:, 1] <= y) & (y <= b[:, 3]))))
+    return 100.0 * float(np.mean(hits)) if hits else float("nan")
+
+# -----------------------------------------------------------------------------
+# exact distributed evaluation: every rank takes a strided share, results are gathered by dataset index
+
+def _dist_on():
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+def _rank():
+    return dist.get_rank() if _dist_on() else 0
+
+def _comm_device():
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+class UnpaddedDistributedSampler(Sampler):
+    """Rank r of world w iterates r, r + w, r + 2w, ... : no padding, no duplicates, no shuffling, so a
+    gathered result covers the dataset exactly once (DistributedSampler pads with repeats). World 1 without
+    a process group is the identity."""
+
+    def __init__(self, data_source, rank=None, world_size=None):
+        self.n = data_source if isinstance(data_source, int) else len(data_source)
+        on = _dist_on()
+        self.world_size = world_size if world_size is not None else (dist.get_world_size() if on else 1)
+        self.rank = rank if rank is not None else (dist.get_rank() if on else 0)
+
+    def __iter__(self):
+        return iter(range(self.rank, self.n, self.world_size))
+
+    def __len__(self):
+        return len(range(self.rank, self.n, self.world_size))
+
+def gather_by_index(indices, *tensors):
+    """indices: LongTensor [n] (this rank's dataset indices), tensors: [n, ...] each -> tuple of tensors
+    [sum n, ...] from all ranks, sorted by dataset index, on each input's device. Ranks may hold different n
+    (even 0): everything is padded to the longest, all-gathered, then trimmed. Works without a process group."""
+    indices = torch.as_tensor(indices).long()
+    if not _dist_on():
+        order = torch.argsort(indices.to(tensors[0].device) if tensors else indices)
+        return tuple(t[order] for t in tensors)
+    dev, world = _comm_device(), dist.get_world_size()
+    # a rank with nothing to report may not know the trailing shape/dtype: take them from one that does
+    meta = [None] * world
+    dist.all_gather_object(meta, [(tuple(t.shape[1:]), t.dtype) if len(t) else None for t in tensors])
+    n = torch.tensor([len(indices)], device=dev)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    sizes = [int(s) for s in sizes]
+    longest = max(sizes)
+
+    def gather(t, k=None):
+        if k is not None:
+            shape, dtype = next((m[k] for m in meta if m[k] is not None), ((), t.dtype))
+            t = t.reshape((len(t),) + shape).to(dtype) if len(t) else torch.zeros((0,) + shape, dtype=dtype)
+        out_dtype = t.dtype
+        t = t.to(dev)
+        if t.dtype == torch.bool:  # gloo does not all_gather bool
+            t = t.to(torch.uint8)
+        t = torch.cat([t, t.new_zeros((longest - len(t),) + t.shape[1:])])
+        parts = [torch.empty_like(t) for _ in range(world)]
+        dist.all_gather(parts, t)
+        return torch.cat([p[:s] for p, s in zip(parts, sizes)]).to(out_dtype)
+
+    order = torch.argsort(gather(indices.to(dev)))
+    return tuple(gather(t, k)[order].to(t.device) for k, t in enumerate(tensors))
+
+def all_reduce_sum(array):
+    """Sum a numpy array over ranks (float64 / int64: exact for counts)."""
+    if not _dist_on():
+        return np.asarray(array)
+    a = np.asarray(array)
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64 if a.dtype.kind == "f" else np.int64))
+    t = t.to(_comm_device())
+    dist.all_reduce(t)
+    return t.cpu().numpy()
+
+# -----------------------------------------------------------------------------
+# datasets: explicit labels from each benchmark's layout (never ImageFolder's string sort)
+
+def _images(folder):
+    return sorted(str(p) for p in Path(folder).iterdir()
+                  if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS and not p.name.startswith("."))
+
+def _subdirs(folder):
+    return sorted(p for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith("."))
+
+def scan_class_folders(root, label_of):
+    """root/<folder>/<image>: label_of(folder name) -> int label, or None to skip the folder.
+    Returns (paths, labels [N], folder names [N])."""
+    paths, labels, folders = [], [], []
+    for d in _subdirs(root):
+        label = label_of(d.name)
+        if label is None:
+            continue
+        for p in _images(d):
+            paths.append(p)
+            labels.append(label)
+            folders.append(d.name)
+    return paths, np.array(labels, dtype=np.int64), folders
+
+def wnid_label(name, wnids=None):
+    """A wnid folder -> its 1k index (or its position in `wnids`); a clear error for anything else."""
+    table = WNID_TO_INDEX if wnids is None else {w: i for i, w in enumerate(wnids)}
+    if name not in table:
+        raise ValueError(f"folder {name!r} is not a wnid of this benchmark's label space")
+    return table[name]
+
+def imagenet_v2_label(name):
+    """ImageNetV2 folders are the 1k indices as integers ("0".."999"; "0000" style too). ImageFolder would
+    sort them as strings and map "10" to 2."""
+    if not name.isdigit():
+        raise ValueError(f"ImageNet-V2 folder {name!r} is not a class index")
+    return int(name)
+
+def in9_label(name, sorted_position):
+    """IN-9 class folder -> 0..8: a leading number ("00_dog"), else the class name ("dog"), else the sorted
+    position among the folders (the official ImageFolder behaviour)."""
+    head = name.split("_", 1)[0]
+    if head.isdigit():
+        return int(head)
+    if name.lower() in IN9_CLASSES:
+        return IN9_CLASSES.index(name.lower())
+    return sorted_position
+
+def imagenet_val_index(path):
+    """ILSVRC2012_val_00000001.JPEG -> 0, the row of real.json (parse the name, never trust the order)."""
+    name = os.path.basename(path)
+    if not name.startswith("ILSVRC2012_val_"):
+        raise ValueError(f"{name!r} is not an ILSVRC2012 val file name")
+    return int(name[15:23]) - 1
+
+def default_transform(args):
+    """Resize(resize, shorter side) + CenterCrop(crop) + ToTensor + Normalize; bilinear unless told."""
+    interp = T.InterpolationMode(args.interpolation)
+    return T.Compose([T.Resize(args.resize, interpolation=interp), T.CenterCrop(args.img_size),
+                      T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+def describe_default(args):
+    return f"Resize({args.resize}, {args.interpolation})+CenterCrop({args.img_size})"
+
+class ImageList(Dataset):
+    """Image files -> (normalised tensor, dataset index). Labels stay with the caller. `border` crops that many
+    pixels off every side first (ObjectNet's red frame). Every image goes through .convert("RGB"): Sketch,
+    IN-R and ObjectNet hold gray, CMYK and RGBA files."""
+
+    def __init__(self, paths, transform, border=0):
+        self.paths, self.transform, self.border = list(paths), transform, border
+
+    def __len__(self):
+        return len(self.paths)
+
+    def load(self, i):
+        with Image.open(self.paths[i]) as im:
+            img = im.convert("RGB")
+        if self.border:
+            w, h = img.size
+            img = img.crop((self.border, self.border, w - self.border, h - self.border))
+        return img
+
+    def __getitem__(self, i):
+        return self.transform(self.load(i)), i
+
+# -----------------------------------------------------------------------------
+# COCO val for evaluation (instances parsed and masks decoded by byproducts.py, without pycocotools)
+
+class CocoEvalSet(Dataset):
+    """COCO val images with >= 1 annotation (ASL's CocoDetection: imgToAnns keys), sorted by image id.
+    Items: (image [3, S, S] after Resize((S, S)), index) or, with masks=True, also the sorted contiguous GT
+    classes [k] and their masks uint8 [k, S, S] resized with nearest: 1 = a non-crowd instance of the class,
+    255 = crowd region of the class only (ignored by PxAP), 0 = the rest.
+    Targets [N, C] multi-hot over all annotations, crowd included (the COCO-AB notebook's getAnnIds)."""
+
+    def __init__(self, image_dir, instances, size=224, masks=False, interpolation="bilinear"):
+        self.coco = byproducts.CocoInstances(instances) if isinstance(instances, dict) else \
+            byproducts.read_coco_instances(instances)
+        self.category_ids = list(self.coco.cat_ids)
+        self.images = [self.coco.images[i] for i in self.coco.image_ids if self.coco.anns[i]]
+        self.targets = np.zeros((len(self.images), len(self.category_ids)), np.float32)
+        for j, im in enumerate(self.images):
+            self.targets[j] = self.coco.target(im["id"])
+        self.image_dir, self.size, self.masks = Path(image_dir), size, masks
+        self.transform = T.Compose([T.Resize((size, size), interpolation=T.InterpolationMode(interpolation)),
+                                    T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+    def __len__(self):
+        return len(self.images)
+
+    def boxes(self, i):
+        """{class index: [M, 4] (x0, y0, x1, y1) original pixels} of image i."""
+        boxes, classes = self.coco.boxes(self.images[i]["id"])
+        return {int(k): boxes[classes == k].astype(np.float64) for k in np.unique(classes)}
+
+    def class_masks(self, i):
+        """(classes [k], masks uint8 [k, S, S]) as described in the class docstring."""
+        info, S = self.images[i], self.size
+        h, w = info["height"], info["width"]
+        per_class = {}
+        for a in self.coco.anns[info["id"]]:
+            m = per_class.setdefault(self.coco.cat_index[a["category_id"]], np.zeros((2, h, w), bool))
+            m[1 if a.get("iscrowd", 0) else 0] |= byproducts.annotation_mask(a["segmentation"], h, w)[:h, :w]
+        classes = sorted(per_class)
+        out = np.zeros((len(classes), S, S), np.uint8)
+        for j, k in enumerate(classes):
+            fg, crowd = per_class[k]
+            full = np.where(fg, 1, np.where(crowd, 255, 0)).astype(np.uint8)
+            out[j] = np.asarray(Image.fromarray(full).resize((S, S), Image.NEAREST))
+        return torch.tensor(classes, dtype=torch.long), torch.from_numpy(out)
+
+    def __getitem__(self, i):
+        with Image.open(self.image_dir / self.images[i]["file_name"]) as im:
+            x = self.transform(im.convert("RGB"))
+        if not self.masks:
+            return x, i
+        return (x, i) + self.class_masks(i)
+
+def _collate_with_masks(batch):
+    return (torch.stack([b[0] for b in batch]), torch.tensor([b[1] for b in batch]),
+            [b[2] for b in batch], [b[3] for b in batch])
+
+# -----------------------------------------------------------------------------
+# inference: batched, multi-worker, bf16 autocast on CUDA, a progress line per benchmark
+
+def log(msg):
+    if _rank() == 0:
+        print(msg, file=sys.stderr, flush=True)
+
+class Progress:
+    """A rank-0 progress line: `desc: done/total img/s ETA`, at most every `every` seconds (and at the end)."""
+
+    def __init__(self, desc, total, every=10.0):
+        self.desc, self.total, self.every = desc, total, every
+        self.done, self.t0, self.last = 0, time.time(), 0.0
+
+    def update(self, n):
+        self.done += n
+        now = time.time()
+        if now - self.last >= self.every or self.done >= self.total:
+            self.last = now
+            rate = self.done / max(now - self.t0, 1e-9)
+            eta = (self.total - self.done) / max(rate, 1e-9)
+            log(f"{self.desc}: {self.done}/{self.total} ({rate:.0f}/s, eta {eta:.0f}s)")
+
+def _autocast(args):
+    if args.device.type == "cuda" and args.amp:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+def _logits(out):
+    return out[0] if isinstance(out, tuple) else out
+
+def _loader(dataset, args, collate_fn=None):
+    return DataLoader(dataset, batch_size=args.batch_size, sampler=UnpaddedDistributedSampler(dataset),
+                      num_workers=args.workers, pin_memory=args.device.type == "cuda", collate_fn=collate_fn)
+
+@torch.no_grad()
+def predict(model, dataset, args, desc, pre=None, post=None):
+    """Run model over this rank's share of `dataset` (items (image, index)) and gather everyone's results in
+    dataset order. pre(x) edits the normalised batch on the device (Cocc's hole); post(output) -> tensor or
+    tuple of tensors [B, ...] to keep (default: the logits as float32). Returns a tuple of tensors [N, ...]."""
+    post = post or (lambda out: _logits(out).float())
+    outs, idx = [], []
+    progress = Progress(desc, len(dataset))
+    for x, i in _loader(dataset, args):
+        x = x.to(args.device, non_blocking=True)
+        if args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if pre is not None:
+            x = pre(x)
+        with _autocast(args):
+            out = post(model(x))
+        outs.append(tuple(o.cpu() for o in (out if isinstance(out, tuple) else (out,))))
+        idx.append(i)
+        progress.update(len(i) * (_dist_world()))
+    indices = torch.cat(idx) if idx else torch.zeros(0, dtype=torch.long)
+    ncols = len(outs[0]) if outs else None
+    if _dist_on():  # a rank without images does not know how many outputs `post` gives: ask the others
+        everyone = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, ncols)
+        ncols = next((k for k in everyone if k is not None), None)
+    cols = [torch.cat(c) for c in zip(*outs)] if outs else [torch.zeros(0)] * (ncols or 1)
+    return gather_by_index(indices, *cols)
+
+def _dist_world():
+    return dist.get_world_size() if _dist_on() else 1
+
+# -----------------------------------------------------------------------------
+# the benchmarks; each returns (results dict, protocol dict, counts dict)
+
+def eval_imagenet_val(model, args):
+    """IN-1k top-1/top-5, IN-ReaL, and the in-distribution side of IN-O, from one pass over IN-val; Cocc on a
+    second pass with the centre hole; the point head's accuracy if the checkpoint has one and boxes are given."""
+    res, proto, n = {}, {}, {}
+    paths, labels, _ = scan_class_folders(args.imagenet_val, wnid_label)
+    ds = ImageList(paths, default_transform(args))
+    if args.has_points:
+        logits, points = predict(model, ds, args, "IN-1k",
+                                 post=lambda o: (o[0].float(), o[1][:, 0].float()))
+    else:
+        (logits,) = predict(model, ds, args, "IN-1k")
+    acc = topk_accuracy(logits, labels)
+    res["in1k"], res["in1k_top5"] = acc["top1"], acc["top5"]
+    proto["in1k"] = f"{describe_default(args)}; top-1 over 1000 classes"
+    n["in1k"] = len(paths)
+    if args.imagenet_real:
+        real = json.loads(Path(args.imagenet_real).read_text())
+        res["inreal"], n["inreal"] = real_accuracy(safe_argmax(logits), [imagenet_val_index(p) for p in paths], real)
+        proto["inreal"] = "top-1 in the real.json list of the image (by file name); empty lists excluded"
+    if args.imagenet_o:
+        in_o = np.isin(labels, IMAGENET_O_MASK)
+        args._ino_in_scores = -max_softmax(logits[torch.from_numpy(in_o)], IMAGENET_O_MASK)
+    if args.has_points and args.wsol_metadata:
+        meta = read_wsol_metadata(args.wsol_metadata)
+        by_name = {os.path.basename(k): k for k in meta["boxes"]}
+        keys = [by_name.get(os.path.basename(p)) for p in paths]
+        keep = [i for i, k in enumerate(keys) if k is not None]
+        if keep:
+            sizes = np.array([meta["sizes"][keys[i]] for i in keep], np.float64)
+            px = eval_points_to_original(points.numpy()[keep], sizes, resize=args.resize, crop=args.img_size)
+            res["point_acc"] = point_in_box_accuracy(px, [meta["boxes"][keys[i]] for i in keep])
+            n["point_acc"] = len(keep)
+            proto["point_acc"] = (f"point head output on the IN-1k input ({describe_default(args)}) mapped back to "
+                                  "the original image; hit iff inside any GT box of localization.txt (inclusive)")
+    fill = cocc_fill(args.cocc_fill)
+    (pred,) = predict(model, ds, args, "Cocc", pre=lambda x: occlude_center(x, args.cocc_hole, fill.to(x.device)),
+                      post=lambda o: safe_argmax(_logits(o).float()))
+    res["cocc"] = 100.0 * float(np.mean(pred.numpy() == labels))
+    res["cocc_params"] = {"hole": args.cocc_hole, "fill": args.cocc_fill, "input": args.img_size}
+    proto["cocc"] = (f"[A] centre occlusion on IN-val: {describe_default(args)}, then a {args.cocc_hole}x"
+                     f"{args.cocc_hole} centre square set to {args.cocc_fill} ({_FILL_DOC[args.cocc_fill]}); top-1")
+    n["cocc"] = len(paths)
+    return res, proto, n
+
+_FILL_DOC = {"mean": "0 after normalisation = the mean pixel", "black": "black pixels, (0 - mean) / std"}
+
+def cocc_fill(kind):
+    if kind == "mean":
+        return torch.zeros(3)
+    return -torch.tensor(IMAGENET_MEAN) / torch.tensor(IMAGENET_STD)
+
+def eval_top1_folder(model, args, root, label_of, desc, transform=None, border=0):
+    paths, labels, folders = scan_class_folders(root, label_of)
+    (pred,) = predict(model, ImageList(paths, transform or default_transform(args), border), args, desc,
+                      post=lambda o: _logits(o).float())
+    return pred, labels, folders
+
+def eval_imagenet_v2(model, args):
+    logits, labels, _ = eval_top1_folder(model, args, args.imagenet_v2, imagenet_v2_label, "IN-V2")
+    return ({"inv2": top1(logits, labels)},
+            {"inv2": f"{describe_default(args)}; label = int(folder name); top-1 over 1000"}, {"inv2": len(labels)})
+
+def eval_imagenet_a(model, args):
+    logits, labels, _ = eval_top1_folder(model, args, args.imagenet_a,
+                                         lambda n: wnid_label(n, IMAGENET_A_WNIDS), "IN-A")
+    return ({"ina": masked_top1(logits, labels, IMAGENET_A_MASK)},
+            {"ina": f"{describe_default(args)}; argmax over the 200 IN-A classes (hendrycks eval.py)"},
+            {"ina": len(labels)})
+
+def eval_imagenet_r(model, args):
+    logits, labels, _ = eval_top1_folder(model, args, args.imagenet_r,
+                                         lambda n: wnid_label(n, IMAGENET_R_WNIDS), "IN-R")
+    return ({"inr": masked_top1(logits, labels, IMAGENET_R_MASK)},
+            {"inr": f"{describe_default(args)}; argmax over the 200 IN-R classes (hendrycks imagenet-r eval.py)"},
+            {"inr": len(labels)})
+
+def eval_sketch(model, args):
+    logits, labels, _ = eval_top1_folder(model, args, args.imagenet_sketch, wnid_label, "Sketch")
+    return {"sketch": top1(logits, labels)}, {"sketch": f"{describe_default(args)}; top-1 over 1000"}, \
+        {"sketch": len(labels)}
+
+def eval_imagenet_o(model, args):
+    if getattr(args, "_ino_in_scores", None) is None:
+        return None, "IN-O needs --imagenet-val for its in-distribution side (val images of the 200 IN-O wnids)"
+    ds = ImageList(scan_class_folders(args.imagenet_o, lambda n: wnid_label(n, IMAGENET_O_WNIDS))[0],
+                   default_transform(args))
+    (logits,) = predict(model, ds, args, "IN-O")
+    m = ood_measures(-max_softmax(logits, IMAGENET_O_MASK), args._ino_in_scores)
+    proto = (f"{describe_default(args)}; anomaly score = -max softmax over the 200 IN-O classes; OOD (IN-O) is "
+             f"the positive class against IN-val images of the same 200 wnids (hendrycks get_measures)")
+    return ({"ino_aupr": m["aupr"], "ino_auroc": m["auroc"], "ino_fpr95": m["fpr95"]},
+            {"ino_aupr": proto, "ino_auroc": proto + "; [A] the table's IN-O column shows AUROC by default "
+             "(56.7 for R50 is far above AUPR's 16.7% chance level and Hendrycks' ResNet AUPRs)"},
+            {"ino": len(ds), "ino_in_distribution": len(args._ino_in_scores)})
+
+def eval_imagenet_c(model, args):
+    """One pass over every (corruption, severity) set found among the 15 benchmark corruptions."""
+    root = Path(args.imagenet_c)
+    paths, labels, groups = [], [], []
+    found = [c for c in IMAGENET_C_CORRUPTIONS if (root / c).is_dir()]
+    for c in found:
+        for s in range(1, 6):
+            if (root / c / str(s)).is_dir():
+                p, l, _ = scan_class_folders(root / c / str(s), wnid_label)
+                paths += p
+                labels.append(l)
+                groups += [(c, s)] * len(p)
+    labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+    # IN-C images are already 224 x 224: CenterCrop only (Resize(256) would zoom in once more)
+    tf = T.Compose([T.CenterCrop(args.img_size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    (pred,) = predict(model, ImageList(paths, tf), args, "IN-C", post=lambda o: safe_argmax(_logits(o).float()))
+    names = sorted(set(groups))
+    position = {g: j for j, g in enumerate(names)}
+    group = np.fromiter((position[g] for g in groups), np.int64, len(groups))
+    correct = np.bincount(group, weights=pred.numpy() == labels, minlength=len(names))
+    acc = {g: 100.0 * float(c / t) for g, c, t in zip(names, correct, np.bincount(group, minlength=len(names)))}
+    out = imagenet_c_summary(acc)
+    out["inc_sets"] = len(acc)
+    note = "" if len(acc) == 75 else f"; PARTIAL: {len(acc)} of 75 (corruption, severity) sets found"
+    proto = (f"CenterCrop({args.img_size}) only; mean top-1 over the (corruption, severity) sets, equal weight "
+             f"per set, 15 corruptions without the 4 extra ones{note}")
+    return out, {"inc_acc": proto, "inc_mce": "mean over corruptions of sum_s err / AlexNet's (easyrobust "
+                 "get_ce_alexnet)" + note}, {"inc": len(paths)}
+
+def eval_objectnet(model, args):
+    root = Path(args.objectnet)
+    images = root / "images" if (root / "images").is_dir() else root
+    paths, _, folders = scan_class_folders(images, lambda n: 0 if n in OBJECTNET_TO_IMAGENET else None)
+    border = args.objectnet_border
+    (logits,) = predict(model, ImageList(paths, default_transform(args), border=border), args, "ObjectNet")
+    a, b = objectnet_accuracy(logits, [OBJECTNET_TO_IMAGENET[f] for f in folders])
+    base = f"{border}px border cropped, then {describe_default(args)}; only the 113 folders that map to ImageNet"
+    return ({"objnet_A": a, "objnet_B": b},
+            {"objnet_A": base + "; protocol A (table default): argmax over 1000, correct iff one of the folder's "
+             "1k classes", "objnet_B": base + "; protocol B: argmax over the 125 mapped 1k classes"},
+            {"objnet": len(paths)})
+
+def eval_si_score(model, args):
+    root = Path(args.si_score)
+    res, proto, n = {}, {}, {}
+    if args.si_transform == "resize":
+        tf = T.Compose([T.Resize((args.img_size, args.img_size), interpolation=T.InterpolationMode(args.interpolation)),
+                        T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        desc = f"Resize(({args.img_size}, {args.img_size})) of the whole square image"
+    else:
+        tf, desc = default_transform(args), describe_default(args) + " (clips the image border)"
+
+    def label_of(name):
+        if name not in SI_SCORE_LABELS:
+            raise ValueError(f"SI-Score class folder {name!r} is not in data/si_score_labels.json")
+        return SI_SCORE_LABELS[name]
+
+    for key, names in SI_SCORE_FACTORS.items():
+        d = next((root / nm for nm in names if (root / nm).is_dir()), None)
+        if d is None:
+            continue
+        logits, labels, _ = eval_top1_folder(model, args, d, label_of, f"SI-Score {d.name}", transform=tf)
+        res[key], n[key] = top1(logits, labels), len(labels)
+        proto[key] = f"{desc}; 1000-way top-1 over all images of {d.name}/"
+    return res, proto, n
+
+def bgc_split(root, split):
+    """Background Challenge split -> (paths, IN-9 labels, class folder names)."""
+    d = Path(root) / split / "val"
+    folders = _subdirs(d)
+    paths, labels, names = [], [], []
+    for pos, f in enumerate(folders):
+        for p in _images(f):
+            paths.append(p)
+            labels.append(in9_label(f.name, pos))
+            names.append(f.name)
+    return paths, np.array(labels, np.int64), names
+
+@torch.no_grad()
+def bgc_vulnerability(model, args, fg_paths, mask_paths, labels, bg_paths, in_to_in9=IN_TO_IN9):
+    """BGC-acc (challenge_eval.py, adv_bgs_eval_model): foreground i (image fg_paths[i], mask [H, W] 0/1
+    .npy) is vulnerable if some background b of the pool makes the model predict another class on
+    x = b (1 - m) + m fg, composed in [0, 1] before normalisation. Backgrounds are batched; a foreground stops
+    at its first fooling batch. Each rank takes a strided share of the foregrounds. Returns vulnerable [N] bool."""
+    to_tensor = T.ToTensor()
+    mean = torch.tensor(IMAGENET_MEAN, device=args.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=args.device).view(1, 3, 1, 1)
+    bgs = []
+    for x, _ in DataLoader(ImageList(bg_paths, T.PILToTensor()), batch_size=args.batch_size,
+                           num_workers=args.workers):
+        bgs.append(x)
+    bgs = torch.cat(bgs).to(args.device)  # uint8 [Nb, 3, H, W]: 4050 x 224^2 is 0.6 GB
+    map9 = None if in_to_in9 is None else torch.as_tensor(np.asarray(in_to_in9), device=args.device)
+    mine = list(UnpaddedDistributedSampler(len(fg_paths)))
+    vulnerable, progress = [], Progress("BGC-acc foregrounds", len(fg_paths))
+    for i in mine:
+        with Image.open(fg_paths[i]) as im:
+            fg = to_tensor(im.convert("RGB")).to(args.device)[None]
+        m = np.load(mask_paths[i]).astype(np.float32)
+        if m.ndim == 3:  # an [H, W, 1|3] or [1|3, H, W] mask: any channel marks the foreground
+            m = m.max(-1) if m.shape[-1] in (1, 3) else m.max(0)
+        m = torch.from_numpy(m).to(args.device).clamp(0, 1)[None, None]
+        fooled = False
+        for s in range(0, len(bgs), args.bgc_batch_size):
+            x = bgs[s:s + args.bgc_batch_size].float() / 255 * (1 - m) + m * fg
+            x = (x - mean) / std
+            if args.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(args):
+                pred = safe_argmax(_logits(model(x)).float())
+            pred = pred if map9 is None else torch.where(pred < 0, -1, map9[pred.clamp(min=0)])
+            if bool((pred != int(labels[i])).any()):
+                fooled = True
+                break
+        vulnerable.append(fooled)
+        progress.update(_dist_world())
+    (out,) = gather_by_index(torch.tensor(mine, dtype=torch.long), torch.tensor(vulnerable, dtype=torch.bool))
+    return out.numpy()
+
+def eval_bg_challenge(model, args, in_to_in9=IN_TO_IN9):
+    """Accuracy on each split found, BGC-gap = mixed_same - mixed_rand, and BGC-acc over all foregrounds
+    against every only_bg_t background (same class included)."""
+    root = Path(args.bg_challenge)
+    tf = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])  # 224 px inputs as released
+    res, proto, n, split_acc = {}, {}, {}, {}
+    for split in BGC_SPLITS:
+        if (root / split / "val").is_dir():
+            paths, labels, _ = bgc_split(root, split)
+            (logits,) = predict(model, ImageList(paths, tf), args, f"BGC {split}")
+            split_acc[split] = in9_accuracy(logits, labels, in_to_in9)
+            n[f"bgc_{split}"] = len(paths)
+    res["bgc_split_acc"] = split_acc
+    if "mixed_same" in split_acc and "mixed_rand" in split_acc:
+        res["bgc_gap"] = bgc_gap(split_acc["mixed_same"], split_acc["mixed_rand"])
+        proto["bgc_gap"] = ("ToTensor only; IN-9 = in_to_in9[argmax over 1000] (-1 wrong); "
+                            "acc(mixed_same) - acc(mixed_rand)")
+    masks_dir = root / "fg_mask" / "val"
+    if not args.bgc_skip_acc and masks_dir.is_dir() and (root / "only_bg_t" / "val").is_dir() \
+            and (root / "original" / "val").is_dir():
+        fg_paths, mask_paths, labels = [], [], []
+        for pos, d in enumerate(_subdirs(masks_dir)):
+            originals = {Path(p).stem: p for p in _images(root / "original" / "val" / d.name)}
+            for mp in sorted(d.glob("*.npy")):
+                if mp.stem in originals:
+                    fg_paths.append(originals[mp.stem])
+                    mask_paths.append(str(mp))
+                    labels.append(in9_label(d.name, pos))
+        bg_paths = bgc_split(root, "only_bg_t")[0]
+        vulnerable = bgc_vulnerability(model, args, fg_paths, mask_paths, labels, bg_paths, in_to_in9)
+        res["bgc_acc"] = bgc_accuracy(vulnerable)
+        n["bgc_acc_foregrounds"], n["bgc_acc_backgrounds"] = len(fg_paths), len(bg_paths)
+        proto["bgc_acc"] = ("worst case over all only_bg_t backgrounds: x = bg (1 - m) + m fg in [0, 1], a "
+                            "foreground counts if no background changes the IN-9 prediction away from its class")
+    return res, proto, n
+
+def read_wsol_metadata(meta_dir):
+    """wsolevaluation metadata/ILSVRC/<split>/: image_ids.txt, class_labels.txt (id,cls), image_sizes.txt
+    (id,w,h), localization.txt (id,x0,y0,x1,y1, one line per box) -> dict of ids, labels, sizes, boxes."""
+    d = Path(meta_dir)
+
+    def rows(name):
+        return [line.strip().split(",") for line in (d / name).read_text().splitlines() if line.strip()]
+
+    ids = [r[0] for r in rows("image_ids.txt")]
+    labels = {r[0]: int(r[1]) for r in rows("class_labels.txt")}
+    sizes = {r[0]: (int(r[1]), int(r[2])) for r in rows("image_sizes.txt")}
+    boxes = {}
+    for r in rows("localization.txt"):
+        boxes.setdefault(r[0], []).append([float(v) for v in r[1:5]])
+    return {"ids": ids, "labels": labels, "sizes": sizes, "boxes": {k: np.array(v) for k, v in boxes.items()}}
+
+def resolve_wsol_images(ids, images_root=None, imagenet_val=None):
+    """Metadata image ids ("val/ILSVRC2012_val_00000001.JPEG") -> file paths: images_root/<id> if it exists,
+    else the file of the same name anywhere in an IN-val tree of wnid folders."""
+    paths, by_name = [], None
+    for k in ids:
+        p = Path(images_root) / k if images_root else None
+        if p is None or not p.is_file():
+            if by_name is None:
+                by_name = {}
+                for d in _subdirs(imagenet_val) if imagenet_val else []:
+                    by_name.update({os.path.basename(q): q for q in _images(d)})
+            p = by_name.get(os.path.basename(k))
+            if p is None:
+                raise FileNotFoundError(f"WSOL image {k} is neither under --wsol-images nor in --imagenet-val")
+        paths.append(str(p))
+    return paths
+
+def compute_cams(model, fmap, classes, size):
+    """CAMs [P, size, size] float32 (not yet normalised) of class classes[p] on feature map fmap[p]
+    ([P, D, h, w] from model.feature_map): classifier.weight[c] . fmap, upsampled bicubically (wsolevaluation
+    uses cv2 INTER_CUBIC). ResNet: last conv stage x fc weights (CAM). ViT: the patch tokens after the final
+    LayerNorm x the head's weights, a documented stand-in (the head was trained on the class token only)."""
+    with torch.autocast(fmap.device.type, enabled=False):  # the weighting and upsampling in float32, even under bf16
+        cam = torch.einsum("pd,pdhw->phw", model.classifier.weight.float()[classes], fmap.float())[:, None]
+        if cam.shape[-2:] != (size, size):
+            cam = F.interpolate(cam, size=(size, size), mode="bicubic", align_corners=False)
+    return cam[:, 0]
+
+@torch.no_grad()
+def eval_wsol(model, args):
+    """MaxBoxAccV2 (and V1) of the GT-class CAM on the wsolevaluation metadata split (Resize((224, 224)))."""
+    meta = read_wsol_metadata(args.wsol_metadata)
+    ids = meta["ids"]
+    paths = resolve_wsol_images(ids, args.wsol_images, args.imagenet_val)
+    S = args.img_size
+    tf = T.Compose([T.Resize((S, S), interpolation=T.InterpolationMode(args.interpolation)), T.ToTensor(),
+                    T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    ds = ImageList(paths, tf)
+    acc = BoxAccumulator(args.cam_curve_interval, args.iou_thresholds)
+    progress = Progress("WSOL MaxBoxAccV2", len(ds))
+    # the box search (~15-20 ms per image on one core) runs in a pool while the model computes the next CAMs
+    pool = mp.get_context("spawn").Pool(args.workers) if args.workers > 0 else None
+    pending = deque()
+    for x, idx in _loader(ds, args):
+        x = x.to(args.device, non_blocking=True)
+        classes = torch.tensor([meta["labels"][ids[i]] for i in idx.tolist()], device=args.device)
+        if args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(args):
+            fmap = model.feature_map(x)
+        cams = compute_cams(model, fmap, classes, S).cpu().numpy()
+        for cam, i in zip(cams, idx.tolist()):
+            w, h = meta["sizes"][ids[i]]
+            gt = meta["boxes"].get(ids[i], np.zeros((0, 4)))
+            # wsolevaluation resize_bbox: int() of the box scaled to the S x S input
+            gt = np.floor(gt * np.array([S / w, S / h, S / w, S / h])).astype(np.int64)
+            if pool is None:
+                acc.accumulate(normalize_cam(cam), gt)
+            else:
+                pending.append(pool.apply_async(cam_box_ious, (normalize_cam(cam), gt, acc.thresholds)))
+        while len(pending) > 4 * args.batch_size:
+            acc.add(*pending.popleft().get())
+        progress.update(len(idx) * _dist_world())
+    while pending:
+        acc.add(*pending.popleft().get())
+    if pool is not None:
+        pool.close()
+        pool.join()
+    acc.load_state(all_reduce_sum(acc.state()))
+    res = acc.compute()
+    vit = " ViT: patch tokens after the final LayerNorm x head weights [A]." if model.is_vit else ""
+    proto = (f"GT-class CAM (feature map x classifier weights), Resize(({S}, {S})), bicubic upsampling, min-max "
+             f"normalised; thresholds arange(0, 1, {args.cam_curve_interval}); boxes of all 8-connected components "
+             f"(own labelling, no OpenCV); IoU {list(args.iou_thresholds)} averaged for V2; V1 = IoU 50, largest "
+             f"component.{vit}")
+    return res, {"maxboxacc_v2": proto}, {"wsol": len(ds)}
+
+@torch.no_grad()
+def eval_coco(model, args):
+    """COCO val: mAP (80 classes, images with >= 1 annotation), class-mean PxAP of the GT-class CAMs, the two
+    context-bias metrics, and the point head's per-class accuracy. One pass over the images."""
+    root = Path(args.coco)
+    image_dir = root / args.coco_split
+    instances = root / "annotations" / f"instances_{args.coco_split}.json"
+    S = args.coco_size
+    want_masks = args.coco_pxap or args.coco_context
+    ds = CocoEvalSet(image_dir, instances, S, masks=want_masks, interpolation=args.interpolation)
+    C = len(ds.category_ids)
+    if model.classifier.out_features != C:
+        return None, f"needs a {C}-class model (the categories of {instances.name}), this one has " \
+                     f"{model.classifier.out_features}"
+    edges = pxap_bin_edges(args.cam_curve_interval)
+    hist = np.zeros((2, C, len(edges) - 1), np.float64)  # [fg|bg, class, bin]
+    fill = cocc_fill(args.ctx_fill).to(args.device).view(3, 1, 1)
+    mine_idx, mine_logits, mine_ctx, mine_hits = [], [], [], []
+    progress = Progress("COCO", len(ds))
+    loader = _loader(ds, args, collate_fn=_collate_with_masks if want_masks else None)
+    for batch in loader:
+        x, idx = batch[0].to(args.device, non_blocking=True), batch[1]
+        if args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(args):
+            out = model(x)
+        logits = _logits(out).float()
+        mine_idx.append(idx)
+        mine_logits.append(logits.cpu())
+        hits = torch.full((len(idx), C), -1, dtype=torch.int8)
+        if args.has_points:
+            pts = out[1].float().cpu().numpy()
+            for b, i in enumerate(idx.tolist()):
+                info = ds.images[i]
+                for k, boxes in ds.boxes(i).items():
+                    p = pts[b, k] * np.array([info["width"], info["height"]])
+                    hits[b, k] = int(point_in_box_accuracy(p[None], [boxes]) > 0)
+        mine_hits.append(hits)
+        ctx = torch.full((len(idx), C, 3), float("nan"))
+        if want_masks:
+            classes, masks = batch[2], batch[3]
+            if args.coco_pxap:
+                flat = torch.cat(classes).to(args.device)
+                owner = torch.repeat_interleave(torch.arange(len(idx)), torch.tensor([len(c) for c in classes]))
+                with _autocast(args):
+                    fmap = model.feature_map(x)  # once per image, shared by its GT classes
+                cams = compute_cams(model, fmap[owner.to(args.device)], flat, S).cpu().numpy()
+                for cam, k, m in zip(cams, flat.tolist(), torch.cat(masks).numpy()):
+                    fg_h, bg_h = pxap_histograms(normalize_cam(cam), m, edges)
+                    hist[0, k] += fg_h
+                    hist[1, k] += bg_h
+            if args.coco_context:
+                ctx = context_scores(model, args, x, logits, classes, masks, idx, fill)
+        mine_ctx.append(ctx)
+        progress.update(len(idx) * _dist_world())
+    cat = lambda xs, shape, dtype: torch.cat(xs) if xs else torch.zeros(shape, dtype=dtype)
+    indices = cat(mine_idx, (0,), torch.long)
+    logits, ctx, hits = gather_by_index(indices, cat(mine_logits, (0, C), torch.float32),
+                                        cat(mine_ctx, (0, C, 3), torch.float32), cat(mine_hits, (0, C), torch.int8))
+    res, proto, n = {}, {}, {"coco": len(ds)}
+    res["coco_map"], ap = mean_average_precision(logits.numpy(), ds.targets)
+    res["coco_ap_per_class"] = {str(c): float(a) for c, a in zip(ds.category_ids, ap)}
+    no_pos = int((ds.targets.sum(0) == 0).sum())
+    proto["coco_map"] = (f"Resize(({S}, {S})); {args.coco_split} images with >= 1 annotation; ASL average precision "
+                         f"(ties grouped), mean over {C} classes" + (f"; {no_pos} classes without positives count as 0"
+                                                                    if no_pos else ""))
+    if args.coco_pxap:
+        hist = all_reduce_sum(hist)
+        per_class = [pxap(hist[0, k], hist[1, k]) for k in range(C)]
+        present = [v for v in per_class if not math.isnan(v)]
+        res["pxap"] = float(np.mean(present)) if present else float("nan")
+        res["pxap_pooled"] = pxap(hist[0].sum(0), hist[1].sum(0))
+        proto["pxap"] = ("[A] class-mean PxAP: per GT class of an image, its CAM (Resize((S, S)) input, bicubic, "
+                         "min-max normalised) against the union of its instance masks (nearest-resized); crowd-only "
+                         "pixels ignored; histograms per class over the whole set, mean over classes with a positive"
+                         " pixel" + (" [ViT: patch-token CAM]" if model.is_vit else ""))
+        n["pxap_classes"] = len(present)
+    if args.coco_context:
+        c = ctx.numpy().reshape(-1, 3)
+        c = c[~np.isnan(c[:, 0])]
+        r, w = context_bias(c[:, 0], c[:, 1], args.ctx_thr), context_bias(c[:, 0], c[:, 2], args.ctx_thr)
+        res.update({"ctx_random": r["flip"], "ctx_worst": w["flip"],
+                    "ctx_random_drop": r["drop"], "ctx_worst_drop": w["drop"]})
+        what = (f"[A] Shetty et al. reconstructed: pairs (image, GT class c) with sigmoid score > {args.ctx_thr} and "
+                f"another GT class; erase another class's masks minus c's mask, fill = {args.ctx_fill} "
+                f"({_FILL_DOC[args.ctx_fill]}); ")
+        proto["ctx_random"] = what + f"one other class drawn uniformly (seed {args.ctx_seed}); % pairs flipped " \
+                                     "to <= thr"
+        proto["ctx_worst"] = what + "the other class that lowers s_c most; % pairs flipped to <= thr"
+        proto["ctx_random_drop"] = proto["ctx_worst_drop"] = what + "mean drop of s_c in points"
+        n["ctx_pairs"] = len(c)
+    if args.has_points:
+        h = hits.numpy()
+        valid = h >= 0
+        res["coco_point_acc"] = 100.0 * float(h[valid].mean()) if valid.any() else float("nan")
+        proto["coco_point_acc"] = "per (image, GT class): the class's predicted point inside any GT box of the class"
+    return res, proto, n
+
+def context_scores(model, args, x, logits, classes, masks, idx, fill):
+    """Per image of the batch: [C, 3] = (clean s_c, s_c after erasing the random other class, after the worst
+    one) for each qualifying class c, NaN elsewhere. The erased region of o is o's mask (crowd included) minus
+    c's mask; every (c, o) pair is one forward pass, batched."""
+    C = logits.shape[1]
+    out = torch.full((len(idx), C, 3), float("nan"))
+    probs = logits.sigmoid().cpu()
+    jobs = []  # (b, c, o)
+    for b in range(len(idx)):
+        cls = classes[b].tolist()
+        for c in cls:
+            if probs[b, c] > args.ctx_thr and len(cls) > 1:
+                jobs += [(b, c, o) for o in cls if o != c]
+    scores = []
+    for s in range(0, len(jobs), args.batch_size):
+        chunk = jobs[s:s + args.batch_size]
+        xs = x[[b for b, _, _ in chunk]].clone()
+        for j, (b, c, o) in enumerate(chunk):
+            cls = classes[b].tolist()
+            region = (masks[b][cls.index(o)] > 0) & ~(masks[b][cls.index(c)] > 0)
+            region = region.to(args.device)
+            xs[j] = torch.where(region[None], fill, xs[j])
+        with _autocast(args):
+            p = _logits(model(xs)).float().sigmoid()
+        scores += [float(p[j, c]) for j, (_, c, _) in enumerate(chunk)]
+    per_pair = {}
+    for (b, c, o), s in zip(jobs, scores):
+        per_pair.setdefault((b, c), []).append((o, s))
+    for (b, c), lst in per_pair.items():
+        rng = np.random.default_rng([args.ctx_seed, int(idx[b]), c])  # fixed per (image, class)
+        out[b, c, 0] = probs[b, c]
+        out[b, c, 1] = lst[int(rng.integers(len(lst)))][1]
+        out[b, c, 2] = min(s for _, s in lst)
+    return out
+
+# -----------------------------------------------------------------------------
+# the paper-style table
+
+# (JSON key, header, higher is better); the IN-O, ObjNet and context columns follow --ino-metric,
+# --objnet-protocol and --ctx-metric
+TABLE_COLUMNS = [
+    ("in1k", "IN-1k", True), ("inv2", "IN-V2", True), ("inreal", "IN-Real", True), ("ina", "IN-A", True),
+    ("inc_acc", "IN-C", True), ("ino", "IN-O", True), ("sketch", "Sketch", True), ("inr", "IN-R", True),
+    ("cocc", "Cocc", True), ("objnet", "ObjNet", True), ("si_size", "SI-size", True), ("si_loc", "SI-loc", True),
+    ("si_rot", "SI-rot", True), ("bgc_gap", "BGC-gap", False), ("bgc_acc", "BGC-acc", True),
+    ("inc_mce", "IN-C mCE", False), ("maxboxacc_v2", "Loc", True), ("point_acc", "PointAcc", True),
+    ("coco_map", "mAP", True), ("ctx_random", "Ctx-rand", False), ("ctx_worst", "Ctx-worst", False),
+    ("pxap", "mPxAP", True), ("coco_point_acc", "COCO PointAcc", True),
+]
+
+def table_value(results, key, args):
+    alias = {"ino": f"ino_{args.ino_metric}", "objnet": f"objnet_{args.objnet_protocol}",
+             "ctx_random": "ctx_random" + ("_drop" if args.ctx_metric == "drop" else ""),
+             "ctx_worst": "ctx_worst" + ("_drop" if args.ctx_metric == "drop" else "")}
+    v = results.get(alias.get(key, key))
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+def format_table(rows, args):
+    """rows: list of (name, results dict) -> the table as a string. Row 1 is the reference; later rows show
+    their difference to it in brackets. Columns nobody has are left out."""
+    cols = [c for c in TABLE_COLUMNS if any(table_value(r, c[0], args) is not None for _, r in rows)]
+    header = ["Model"] + [f"{h}{'↑' if up else '↓'}" for _, h, up in cols]
+    lines = []
+    for j, (name, r) in enumerate(rows):
+        cells = [name]
+        for key, _, up in cols:
+            v = table_value(r, key, args)
+            ref = table_value(rows[0][1], key, args)
+            if v is None:
+                cells.append("-")
+            elif j == 0 or ref is None:
+                cells.append(f"{v:.1f}")
+            else:
+                cells.append(f"{v:.1f} ({v - ref:+.1f})")
+        lines.append(cells)
+    widths = [max(len(row[i]) for row in [header] + lines) for i in range(len(header))]
+    fmt = lambda row: " | ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+    sep = "-|-".join("-" * w for w in widths)
+    return "\n".join([fmt(header), sep] + [fmt(r) for r in lines])
+
+def print_table(paths, args):
+    rows = []
+    for p in paths:
+        r = json.loads(Path(p).read_text())
+        rows.append((r.get("meta", {}).get("name") or Path(p).stem, r))
+    print(format_table(rows, args))
+
+# -----------------------------------------------------------------------------
+# model, run, main
+
+def load_model(args):
+    """create_model + load_pretrained (our {"model", "args"} checkpoints, torchvision or DeiT files). The model
+    name, class count and point head default to what the checkpoint says."""
+    import models
+    ckpt = None
+    if args.checkpoint:
+        ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        saved = ckpt.get("args", {}) if isinstance(ckpt, dict) and isinstance(ckpt.get("args"), dict) else {}
+        sd = ckpt["model"] if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict) else ckpt
+        args.model = args.model or saved.get("model")
+        head = [v for k, v in sd.items() if k.endswith("point_head.weight")]
+        if args.num_points is None:
+            args.num_points = head[0].shape[0] // 2 if head else 0
+        if args.num_classes is None:
+            fc = [v for k, v in sd.items() if k.endswith(("fc.weight", "heads.head.weight", "head.weight"))
+                  and "point_head" not in k]
+            args.num_classes = fc[0].shape[0] if fc else 1000
+    args.model = args.model or "resnet50"
+    args.num_points = args.num_points or 0
+    args.num_classes = args.num_classes or 1000
+    model = models.create_model(args.model, num_classes=args.num_classes, num_points=args.num_points,
+                                img_size=args.img_size)
+    if ckpt is not None:
+        for note in models.load_pretrained(model, ckpt) or []:
+            log(f"note: {note}")
+    else:
+        log("warning: no --checkpoint, evaluating a randomly initialised model")
+    return model
+
+# (flag attribute, runner, the class count the model must have)
+BENCHMARKS = [
+    ("imagenet_val", eval_imagenet_val, 1000), ("imagenet_v2", eval_imagenet_v2, 1000),
+    ("imagenet_a", eval_imagenet_a, 1000), ("imagenet_r", eval_imagenet_r, 1000),
+    ("imagenet_c", eval_imagenet_c, 1000), ("imagenet_o", eval_imagenet_o, 1000),
+    ("imagenet_sketch", eval_sketch, 1000), ("objectnet", eval_objectnet, 1000), ("si_score", eval_si_score, 1000),
+    ("bg_challenge", eval_bg_challenge, 1000), ("wsol_metadata", eval_wsol, 1000),
+    ("coco", eval_coco, None),  # checks the model against the instances file's categories (80 for COCO)
+]
+
+def evaluate_all(model, args):
+    """Every benchmark whose root flag is set. -> the results dict that --out writes (same on every rank)."""
+    model.eval()
+    args.device = torch.device(args.device) if isinstance(args.device, str) else args.device
+    args.channels_last = args.device.type == "cuda" and not getattr(model, "is_vit", False)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    args.has_points = getattr(model, "point_head", None) is not None
+    args.bgc_batch_size = args.bgc_batch_size or args.batch_size
+    args._ino_in_scores = None
+    num_classes = model.classifier.out_features
+    name = args.name or (Path(args.checkpoint).stem if args.checkpoint else args.model) or type(model).__name__
+    results = {"meta": {"name": name,
+                        "model": args.model, "checkpoint": args.checkpoint, "num_classes": num_classes,
+                        "point_head": args.has_points, "world_size": _dist_world(), "amp_bf16": _amp_on(args),
+                        "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S")},
+               "protocol": {}, "counts": {}, "skipped": {}, "seconds": {}}
+    for flag, run, classes in BENCHMARKS:
+        root = getattr(args, flag)
+        if not root:
+            results["skipped"][flag] = f"--{flag.replace('_', '-')} not given"
+            continue
+        if not Path(root).exists():
+            results["skipped"][flag] = f"{root} does not exist"
+            log(f"warning: skipping {flag}: {root} does not exist")
+            continue
+        if classes is not None and num_classes != classes:
+            results["skipped"][flag] = f"needs a {classes}-class model, this one has {num_classes}"
+            log(f"warning: skipping {flag}: {results['skipped'][flag]}")
+            continue
+        t0 = time.time()
+        out = run(model, args)
+        if out[0] is None:
+            results["skipped"][flag] = out[1]
+            log(f"warning: skipping {flag}: {out[1]}")
+            continue
+        res, proto, counts = out
+        results.update(res)
+        results["protocol"].update(proto)
+        results["counts"].update(counts)
+        results["seconds"][flag] = round(time.time() - t0, 1)
+        log(f"{flag}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items() if isinstance(v, float)))
+    return results
+
+def _amp_on(args):
+    return args.device.type == "cuda" and args.amp
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--table", nargs="+", metavar="JSON", help="print the paper-style table of these results and exit")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=None, help="resnet18/50/101/152, vit_tiny/small/base (default: the "
+                   "checkpoint's args, else resnet50)")
+    g.add_argument("--checkpoint", default=None, help="our training checkpoint, or a torchvision / DeiT file")
+    g.add_argument("--num-classes", type=int, default=None, help="default: from the checkpoint (1000 or 80)")
+    g.add_argument("--num-points", type=int, default=None, help="point-head size; default: from the checkpoint")
+    g.add_argument("--name", default=None, help="row name in the table (default: the checkpoint's file name)")
+    g = p.add_argument_group("run")
+    g.add_argument("--batch-size", type=int, default=128, help="per process")
+    g.add_argument("--workers", type=int, default=8, help="data-loading workers per process")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--no-amp", dest="amp", action="store_false", help="disable bf16 autocast on CUDA")
+    g.add_argument("--img-size", type=int, default=224, help="network input (the crop)")
+    g.add_argument("--resize", type=int, default=256, help="shorter side before the centre crop")
+    g.add_argument("--interpolation", default="bilinear", choices=["bilinear", "bicubic"],
+                   help="resize interpolation (bilinear: the benchmarks' reference code; DeiT trains with bicubic)")
+    g.add_argument("--out", default=None, help="write the results JSON here")
+    g = p.add_argument_group("benchmark roots (a benchmark runs only if its root is given)")
+    g.add_argument("--imagenet-val", help="val/<wnid>/*.JPEG (IN-1k, ReaL, Cocc, IN-O's in-distribution side)")
+    g.add_argument("--imagenet-real", help="real.json (needs --imagenet-val)")
+    g.add_argument("--imagenet-v2", help="imagenetv2-matched-frequency-format-val/<k>/*.jpeg")
+    g.add_argument("--imagenet-a", help="imagenet-a/<wnid>/*.jpg")
+    g.add_argument("--imagenet-r", help="imagenet-r/<wnid>/*.jpg")
+    g.add_argument("--imagenet-c", help="imagenet-c/<corruption>/<1..5>/<wnid>/*.JPEG")
+    g.add_argument("--imagenet-o", help="imagenet-o/<wnid>/*.jpg (needs --imagenet-val)")
+    g.add_argument("--imagenet-sketch", help="sketch/<wnid>/*.JPEG")
+    g.add_argument("--objectnet", help="objectnet-1.0 (with images/<folder>/*.png) or its images/ folder")
+    g.add_argument("--si-score", help="folder holding area/, location20_area02_min0pc/, rotation/ (<class>/*.jpg)")
+    g.add_argument("--bg-challenge", help="backgrounds_challenge data: <split>/val/<class>/*.JPEG, fg_mask/val/...")
+    g.add_argument("--wsol-metadata", help="wsolevaluation metadata/ILSVRC/test (image_ids, class_labels, "
+                   "image_sizes, localization .txt)")
+    g.add_argument("--wsol-images", help="root the metadata image ids are relative to (default: look the file "
+                   "names up in --imagenet-val)")
+    g.add_argument("--coco", help="COCO root with <split>/ images and annotations/instances_<split>.json")
+    g = p.add_argument_group("benchmark options (the paper is silent on these; the JSON records what was used)")
+    g.add_argument("--cocc-hole", type=int, default=112, help="Cocc: side of the centre hole on the input")
+    g.add_argument("--cocc-fill", default="mean", choices=["mean", "black"],
+                   help="Cocc fill: 0 after normalisation (the mean pixel) or black pixels")
+    g.add_argument("--objectnet-border", type=int, default=2, help="pixels cropped off each side (red frame)")
+    g.add_argument("--si-transform", default="center-crop", choices=["center-crop", "resize"],
+                   help="SI-Score: the default Resize+CenterCrop, or Resize((S, S)) keeping the whole image")
+    g.add_argument("--bgc-batch-size", type=int, default=None, help="backgrounds per forward in BGC-acc")
+    g.add_argument("--bgc-skip-acc", action="store_true", help="skip BGC-acc (up to 4050^2 forward passes)")
+    g.add_argument("--cam-curve-interval", type=float, default=0.001, help="CAM threshold step (MaxBoxAcc, PxAP)")
+    g.add_argument("--iou-thresholds", type=int, nargs="+", default=[30, 50, 70], help="MaxBoxAccV2 deltas")
+    g.add_argument("--coco-split", default="val2014")
+    g.add_argument("--coco-size", type=int, default=224, help="COCO input: Resize((S, S)), no crop")
+    g.add_argument("--no-coco-pxap", dest="coco_pxap", action="store_false")
+    g.add_argument("--no-coco-context", dest="coco_context", action="store_false")
+    g.add_argument("--ctx-thr", type=float, default=0.5, help="context bias: a class counts if its sigmoid > thr")
+    g.add_argument("--ctx-fill", default="mean", choices=["mean", "black"], help="fill of erased pixels")
+    g.add_argument("--ctx-seed", type=int, default=0, help="seed of the random erased class")
+    g = p.add_argument_group("table")
+    g.add_argument("--ino-metric", default="auroc", choices=["auroc", "aupr"], help="what the IN-O column shows")
+    g.add_argument("--objnet-protocol", default="A", choices=["A", "B"], help="what the ObjNet column shows")
+    g.add_argument("--ctx-metric", default="flip", choices=["flip", "drop"], help="what the context columns show")
+    return p
+
+def setup_distributed(args):
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: NCCL with one GPU per process, else gloo on CPU."""
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
+        if torch.cuda.is_available() and str(args.device).startswith("cuda"):
+            local = int(os.environ.get("LOCAL_RANK", 0))
+            torch.cuda.set_device(local)
+            args.device = f"cuda:{local}"
+            dist.init_process_group("nccl")
+        else:
+            dist.init_process_group("gloo")
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    if args.table:
+        print_table(args.table, args)
+        return
+    setup_distributed(args)
+    args.device = torch.device(args.device)
+    if args.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    model = load_model(args).to(args.device)
+    results = evaluate_all(model, args)
+    if _rank() == 0:
+        text = json.dumps(results, indent=1, default=float)
+        if args.out:
+            Path(args.out).write_text(text)
+            log(f"wrote {args.out}")
+        print(format_table([(results["meta"]["name"], results)], args))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+if __name__ == "__main__":
+    main()
