@@ -2,7 +2,7 @@
 Every evaluation number of the LUAB paper for one checkpoint: one command, one JSON, and a side-by-side table.
 
     python evaluate.py --model resnet50 --checkpoint ckpt.pt --imagenet-val DIR --imagenet-a DIR ... --out r.json
-    torchrun --nproc_per_node=8 evaluate.py ...      (exact: every image counted once, the same numbers as 1 process)
+    torchrun --nproc_per_node=8 evaluate.py ...      (every image counted exactly once, no padding)
     python evaluate.py --table base.json luab.json   (rows = checkpoints, columns = benchmarks, diffs to row 1)
 
 Columns: Table 1 (IN-1k, V2, ReaL, A, C, O, Sketch, R, Cocc, ObjectNet, SI-Score, Background Challenge),
@@ -10,6 +10,11 @@ Table 4 (MaxBoxAccV2 of the CAM), Tables 5-7 (COCO mAP, context bias, mPxAP) and
 localisation accuracy. Each benchmark has its own root flag; a missing root is skipped with a note in the JSON.
 Layouts, class mappings, formulas and the traps are in ../shared/spec/evaluation.md; where the paper is silent
 the choice made is a flag and is written into the JSON's `protocol` entry next to the number.
+
+Distributed runs shard every set by index (rank r takes r, r + w, ...) and gather results by index, so the
+arrays the metrics see are the single-process arrays. The one difference left is the model itself: conv kernels
+give ~1e-6 different outputs for a different batch composition (more under bf16), which can move a CAM value
+across a PxAP bin or flip a near-tied argmax.
 
 The metrics are pure numpy functions of arrays (logits, labels, masks, boxes), so they are tested without a
 model. Coordinates: normalised (x, y) in [0, 1]^2 of the image a tensor represents, origin top-left, x right,

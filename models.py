@@ -28,10 +28,17 @@ class ImageClassifier(nn.Module):
 
     def _init_point_head(self, dim, num_points):
         self.num_points = num_points
+        # The head reads the features scaled by 1/sqrt(D) (a constant, not a parameter: the state dict is a
+        # plain Linear). Unscaled, ReLU-pooled ResNet features have |f|^2 ~ D/2, so one SGD step of the
+        # ResNet recipe (lr 0.1) moves a regressed point by ~lr |f|^2 >> 1 and the point loss oscillates
+        # for epochs; scaled, the regression is stable at the classifier's learning rate.
+        self.point_scale = dim ** -0.5
         self.point_head = nn.Linear(dim, 2 * num_points) if num_points > 0 else None
         if self.point_head is not None:
-            nn.init.trunc_normal_(self.point_head.weight, std=0.02)
-            nn.init.zeros_(self.point_head.bias)
+            # start by predicting the image centre for every point: the first losses are those of the
+            # centre baseline rather than of a random regressor, which kicks the SGD recipe less hard
+            nn.init.zeros_(self.point_head.weight)
+            nn.init.constant_(self.point_head.bias, 0.5)
 
     def forward(self, x):
         """x: [B, 3, H, W] -> logits [B, C], or (logits [B, C], points [B, K, 2]) with a point head."""
@@ -40,7 +47,7 @@ class ImageClassifier(nn.Module):
         if self.point_head is None:
             return logits
         # One forward returns both outputs, so DDP sees (and syncs) the gradients of both heads.
-        return logits, self.point_head(feats).view(-1, self.num_points, 2)
+        return logits, self.point_head(feats * self.point_scale).view(-1, self.num_points, 2)
 
 # -----------------------------------------------------------------------------
 # ResNet

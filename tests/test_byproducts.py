@@ -431,6 +431,11 @@ def test_coco_dataset_keeps_labels_when_point_leaves_crop(tmp_path):
     assert w[person] == 0  # a GT class without an icon: label 1, no point
     assert w[bike] == 0 and target[bike] == 0  # an icon for a class the ground truth lacks: no supervision
     assert ds[0][3].sum() == 0  # image 9 has no COCO-AB record
+    with open(os.path.join(img_dir, "COCO_train2014_000000296169.jpg"), "r+b") as f:
+        f.truncate(100)  # now unreadable: black image, targets kept, every weight 0, named in a warning
+    with pytest.warns(bp.BadInputWarning, match="COCO_train2014_000000296169.jpg"):
+        img, target2, _, w = ds[1]
+    assert torch.equal(target2, target) and w.sum() == 0 and img.shape == (3, 100, 100)
     with pytest.raises(bp.BadInput, match="image_id=123"):
         bp.CocoAB(img_dir, inst, ab, strict=True)
 

@@ -46,7 +46,7 @@ def weights(out):
 
 
 def torchrun(nproc, argv, timeout=300):
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port=0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            os.path.join(REPO, "train_imagenet.py"), *argv]
     res = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -123,25 +123,30 @@ def three_runs(synth, tmp_path_factory):
     logs = {}
     for mode, flags in {"plain": [], "luab": ["--luab"], "rand": ["--rand-points"]}.items():
         out = tmp_path_factory.mktemp(mode)
-        run(base_args(synth, out, "--model", "resnet18", "--epochs", "8", "--lr-step", "6", *flags))
+        run(base_args(synth, out, "--model", "resnet18", "--epochs", "6", "--batch-size", "32", "--lr", "0.2",
+                      "--lr-step", "5", "--point-weight", "10",
+                      "--val-boxes", str(synth / "imagenet" / "boxes" / "val"), *flags))
         logs[mode] = read_log(out)
     return logs
 
 
 def test_plain_luab_rand_learn(three_runs):
     for mode, log in three_runs.items():
-        assert log[-1]["train_loss"] < 0.7 * log[0]["train_loss"], (mode, log)
+        assert log[-1]["train_loss"] < 0.85 * log[0]["train_loss"], (mode, log)
+        assert log[-1]["val_top1"] >= 40, (mode, log)  # 10 classes: chance is 10%
     luab, rand = three_runs["luab"], three_runs["rand"]
-    assert luab[-1]["train_point_loss"] < 0.6 * luab[0]["train_point_loss"]
-    # clicks are predictable from the image, random points are not
-    assert luab[-1]["train_point_loss"] < 0.7 * rand[-1]["train_point_loss"]
+    assert luab[-1]["train_point_loss"] < 0.85 * luab[0]["train_point_loss"]
+    # clicks are predictable from the image, random points only by memorising each image
+    assert max(e["train_point_loss"] for e in luab[1:]) < min(e["train_point_loss"] for e in rand[1:])
+    assert luab[-1]["val_point_acc"] > rand[-1]["val_point_acc"] + 10
     assert three_runs["plain"][-1]["train_point_loss"] == 0.0
-    assert "val_point_acc" not in luab[-1]  # no --val-boxes given
+    assert "val_point_acc" not in three_runs["plain"][-1]  # no point head, nothing to localise
 
 
 def test_luab_reports_point_localisation(synth, tmp_path):
     stats = run(base_args(synth, tmp_path, "--model", "vit_tiny", "--recipe", "resnet", "--epochs", "1",
-                          "--luab", "--val-boxes", str(synth / "imagenet" / "boxes" / "val")))
+                          "--luab", "--val-boxes", str(synth / "imagenet" / "boxes" / "val"),
+                          "--max-steps-per-epoch", "3"))
     assert 0.0 <= stats["val_point_acc"] <= 100.0 and 0.0 <= stats["val_top1"] <= 100.0
 
 

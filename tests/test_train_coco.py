@@ -1,0 +1,238 @@
+"""train_coco.py on synthetic COCO-format data (CPU): AdamP, mAP, the crop rule for labels, learning, resume, DDP."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import byproducts
+import train_coco as C
+from models import create_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a busy 2-core machine two OpenMP threads run these tiny models ~5x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    byproducts.synth(str(root), seed=0, n_classes=2, n_train=1, n_val=1, coco_train=96, coco_val=25)
+    return root / "coco"
+
+
+def base_args(coco, out, *extra):
+    """Tiny and fast: 32 px, 4 steps per epoch; every test adds its own flags."""
+    return ["--coco-dir", str(coco), "--coco-ab", str(coco / "coco_ab_v1_0.json"), "--output-dir", str(out),
+            "--model", "resnet18", "--img-size", "32", "--batch-size", "16", "--workers", "0", "--print-freq",
+            "1000", "--warmup-epochs", "0", "--lr", "0.02", "--max-steps-per-epoch", "4", *extra]
+
+
+def run(argv):
+    return C.main(C.get_args_parser().parse_args(argv))
+
+
+def read_log(out):
+    with open(os.path.join(out, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def weights(out):
+    return torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)["model"]
+
+
+# ---------------------------------------------------------------------------- pure pieces
+
+def test_recipe_and_lambda_by_backbone():
+    parse = C.get_args_parser().parse_args
+    a = C.resolve_coco_args(parse(["--model", "resnet18"]))
+    assert (a.recipe, a.opt, a.epochs, a.warmup_epochs, a.batch_size, a.img_size) == ("coco", "adamp", 100, 5, 128, 224)
+    assert a.min_scale > 0.08 and a.re_prob > 0 and a.point_weight == C.SMALL_LAMBDA
+    assert C.resolve_coco_args(parse(["--model", "vit_small"])).point_weight == C.LARGE_LAMBDA
+    assert C.resolve_coco_args(parse(["--model", "vit_tiny", "--point-weight", "3"])).point_weight == 3.0
+
+
+def test_adamp_is_adamw_off_scale_invariant_weights_and_drops_the_radial_update():
+    torch.manual_seed(0)
+    kw = dict(lr=0.1, weight_decay=0.1)
+    # a bias and a weight whose gradient is parallel to it: no projection, exactly AdamW
+    for p0 in (torch.randn(5), torch.randn(4, 6)):
+        a, b = p0.clone().requires_grad_(), p0.clone().requires_grad_()
+        opt_a, opt_b = C.AdamP([a], **kw), torch.optim.AdamW([b], **kw)
+        for _ in range(3):
+            for p, opt in ((a, opt_a), (b, opt_b)):
+                p.grad = (p.detach() * 2.0).clone()
+                opt.step()
+        torch.testing.assert_close(a, b)
+    # a scale-invariant weight (loss of the row-normalised weight): the update is orthogonal to every row
+    w = torch.randn(4, 6, requires_grad=True)
+    opt = C.AdamP([w], lr=0.1)
+    before = w.detach().clone()
+    loss = (torch.nn.functional.normalize(w, dim=1) * torch.randn(4, 6)).sum()
+    loss.backward()
+    opt.step()
+    radial = ((w.detach() - before) * before).sum(1) / before.norm(dim=1)
+    assert radial.abs().max() < 1e-6
+    w2 = before.clone().requires_grad_()
+    (torch.nn.functional.normalize(w2, dim=1) * torch.randn(4, 6)).sum().backward()
+    adamw = torch.optim.AdamW([w2], lr=0.1, weight_decay=0.0)
+    adamw.step()
+    assert (((w2.detach() - before) * before).sum(1) / before.norm(dim=1)).abs().max() > 1e-3
+
+
+def test_map_and_point_accuracy_by_hand():
+    # class 0: a tie between a positive (image 1) and a negative (image 2) at 0.5: ties form one group, so the
+    # positive gets the precision at the group's end, 2/3 (argsort order would give it 2/2): AP = (1 + 2/3) / 2.
+    # class 1: ranks neg, pos, pos: AP = (1/2 + 2/3) / 2 = 7/12. class 2 has no positive: AP 0.
+    logits = np.array([[0.9, 0.2, 0.0], [0.5, 0.8, 0.1], [0.5, 0.4, 0.2]])
+    targets = np.array([[1, 1, 0], [1, 0, 0], [0, 1, 0]])
+    sizes = np.array([[100, 50], [200, 100], [10, 10]])
+    boxes = [{0: np.array([[10, 10, 20, 20]]), 1: np.array([[0, 0, 50, 25]])},
+             {0: np.array([[100, 50, 150, 100]])},
+             {1: np.array([[0, 0, 5, 5]])}]
+    points = np.full((3, 3, 2), 0.99)
+    points[0, 0] = (0.15, 0.3)  # (15, 15): inside
+    points[0, 1] = (0.5, 0.5)   # (50, 25): the box's corner, inclusive
+    points[1, 0] = (0.2, 0.2)   # (40, 20): outside
+    points[2, 1] = (0.3, 0.3)   # (3, 3): inside
+    stats = C.coco_metrics(logits, targets, points, sizes, boxes)
+    assert stats["val_map"] == pytest.approx(100 * (5 / 6 + 7 / 12 + 0) / 3)
+    assert stats["val_map_present"] == pytest.approx(100 * (5 / 6 + 7 / 12) / 2)
+    assert stats["val_point_acc"] == pytest.approx(75.0)  # 3 of the 4 (image, present class) pairs
+    assert "val_point_acc" not in C.coco_metrics(logits, targets)
+
+
+def test_pretrained_imagenet_checkpoint_loses_only_its_heads(tmp_path):
+    imagenet = create_model("resnet18", num_classes=1000, num_points=1)
+    torch.save({"model": imagenet.state_dict()}, tmp_path / "in.pt")
+    sd = C.pretrained_without_mismatched_heads(tmp_path / "in.pt", num_classes=80, num_points=80)
+    assert not any(k.startswith(("fc.", "point_head.")) for k in sd) and "layer4.1.bn2.weight" in sd
+    coco = create_model("resnet18", num_classes=80, num_points=80)
+    torch.save(coco.state_dict(), tmp_path / "coco.pt")
+    assert set(C.pretrained_without_mismatched_heads(tmp_path / "coco.pt", 80, 80)) == set(coco.state_dict())
+
+
+def test_click_outside_the_crop_keeps_its_label_but_no_point_loss(coco):
+    """The real dataset and transform: a crop that cuts a clicked class's icon away keeps the class's label 1
+    (the official notebook drops it) and gives its point weight 0, so only BCE sees that class."""
+    args = (str(coco / "train2014"), str(coco / "annotations" / "instances_train2014.json"),
+            str(coco / "coco_ab_v1_0.json"))
+    raw = byproducts.CocoAB(*args)
+    crop = byproducts.CocoAB(*args, transform=byproducts.TrainTransform(size=32, scale=(0.04, 0.05)))
+    found = None
+    for i in range(len(raw)):
+        _, target, _, w = raw[i]
+        assert torch.all(w <= target)  # points only for classes present in the ground truth
+        for seed in range(20):
+            torch.manual_seed(seed)
+            _, t, p, w_crop = crop[i]
+            lost = (w > 0) & (w_crop == 0)
+            if lost.any():
+                found = (i, int(lost.nonzero()[0]), t, p, w_crop)
+                break
+        if found:
+            break
+    assert found, "no crop excluded a click"
+    i, c, t, p, w_crop = found
+    assert t[c] == 1 and w_crop[c] == 0
+    assert not ((p[c] >= 0) & (p[c] <= 1)).all()  # left with its out-of-range coordinates, never clamped
+    # through the objective: the class's logit gets a gradient toward positive, its point head none
+    logits = torch.zeros(1, len(t), requires_grad=True)
+    pred = torch.full((1, len(t), 2), 0.5, requires_grad=True)
+    args = C.get_args_parser().parse_args(["--point-loss", "smoothl1"])
+    bce, pt = C.coco_loss(args, (logits, pred), (None, t[None], p[None], w_crop[None]))
+    (bce + pt).backward()
+    assert logits.grad[0, c] < 0 and torch.all(pred.grad[0, c] == 0)
+    assert torch.all(pred.grad[0][w_crop == 0] == 0)
+
+
+# ---------------------------------------------------------------------------- training runs
+
+@pytest.fixture(scope="module")
+def three_runs(coco, tmp_path_factory):
+    logs = {}
+    for mode, flags in {"plain": [], "luab": ["--luab"], "rand": ["--rand-points"]}.items():
+        out = tmp_path_factory.mktemp(mode)
+        run(base_args(coco, out, "--epochs", "5", "--point-weight", "1", "--opt", "adamw", *flags))
+        logs[mode] = read_log(out)
+    return logs
+
+
+def test_plain_luab_rand_learn(three_runs):
+    for mode, log in three_runs.items():
+        assert log[-1]["train_loss"] < 0.5 * log[0]["train_loss"], (mode, log)
+        assert 0.0 <= log[-1]["val_map"] <= log[-1]["val_map_present"] <= 100.0
+    luab, rand = three_runs["luab"], three_runs["rand"]
+    assert luab[-1]["train_point_loss"] < 0.6 * luab[0]["train_point_loss"]
+    # icon positions are predictable from the image, uniform random points are not
+    assert luab[-1]["train_point_loss"] < 0.7 * rand[-1]["train_point_loss"]
+    assert three_runs["plain"][-1]["train_point_loss"] == 0.0 and "val_point_acc" not in three_runs["plain"][-1]
+    assert 0.0 <= luab[-1]["val_point_acc"] <= 100.0
+
+
+def test_resume_reproduces_the_uninterrupted_run(coco, tmp_path, monkeypatch):
+    """A run cut short (here: killed at the 2nd validation, after epoch 0's checkpoint), then --resume, ends
+    with exactly the weights of the run that was never interrupted: AdamP state, LR, data order all restored."""
+    flags = ["--epochs", "3", "--luab", "--max-steps-per-epoch", "2"]
+    run(base_args(coco, tmp_path / "full", *flags))
+    evaluate_coco, calls = C.evaluate_coco, []
+
+    def dies_at_second_validation(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return evaluate_coco(*a, **k)
+
+    monkeypatch.setattr(C, "evaluate_coco", dies_at_second_validation)
+    with pytest.raises(KeyboardInterrupt):
+        run(base_args(coco, tmp_path / "cut", *flags))
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["epoch"] == 0
+    run(base_args(coco, tmp_path / "cut", *flags, "--resume"))
+    w_full, w_cut = weights(tmp_path / "full"), weights(tmp_path / "cut")
+    for k in w_full:
+        torch.testing.assert_close(w_cut[k], w_full[k], rtol=0, atol=0)
+    assert [r["epoch"] for r in read_log(tmp_path / "cut")] == [0, 1, 2]
+
+
+def test_distributed_validation_equals_single_process(coco, tmp_path):
+    """mAP and point localisation with 2 gloo processes on an odd number of val images = 1 process."""
+    data = coco
+    inst = data / "annotations" / "instances_val2014.json"
+    n_val = len({a["image_id"] for a in json.loads(inst.read_text())["annotations"]})
+    assert n_val % 2 == 1  # the 2 ranks cannot split it evenly
+    run(base_args(data, tmp_path / "m", "--epochs", "1", "--luab", "--max-steps-per-epoch", "1"))
+    flags = ["--luab", "--eval-only", "--pretrained", str(tmp_path / "m" / "checkpoint.pt"), "--batch-size", "6"]
+    one = run(base_args(data, tmp_path / "e1", *flags))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+           os.path.join(REPO, "train_coco.py"), *base_args(data, tmp_path / "e2", *flags)]
+    res = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    two = json.loads(res.stdout.strip().splitlines()[-1])
+    assert two == pytest.approx(one, rel=1e-6) and set(two) == {"val_map", "val_map_present", "val_point_acc"}
+
+
+def test_clear_errors(coco, tmp_path):
+    with pytest.raises(SystemExit, match="--coco-dir"):
+        run(base_args(coco, tmp_path, "--coco-dir", str(tmp_path / "nope")))
+    with pytest.raises(SystemExit, match="--coco-ab"):
+        run(base_args(coco, tmp_path, "--coco-ab", str(tmp_path / "nope.json"), "--luab"))
+
+
+@pytest.mark.skipif(shutil.which("duplicates") is None, reason="the `duplicates` tool is not installed")
+def test_no_code_block_shared_with_train_imagenet():
+    res = subprocess.run(["duplicates", "--most", "200"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    shared = [line for line in res.stdout.splitlines() if "train_coco.py" in line and "train_imagenet.py" in line]
+    assert not shared, res.stdout
