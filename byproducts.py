@@ -12,7 +12,8 @@ and carries it through the training augmentations. Top to bottom:
     datasets       ImageNetAB, CocoAB
     mixing         mix_batch (Mixup / CutMix with point targets)
     synthetic data synth
-    CLI            python byproducts.py {synth, index-imagenet} ...
+    analyses       imagenet_stats, coco_stats, heatmap_png, click_grid_png (appendix E)
+    CLI            python byproducts.py {synth, index-imagenet, stats, draw} ...
 
 Conventions. A point is normalised (x, y) in [0, 1]^2 of the image it belongs to: origin top-left, x to the
 right, y down, continuous coordinates (pixel column k covers [k, k+1) / W), so pixel = (x * W, y * H) and a
@@ -1467,7 +1468,8 @@ def _voc_xml(wnid, stem, W, H, boxes):
 _APPLEDOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        \x00\x02\x00\x00\x00\t\x00\x00\x002"
 
 
-def synth(out_dir, seed=0, n_classes=10, n_train=40, n_val=10, coco_train=60, coco_val=20, size=(64, 160)):
+def synth(out_dir, seed=0, n_classes=10, n_train=40, n_val=10, coco_train=60, coco_val=20, size=(64, 160),
+          spurious=None):
     """Write a small synthetic ImageNet + ImageNet-AB + ILSVRC boxes + COCO + COCO-AB set in the real layouts.
 
     out_dir/imagenet/{train,val}/<wnid>/<wnid>_[val_]<n>.JPEG    non-square images, size[0]..size[1] px
@@ -1482,7 +1484,12 @@ def synth(out_dir, seed=0, n_classes=10, n_train=40, n_val=10, coco_train=60, co
     good one), imageWidth == imageHeight == 243, two "._" AppleDouble files. COCO: polygon objects, some
     iscrowd=1 with uncompressed RLE, add / move / remove histories, zero original sizes, a duplicate record and
     an image without a record. Deterministic for a seed. Returns a dict of counts.
+
+    spurious=p writes the background-shortcut set of synth_spurious() instead (n_classes, n_train, n_val,
+    seed used; no COCO, no boxes).
     """
+    if spurious is not None:
+        return synth_spurious(out_dir, p=spurious, seed=seed, n_classes=n_classes, n_train=n_train, n_val=n_val)
     wnids = (SYNTH_WNIDS + [f"n9{i:07d}" for i in range(n_classes)])[:n_classes]
     inet, ab, boxes_dir = (os.path.join(out_dir, p) for p in ("imagenet", "imagenet_ab/train_xml", "imagenet/boxes"))
     stats = Counter()
@@ -1539,6 +1546,95 @@ def synth(out_dir, seed=0, n_classes=10, n_train=40, n_val=10, coco_train=60, co
             f.write(_APPLEDOUBLE)
         stats["ab_appledouble"] += 1
     stats.update(_synth_coco(os.path.join(out_dir, "coco"), seed, coco_train, coco_val, size))
+    return dict(stats)
+
+
+_SPURIOUS_SHAPES = ["disk", "square", "triangle", "cross", "ring", "star", "bar", "hexagon", "ellipse", "diamond"]
+_SPURIOUS_BG = [(200, 60, 50), (60, 160, 70), (60, 90, 200), (210, 190, 60), (170, 70, 170), (60, 180, 180),
+                (230, 140, 60), (120, 90, 60), (150, 150, 150), (40, 40, 60)]
+
+
+def _class_background(rng, b, W, H):
+    """Background texture of class b: its colour plus stripes at a class-specific angle and period."""
+    base = np.array(_SPURIOUS_BG[b % len(_SPURIOUS_BG)], np.float32) + rng.normal(0, 10, 3)
+    yy, xx = np.mgrid[0:H, 0:W]
+    ang, period = (b * 47 % 180) * np.pi / 180, 4 + b % 4
+    phase = rng.uniform(0, period)
+    stripes = ((xx * math.cos(ang) + yy * math.sin(ang) + phase) // (period / 2) % 2)[..., None]
+    return base * (0.8 + 0.3 * stripes) + 0.5 * (_background(rng, W, H) - 128) * 0.4
+
+
+def synth_spurious(out_dir, p=0.9, seed=0, n_classes=6, n_train=100, n_val=30, size=48):
+    """A Background-Challenge-like set where the background is a shortcut (issue 9, benchmarks/spurious.py).
+
+    The label is carried by the object's *shape* only (random colour and texture, radius 18-32 % of the
+    image, anywhere in it); each class also owns a background (colour + stripe angle/period). In train/
+    and val/ the background is the label's with probability p, otherwise another class's chosen uniformly
+    at random (so the background/label agreement is exactly ~p, not p + (1 - p) / C). Test splits reuse
+    the same objects on two backgrounds, mirroring the Background Challenge:
+      mixed_same/  the true class's background;   mixed_rand/  a random *other* class's background.
+    out_dir/imagenet/{train,val,mixed_same,mixed_rand}/<wnid>/<stem>.JPEG    size x size px
+    out_dir/imagenet_ab/train_xml/<wnid>/<stem>.xml   ImageNet-AB clicks for ~95 % of train (human-like noise
+                                                      and the top-right bias of _human_click; ~20 % two clicks)
+    out_dir/spurious.json   {"p", "classes", "images": {split: [[key, label, bg_class, cx, cy, r], ...]}}
+                            (cx, cy, r normalised by the image side)
+    Deterministic for a seed. Returns a dict of counts.
+    """
+    wnids = (SYNTH_WNIDS + [f"n9{i:07d}" for i in range(n_classes)])[:n_classes]
+    W = H = size
+    inet, ab = os.path.join(out_dir, "imagenet"), os.path.join(out_dir, "imagenet_ab", "train_xml")
+    meta, stats = {"p": p, "seed": seed, "classes": wnids, "images": {}}, Counter()
+    for s, (split, n_img) in enumerate((("train", n_train), ("val", n_val), ("mixed_same", n_val),
+                                        ("mixed_rand", n_val))):
+        rows = meta["images"][split] = []
+        for c, wnid in enumerate(wnids):
+            for n in range(n_img):
+                # the two mixed splits draw the same object (same rng stream) and differ in the background only
+                obj_rng = np.random.default_rng([seed, 11, min(s, 2), c, n])
+                bg_rng = np.random.default_rng([seed, 12, s, c, n])
+                r = obj_rng.uniform(0.18, 0.32) * size
+                margin = r + 0.04 * size
+                cx, cy = obj_rng.uniform(margin, W - margin), obj_rng.uniform(margin, H - margin)
+                outer, hole = _shape_polygons(_SPURIOUS_SHAPES[c % len(_SPURIOUS_SHAPES)], cx, cy, r,
+                                              obj_rng.uniform(0, 2 * np.pi))
+                colour = obj_rng.uniform(0, 255, 3)
+                texture = int(obj_rng.integers(0, 3))
+                if split == "mixed_same" or (split in ("train", "val") and bg_rng.random() < p):
+                    b = c
+                else:
+                    b = (c + 1 + int(bg_rng.integers(0, n_classes - 1))) % n_classes
+                canvas = _class_background(bg_rng, b, W, H)
+                m = Image.new("L", (W, H), 0)
+                d = ImageDraw.Draw(m)
+                d.polygon([tuple(v) for v in outer], fill=255)
+                if hole is not None:
+                    d.polygon([tuple(v) for v in hole], fill=0)
+                mask = np.asarray(m) > 0
+                yy, xx = np.nonzero(mask)
+                tex = [np.ones(len(xx)), (xx + yy) // 2 % 2 * 0.45 + 0.55, (xx // 3 + yy // 3) % 2 * 0.4 + 0.6][texture]
+                canvas[mask] = colour[None] * tex[:, None]
+                stem = f"{wnid}_{n}" if split == "train" else f"{wnid}_{split}_{n}"
+                _jpeg(os.path.join(inet, split, wnid, stem + ".JPEG"), canvas)
+                rows.append([f"{wnid}/{stem}", c, b, cx / W, cy / H, r / size])
+                stats[f"{split}_images"] += 1
+                stats[f"{split}_bg_match"] += b == c
+                if split != "train":
+                    continue
+                if bg_rng.random() < 0.05:  # images without an ImageNet-AB file, as in the release
+                    stats["ab_missing"] += 1
+                    continue
+                target = (xx.mean() + 0.5, yy.mean() + 0.5, xx.max() - xx.min() + 1, yy.max() - yy.min() + 1)
+                n_clicks = 2 if bg_rng.random() < 0.2 else 1
+                xml, _ = _ab_metadata(bg_rng, wnid, stem, W, H, target, True, n_clicks,
+                                      1641425000000 + int(bg_rng.integers(0, 10 ** 8)))
+                path = os.path.join(ab, wnid, stem + ".xml")
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "w") as f:
+                    f.write(f"<annotation>\n\t<folder>{wnid}</folder>\n\t<filename>{stem}</filename>\n\t{xml}\n"
+                            "</annotation>\n")
+                stats["ab_files"] += 1
+    with open(os.path.join(out_dir, "spurious.json"), "w") as f:
+        json.dump(meta, f)
     return dict(stats)
 
 
@@ -1665,6 +1761,355 @@ def _coco_ab_record(rng, iid, W, H, objects, n):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# ---- analyses (appendix E) ----
+# How informative the byproducts are: ImageNet clicks and mouse traces against ILSVRC boxes (E.1), COCO icons
+# against instance masks (E.2). Each *_stats returns (figures, arrays): figures is the JSON, arrays feed the PNGs.
+
+ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))  # random-click curve: 0 = always the centre, 1 = uniform
+LAST_N = (0, 1, 2, 4, 8, 16)  # trace records before the click (0 = the click itself)
+QUANTILES = ALPHAS  # trace / time quantiles: 0 = entering the image, 1 = the click
+
+
+def _pct(hits):
+    return round(100.0 * float(np.mean(hits)), 3) if len(hits) else None
+
+
+def _hits(points, boxes, W, H):
+    """bool[...]: normalised points [..., 2] inside any box float[M, 4] (pixels of a W x H image), with +-1 px
+    slack since ILSVRC's 0- or 1-based indexing is undocumented (formats.md §4)."""
+    p = np.asarray(points, np.float64)[..., None, :] * (W, H)
+    x, y = p[..., 0], p[..., 1]
+    b = np.asarray(boxes, np.float64)
+    return np.any((b[:, 0] - 1 <= x) & (x <= b[:, 2] + 1) & (b[:, 1] - 1 <= y) & (y <= b[:, 3] + 1), -1)
+
+
+def _box_offset(point, boxes, W, H):
+    """A normalised point relative to the box [M, 4] px whose centre is nearest: (u, v), the box centre at 0 and
+    its edges at +-0.5, u to the right, v down (so the paper's top-right bias is u > 0, v < 0)."""
+    p = np.asarray(point, np.float64) * (W, H)
+    b = np.asarray(boxes, np.float64)
+    c = (b[:, :2] + b[:, 2:]) / 2
+    k = int(np.argmin(((c - p) ** 2).sum(1)))
+    return (p - c[k]) / np.maximum(b[k, 2:] - b[k, :2], 1.0)
+
+
+def _offset_figures(offsets):
+    o = np.asarray(offsets, np.float64).reshape(-1, 2)
+    if not len(o):
+        return {"n": 0}
+    return {"n": len(o), "mean_u": round(float(o[:, 0].mean()), 4), "mean_v": round(float(o[:, 1].mean()), 4),
+            "median_u": round(float(np.median(o[:, 0])), 4), "median_v": round(float(np.median(o[:, 1])), 4),
+            "top_right_pct": _pct((o[:, 0] > 0) & (o[:, 1] < 0)),
+            "bottom_left_pct": _pct((o[:, 0] < 0) & (o[:, 1] > 0))}
+
+
+def _trace(entry):
+    """float[L, 3] (time ms, x, y): the mouse trace of one entry from entering the image up to its final click,
+    the click last (trace points are not logged while selected); None when the entry has no final click."""
+    click = imagenet_click([entry])
+    t_click = entry["selectedRecord"][-1].get("time") if click else None
+    if t_click is None:
+        return None
+    tr = [(m.get("time"), m.get("x", math.nan), m.get("y", math.nan)) for m in entry.get("mouseTracking", [])]
+    tr = sorted(r for r in tr if r[0] is not None and r[0] <= t_click and not math.isnan(r[1] + r[2]))
+    out = np.array(tr + [(t_click, *click)], np.float64)
+    out[:, 1:] = out[:, 1:].clip(0, 1)  # [ALD] masked trace points outside [0, 1]; we clamp them (formats.md §1)
+    return out
+
+
+def imagenet_records(xml_root, boxes=None):
+    """ImageNet-AB XML tree -> (records, counts). One record per file: key "wnid/stem", entries, click (x, y) | None
+    (imagenet_click), size (W, H) and boxes float[M, 4] px, or None / None without boxes. Boxes come from the
+    ILSVRC box tree when `boxes` is given, else from the VOC part merged into the AB XML."""
+    box_index = load_boxes(boxes) if boxes else None
+    paths, n_apple = _list_xml(xml_root)
+    records, bad = [], 0
+    for p in paths:
+        key = _xml_key(p)
+        try:
+            entries, voc = read_imagenet_ab_xml(p, with_voc=True)
+            click = imagenet_click(entries)
+        except (BadInput, OSError):
+            bad += 1
+            continue
+        b = voc if box_index is None else box_index.get(key)
+        ok = bool(b and b["size"] and len(b["boxes"]))
+        records.append({"key": key, "entries": entries, "click": click, "size": b["size"] if ok else None,
+                        "boxes": b["boxes"] if ok else None})
+    return records, {"files": len(paths), "bad_files": bad, "appledouble_skipped": n_apple}
+
+
+def imagenet_stats(records, counts=None, n_images=None, grid=16):
+    """Appendix E.1 on imagenet_records(). Accuracies are % of clicks inside any GT box of images with boxes.
+    The random-click curve puts the click uniformly on a centred square of side alpha (0 = centre click,
+    1 = uniform), integrated with a grid x grid midpoint rule. Trace figures count each selected entry once."""
+    f = dict(counts or {})
+    f.update(with_entries=sum(bool(r["entries"]) for r in records),
+             selected=sum(r["click"] is not None for r in records),
+             several_entries=sum(len(r["entries"]) > 1 for r in records))
+    if n_images:
+        f.update(images=n_images, coverage_pct=round(100.0 * f["with_entries"] / n_images, 3))
+    boxed = [r for r in records if r["boxes"] is not None]
+    ev = [r for r in boxed if r["click"] is not None]
+    hit = np.array([_hits(r["click"], r["boxes"], *r["size"]) for r in ev], bool)
+    centre = np.array([_hits((0.5, 0.5), r["boxes"], *r["size"]) for r in ev], bool)
+    u = (np.arange(grid) + 0.5) / grid - 0.5
+    square = np.stack(np.meshgrid(u, u), -1).reshape(-1, 2)
+    centres = [(r["boxes"][:, :2] + r["boxes"][:, 2:]) / 2 / r["size"] for r in boxed]
+    centres = np.concatenate(centres or [np.zeros((0, 2))])
+    f.update(evaluated=len(ev), click_acc=_pct(hit), centre_click_acc=_pct(centre), non_centred=int((~centre).sum()),
+             non_centred_click_acc=_pct(hit[~centre]),
+             box_centres_in_central_0_82pct=_pct(np.all(np.abs(centres - 0.5) <= math.sqrt(0.0082) / 2, 1)),
+             random_click_acc={str(a): _pct([_hits(0.5 + a * square, r["boxes"], *r["size"]).mean() for r in ev])
+                               for a in ALPHAS})
+    offsets = [_box_offset(r["click"], r["boxes"], *r["size"]) for r in ev]
+    f["click_offset"] = _offset_figures(offsets)
+    last_n, trace_q, time_q = ({k: [] for k in keys} for keys in (LAST_N, QUANTILES, QUANTILES))
+    workers, times = {}, []
+    for r in records:
+        for e in r["entries"]:
+            w = workers.setdefault(e.get("worker_id", "?"), {"entries": 0, "selected": 0, "hits": [], "times": []})
+            w["entries"] += 1
+            if isinstance(e.get("estimateTime"), int):
+                w["times"].append(e["estimateTime"])
+            tr = _trace(e)
+            w["selected"] += tr is not None
+            if tr is None or r["boxes"] is None:
+                continue
+            h = _hits(tr[:, 1:], r["boxes"], *r["size"])
+            w["hits"].append(h[-1])
+            for n in LAST_N:
+                if len(h) > n:
+                    last_n[n].append(h[-1 - n])
+            t = tr[:, 0]
+            for q in QUANTILES:
+                trace_q[q].append(h[int(q * (len(h) - 1) + 0.5)])  # nearest record, halves rounded up
+                time_q[q].append(h[np.searchsorted(t, t[0] + q * (t[-1] - t[0]), side="right") - 1])
+    f.update({name: {str(k): _pct(v) for k, v in d.items()}
+              for name, d in (("last_n_acc", last_n), ("trace_quantile_acc", trace_q), ("time_quantile_acc", time_q))})
+    times = [t for w in workers.values() for t in w["times"]]
+    f["estimate_time_ms"] = {f"q{q}": float(np.quantile(times, q / 100)) for q in (10, 50, 90)} if times else {}
+    per_worker = {k: {"entries": w["entries"], "selected": w["selected"], "evaluated": len(w["hits"]),
+                      "click_acc": _pct(w["hits"]),
+                      "median_time_ms": float(np.median(w["times"])) if w["times"] else None}
+                  for k, w in sorted(workers.items())}
+    accs = [w["click_acc"] for w in per_worker.values() if w["evaluated"] >= 5]
+    f["workers"] = {"n": len(per_worker), "with_5_evaluated": len(accs),
+                    "click_acc_min": min(accs, default=None),
+                    "click_acc_median": float(np.median(accs)) if accs else None,
+                    "click_acc_max": max(accs, default=None)}
+    f["per_worker"] = per_worker
+    arrays = {"clicks": np.array([r["click"] for r in records if r["click"] is not None]).reshape(-1, 2),
+              "box_centres": centres, "offsets": np.array(offsets).reshape(-1, 2)}
+    return f, arrays
+
+
+def _size_bucket(area):
+    return "small" if area < 32 ** 2 else "medium" if area < 96 ** 2 else "large"  # COCO's area thresholds
+
+
+def coco_stats(coco_ab, inst, mode="final-add"):
+    """Appendix E.2. coco_ab {image_id: record} (read_coco_ab), inst a CocoInstances. Recall is over (image, GT
+    class) pairs of re-annotated images, a pair's size the pixel area of its largest box (COCO buckets);
+    icon precision = placements inside their class's GT mask / all placements (coco_points(record, mode));
+    action sequences are the add / move / remove histories of icons that end up placed (final-position)."""
+    ids = [i for i in inst.image_ids if i in coco_ab]
+    names = {c["id"]: c["name"] for c in inst.categories}
+    pairs, buckets, per_class = [], {b: [] for b in ("small", "medium", "large")}, {}
+    correct, seqs, points, offsets, box_centres = [], Counter(), [], [], []
+    for iid in ids:
+        rec, im = coco_ab[iid], inst.images[iid]
+        W, H = im["width"], im["height"]
+        pts = coco_points(rec, mode)
+        boxes, cls = inst.boxes(iid)
+        box_centres.append((boxes[:, :2] + boxes[:, 2:]) / 2 / (W, H))
+        for cid in sorted({inst.cat_ids[c] for c in cls}):
+            b = boxes[cls == inst.cat_index[cid]]
+            area = float(((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).max())
+            pairs.append(cid in pts)
+            buckets[_size_bucket(area)].append(cid in pts)
+            per_class.setdefault(names[cid], []).append((cid in pts, area / (W * H)))
+        for cid, (x, y) in pts.items():
+            points.append((x, y))
+            px, py = min(int(x * W), W - 1), min(int(y * H), H - 1)
+            inside = cid in inst.cat_index and bool(inst.class_mask(iid, cid)[py, px])
+            correct.append(inside)
+            if cid in inst.cat_index and (cls == inst.cat_index[cid]).any():
+                offsets.append(_box_offset((x, y), boxes[cls == inst.cat_index[cid]], W, H))
+        final, hist = coco_points(rec, "final-position"), {}
+        for a in rec.get("actionHistories") or []:
+            if isinstance(a, dict) and COCO_NAME_TO_ID.get(a.get("iconType")) in final:
+                hist.setdefault(a["iconType"], []).append(str(a.get("actionType")))
+        seqs.update("-".join(s) for s in hist.values())
+    n_seq = max(sum(seqs.values()), 1)
+    f = {"images": len(inst.image_ids), "reannotated": len(ids),
+         "coverage_pct": _pct([i in coco_ab for i in inst.image_ids]),
+         "records_without_image": len(set(coco_ab) - set(inst.images)), "point_source": mode,
+         "gt_pairs": len(pairs), "recall": _pct(pairs), "placements": len(correct), "icon_precision": _pct(correct),
+         "recall_by_size": {b: _pct(v) for b, v in buckets.items()},
+         "pairs_by_size": {b: len(v) for b, v in buckets.items()}, "icon_offset": _offset_figures(offsets),
+         "action_sequences_top_pct": {s: round(100.0 * c / n_seq, 3) for s, c in seqs.most_common(10)},
+         "action_sequences": dict(seqs.most_common()),
+         "per_class": {n: {"pairs": len(v), "recall": _pct([t for t, _ in v]),
+                           "mean_rel_area": round(float(np.mean([a for _, a in v])), 5)}
+                       for n, v in sorted(per_class.items())}}
+    arrays = {"clicks": np.array(points).reshape(-1, 2), "offsets": np.array(offsets).reshape(-1, 2),
+              "box_centres": np.concatenate(box_centres or [np.zeros((0, 2))])}
+    return f, arrays
+
+
+def format_table(figures, skip=("per_worker", "per_class", "action_sequences")):
+    """The scalar figures as aligned 'name  value' lines (nested dicts flattened with '.'; big ones JSON only)."""
+    rows = []
+
+    def walk(d, prefix):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                if k not in skip:
+                    walk(v, f"{prefix}{k}.")
+            else:
+                rows.append((prefix + k, "-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)))
+    walk(figures, "")
+    width = max((len(k) for k, _ in rows), default=0)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+# pictures (Pillow only)
+
+def _hot(a):
+    """float[...] in [0, 1] -> uint8[..., 3], black -> red -> yellow -> white."""
+    return (np.clip(np.stack([3 * a, 3 * a - 1, 3 * a - 2], -1), 0, 1) * 255).astype(np.uint8)
+
+
+def heatmap_png(points, path, lim=(0.0, 1.0), bins=48, size=384, box=False):
+    """2-D histogram of points [N, 2] (x right, y down) over lim x lim, sqrt-scaled, saved as a size x size PNG.
+    box=True outlines the unit box [-0.5, 0.5]^2 and its centre (for offsets in normalised box coordinates)."""
+    p = np.asarray(points, np.float64).reshape(-1, 2)
+    h = np.histogram2d(p[:, 1], p[:, 0], bins=bins, range=[lim, lim])[0]  # rows = y, so the image is upright
+    img = Image.fromarray(_hot(np.sqrt(h / max(h.max(), 1.0)))).resize((size, size), Image.NEAREST)
+    if box:
+        d, s = ImageDraw.Draw(img), lambda v: (v - lim[0]) / (lim[1] - lim[0]) * size
+        d.rectangle([s(-0.5), s(-0.5), s(0.5), s(0.5)], outline=(0, 200, 255))
+        d.line([s(0), 0, s(0), size], fill=(0, 120, 160))
+        d.line([0, s(0), size, s(0)], fill=(0, 120, 160))
+    img.save(path)
+    return path
+
+
+def _mark(d, x, y, color, r=5, cross=True):
+    if cross:
+        d.line([x - r, y - r, x + r, y + r], fill=color, width=2)
+        d.line([x - r, y + r, x + r, y - r], fill=color, width=2)
+    else:
+        d.ellipse([x - r, y - r, x + r, y + r], outline=color, width=2)
+
+
+def click_grid_png(records, image_root, path, n=16, cell=160, model=None):
+    """A grid of images with the click (red x) and GT boxes (green); with a model (num_points=1), each cell is the
+    eval centre crop with the predicted point (cyan o) and the CAM of the predicted class blended in."""
+    paths = {}
+    for r in records:
+        if r["click"] is not None:
+            p = next((q for q in (os.path.join(image_root, r["key"] + e) for e in (".JPEG", ".jpg", ".png"))
+                      if os.path.exists(q)), None)
+            if p:
+                paths[r["key"]] = (r, p)
+    keys = sorted(paths)[:: max(1, len(paths) // n)][:n]
+    cols = max(1, math.ceil(math.sqrt(len(keys))))
+    sheet = Image.new("RGB", (cols * cell, max(1, math.ceil(len(keys) / cols)) * cell), (255, 255, 255))
+    tf = EvalTransform()
+    for i, k in enumerate(keys):
+        r, p = paths[k]
+        img = _pil_loader(p)
+        corners = r["boxes"].reshape(-1, 2) / r["size"] if r["boxes"] is not None else np.zeros((0, 2))
+        pts = torch.tensor(np.concatenate([[r["click"]], corners]), dtype=torch.float32)
+        pred = None
+        if model is not None:
+            x, pts, _ = tf(img, pts, torch.ones(len(pts)))
+            with torch.no_grad():
+                logits, pred = model(x[None])
+                weight = model.classifier.weight[logits[0].argmax()]  # CAM of the predicted class
+                cam = torch.einsum("d,dhw->hw", weight, model.feature_map(x[None])[0])
+            cam = ((cam - cam.min()) / (cam.max() - cam.min() + 1e-8)).numpy()
+            rgb = x * torch.tensor(IMAGENET_STD)[:, None, None] + torch.tensor(IMAGENET_MEAN)[:, None, None]
+            rgb = rgb.clamp(0, 1)
+            img = Image.fromarray((rgb.permute(1, 2, 0).numpy() * 255).astype(np.uint8))
+            img = Image.blend(img, Image.fromarray(_hot(cam)).resize(img.size, Image.BILINEAR), 0.4)
+            pred = pred[0, 0].tolist()
+        cellimg = img.convert("RGB").resize((cell, cell), Image.BILINEAR)
+        d = ImageDraw.Draw(cellimg)
+        s = pts.numpy() * cell
+        for a, b in zip(s[1::2], s[2::2]):
+            lo, hi = np.minimum(a, b), np.maximum(a, b)
+            d.rectangle([*lo, *hi], outline=(0, 220, 0), width=2)
+        _mark(d, *s[0], (255, 30, 30))
+        if pred is not None:
+            _mark(d, pred[0] * cell, pred[1] * cell, (0, 230, 255), cross=False)
+        sheet.paste(cellimg, ((i % cols) * cell, (i // cols) * cell))
+    sheet.save(path)
+    return path
+
+
+def _count_images(root):
+    return sum(n.lower().endswith(IMG_EXTENSIONS) for _, _, files in os.walk(root) for n in files) if root else None
+
+
+def _load_model(name, checkpoint):
+    import models  # here, not at the top: models is only needed to draw predictions
+    sd = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    sd = sd.get("model", sd)
+    n_cls = next(v.shape[0] for k, v in sd.items() if k.endswith(("fc.weight", "heads.head.weight")))
+    model = models.create_model(name, num_classes=n_cls, num_points=1)
+    models.load_pretrained(model, sd)
+    return model.eval()
+
+
+def _add_analysis_parsers(sub):
+    for cmd, what in (("stats", "appendix E figures: a table on stdout, JSON with --out"),
+                      ("draw", "appendix E pictures (PNG) into --out DIR")):
+        ds = sub.add_parser(cmd, help=what).add_subparsers(dest="dataset", required=True)
+        im = ds.add_parser("imagenet")
+        im.add_argument("--xml-root", required=True, help="ImageNet-AB train_xml/")
+        im.add_argument("--boxes", help="ILSVRC train box XML tree (default: the boxes merged into the AB XML)")
+        im.add_argument("--images", help="ImageNet train tree <wnid>/<stem>.JPEG (coverage; the draw grid)")
+        co = ds.add_parser("coco")
+        co.add_argument("--coco-ab", required=True)
+        co.add_argument("--instances", required=True, help="instances_train2014.json")
+        co.add_argument("--point-source", default="final-add", choices=("final-add", "final-position"))
+        for p in (im, co):
+            p.add_argument("--out", required=cmd == "draw", help="JSON file (stats) or folder (draw)")
+        if cmd == "draw":
+            im.add_argument("--n", type=int, default=16, help="images in the grid")
+            im.add_argument("--model", help="models.create_model name, with --checkpoint: draw predicted points")
+            im.add_argument("--checkpoint")
+
+
+def _analysis_main(args):
+    if args.dataset == "imagenet":
+        records, counts = imagenet_records(args.xml_root, args.boxes)
+        figures, arrays = imagenet_stats(records, counts, n_images=_count_images(args.images))
+    else:
+        figures, arrays = coco_stats(read_coco_ab(args.coco_ab), read_coco_instances(args.instances), args.point_source)
+    if args.cmd == "stats":
+        print(format_table(figures))
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(figures, f, indent=1)
+        return 0
+    os.makedirs(args.out, exist_ok=True)
+    name = "clicks" if args.dataset == "imagenet" else "icons"
+    written = [heatmap_png(arrays["clicks"], os.path.join(args.out, f"{name}.png")),
+               heatmap_png(arrays["box_centres"], os.path.join(args.out, "box_centres.png")),
+               heatmap_png(arrays["offsets"], os.path.join(args.out, f"{name[:-1]}_offsets.png"), lim=(-1.0, 1.0),
+                           box=True)]
+    if args.dataset == "imagenet" and args.images:
+        model = _load_model(args.model, args.checkpoint) if args.checkpoint else None
+        written.append(click_grid_png(records, args.images, os.path.join(args.out, "grid.png"), n=args.n, model=model))
+    print("wrote " + " ".join(written))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # CLI
 
 def main(argv=None):
@@ -1674,9 +2119,12 @@ def main(argv=None):
     s = sub.add_parser("synth", help="write the synthetic data set (see synth())")
     s.add_argument("--out", required=True)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--classes", type=int, default=10)
-    s.add_argument("--train", type=int, default=40, help="train images per class")
-    s.add_argument("--val", type=int, default=10, help="val images per class")
+    s.add_argument("--classes", type=int, default=None, help="default 10 (6 with --spurious)")
+    s.add_argument("--train", type=int, default=None, help="train images per class (default 40; 100 with --spurious)")
+    s.add_argument("--val", type=int, default=None, help="val images per class (default 10; 30 with --spurious)")
+    s.add_argument("--spurious", type=float, default=None, metavar="P",
+                   help="write the background-shortcut set instead (synth_spurious): train background = label's "
+                        "with probability P, test splits mixed_same / mixed_rand")
     s.add_argument("--coco-train", type=int, default=60)
     s.add_argument("--coco-val", type=int, default=20)
     i = sub.add_parser("index-imagenet", help="convert an ImageNet-AB XML tree into one .npz index")
@@ -1684,12 +2132,20 @@ def main(argv=None):
     i.add_argument("--out", required=True, help="output file (.npz)")
     i.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     i.add_argument("--strict", action="store_true", help="any bad file is an error (nothing is written)")
+    _add_analysis_parsers(sub)  # stats / draw (appendix E)
     args = ap.parse_args(argv)
+    if args.cmd in ("stats", "draw"):
+        return _analysis_main(args)
 
     if args.cmd == "synth":
         t0 = time.perf_counter()
-        stats = synth(args.out, seed=args.seed, n_classes=args.classes, n_train=args.train, n_val=args.val,
-                      coco_train=args.coco_train, coco_val=args.coco_val)
+        if args.spurious is not None:
+            given = {k: v for k, v in (("n_classes", args.classes), ("n_train", args.train), ("n_val", args.val))
+                     if v is not None}
+            stats = synth_spurious(args.out, p=args.spurious, seed=args.seed, **given)
+        else:
+            stats = synth(args.out, seed=args.seed, n_classes=args.classes or 10, n_train=args.train or 40,
+                          n_val=args.val or 10, coco_train=args.coco_train, coco_val=args.coco_val)
         print(f"synth -> {args.out} in {time.perf_counter() - t0:.1f}s: " + json.dumps(stats, sort_keys=True))
         return 0
     workers = args.workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())

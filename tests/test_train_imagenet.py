@@ -191,17 +191,20 @@ def test_distributed_validation_equals_single_process(synth, tmp_path):
 
 def test_resume_after_sigkill_reproduces_uninterrupted_run(synth, tmp_path):
     flags = ["--model", "resnet18", "--epochs", "4", "--luab", "--max-steps-per-epoch", "3"]
-    run(base_args(synth, tmp_path / "full", *flags))
+
+    def script(out, *extra):  # every run in its own process with the same thread count: bitwise comparable
+        return [sys.executable, os.path.join(REPO, "train_imagenet.py"), *base_args(synth, out, *flags, *extra)]
+    subprocess.run(script(tmp_path / "full"), cwd=REPO, env=ENV, check=True, capture_output=True)
     out = tmp_path / "cut"
-    cmd = [sys.executable, os.path.join(REPO, "train_imagenet.py"), *base_args(synth, out, *flags)]
-    p = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(script(out), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = out / "log.jsonl"
     while p.poll() is None and not (log.exists() and len(log.read_text().splitlines()) >= 2):
         time.sleep(0.05)
     p.send_signal(signal.SIGKILL)  # somewhere in epoch 2, or while saving it
     p.wait()
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] < 3
-    run(base_args(synth, out, *flags, "--resume"))
+    subprocess.run(script(out, "--resume"), cwd=REPO, env=ENV, check=True, capture_output=True)
+    assert [e["epoch"] for e in read_log(out)] == [0, 1, 2, 3]
     w_full, w_cut = weights(tmp_path / "full"), weights(out)
     for k in w_full:
         torch.testing.assert_close(w_cut[k], w_full[k], rtol=0, atol=0)
