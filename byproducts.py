@@ -1550,8 +1550,8 @@ def synth(out_dir, seed=0, n_classes=10, n_train=40, n_val=10, coco_train=60, co
 
 
 _SPURIOUS_SHAPES = ["disk", "square", "triangle", "cross", "ring", "star", "bar", "hexagon", "ellipse", "diamond"]
-_SPURIOUS_BG = [(200, 60, 50), (60, 160, 70), (60, 90, 200), (210, 190, 60), (170, 70, 170), (60, 180, 180),
-                (230, 140, 60), (120, 90, 60), (150, 150, 150), (40, 40, 60)]
+_SPURIOUS_BG = [(150, 100, 95), (95, 140, 100), (95, 105, 150), (155, 145, 95), (135, 95, 135), (95, 140, 140),
+                (160, 125, 90), (110, 95, 80), (125, 125, 125), (70, 70, 85)]  # muted: objects stand out
 
 
 def _class_background(rng, b, W, H):
@@ -1567,8 +1567,8 @@ def _class_background(rng, b, W, H):
 def synth_spurious(out_dir, p=0.9, seed=0, n_classes=6, n_train=100, n_val=30, size=48):
     """A Background-Challenge-like set where the background is a shortcut (issue 9, benchmarks/spurious.py).
 
-    The label is carried by the object's *shape* only (random colour and texture, radius 18-32 % of the
-    image, anywhere in it); each class also owns a background (colour + stripe angle/period). In train/
+    The label is carried by the object's shape and bright colour (random texture, radius 18-32 % of the
+    image, anywhere in it); each class also owns a background (muted colour + stripe angle/period). In train/
     and val/ the background is the label's with probability p, otherwise another class's chosen uniformly
     at random (so the background/label agreement is exactly ~p, not p + (1 - p) / C). Test splits reuse
     the same objects on two backgrounds, mirroring the Background Challenge:
@@ -1597,7 +1597,7 @@ def synth_spurious(out_dir, p=0.9, seed=0, n_classes=6, n_train=100, n_val=30, s
                 cx, cy = obj_rng.uniform(margin, W - margin), obj_rng.uniform(margin, H - margin)
                 outer, hole = _shape_polygons(_SPURIOUS_SHAPES[c % len(_SPURIOUS_SHAPES)], cx, cy, r,
                                               obj_rng.uniform(0, 2 * np.pi))
-                colour = obj_rng.uniform(0, 255, 3)
+                colour = np.array(_PALETTE[c % len(_PALETTE)], np.float32) + obj_rng.normal(0, 20, 3)
                 texture = int(obj_rng.integers(0, 3))
                 if split == "mixed_same" or (split in ("train", "val") and bg_rng.random() < p):
                     b = c

@@ -531,7 +531,7 @@ def apply_demo_defaults(args):
     root = demo_data_dir()
     demo = dict(data_dir=os.path.join(root, "imagenet"), byproducts=os.path.join(root, "imagenet_ab", "train_xml"),
                 val_boxes=os.path.join(root, "imagenet", "boxes", "val"), model="resnet18", recipe="resnet",
-                img_size=64, epochs=30, batch_size=32, lr=0.2, lr_step=12, weight_decay=5e-4, workers=2,
+                img_size=48, epochs=16, batch_size=32, lr=0.2, lr_step=12, weight_decay=5e-4, point_weight=5.0, workers=2,
                 print_freq=10, output_dir="runs/demo")
     for k, v in demo.items():
         if getattr(args, k) in (None, get_args_parser().get_default(k)):
@@ -638,8 +638,13 @@ def main(args):
     boxes = val_point_boxes(args, val_set)
     num_classes = len(train_set.classes)
     try:
-        return fit(args, train_set, val_set, num_classes, 1, imagenet_loss, imagenet_mix(args, num_classes),
-                   lambda model, loader: evaluate_imagenet(args, model, loader, boxes))
+        stats = fit(args, train_set, val_set, num_classes, 1, imagenet_loss, imagenet_mix(args, num_classes),
+                    lambda model, loader: evaluate_imagenet(args, model, loader, boxes))
+        if args.demo:
+            log(args, f"demo done: val top-1 {stats['val_top1']:.1f}% (chance {100 / num_classes:.0f}%), point head "
+                      f"inside the object box for {stats['val_point_acc']:.1f}% of val images; "
+                      f"checkpoint and log.jsonl in {args.output_dir}")
+        return stats
     finally:
         if args.distributed:
             dist.destroy_process_group()
