@@ -1564,7 +1564,7 @@ def _class_background(rng, b, W, H):
     return base * (0.8 + 0.3 * stripes) + 0.5 * (_background(rng, W, H) - 128) * 0.4
 
 
-def synth_spurious(out_dir, p=0.9, seed=0, n_classes=6, n_train=100, n_val=30, size=48):
+def synth_spurious(out_dir, p=0.9, seed=0, n_classes=6, n_train=100, n_val=30, size=32):
     """A Background-Challenge-like set where the background is a shortcut (issue 9, benchmarks/spurious.py).
 
     The label is carried by the object's shape and bright colour (random texture, radius 18-32 % of the

@@ -79,15 +79,14 @@ def split_accuracy(model, root, split, img_size, resize):
 
 
 def run_one(args, root, flags, seed, out_dir):
-    argv = ["--data-dir", os.path.join(root, "imagenet"), "--byproducts", os.path.join(root, "imagenet_ab", "train_xml"),
+    argv = ["--data-dir", os.path.join(root, "imagenet"),
+            "--byproducts", os.path.join(root, "imagenet_ab", "train_xml"),
             "--model", args.model, "--img-size", str(args.size), "--val-resize", str(args.size),
             "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
             "--sched", "cosine", "--point-weight", str(args.point_weight), "--seed", str(seed),
             "--workers", "0", "--print-freq", str(10 ** 6), "--eval-every", str(args.epochs),
             "--output-dir", out_dir] + flags + args.extra.split()
-    targs = train_imagenet.get_args_parser().parse_args(argv)
-    if targs.model.startswith("vit"):
-        targs.recipe = targs.recipe or "deit"
+    targs = train_imagenet.get_args_parser().parse_args(argv)  # recipe: resnet, or deit for a ViT
     stats = train_imagenet.main(targs)
     ckpt = torch.load(os.path.join(out_dir, "checkpoint.pt"), map_location="cpu", weights_only=True)
     model = create_model(args.model, num_classes=args.classes, num_points=1 if flags else 0, img_size=args.size)

@@ -17,10 +17,13 @@ line) is the same with and without LUAB and is left out. Besides wall-clock ms w
 each step, and the LUAB delta measured in isolation (the network tail, classifier + CE with and without point
 head + point loss, forward and backward, plus an optimizer step over the point head's two tensors; min over many
 interleaved reps): on a loaded machine that is the figure to trust, the whole-step ratio the one to sanity-check.
+On CPU torch runs one thread unless --threads says otherwise (see --help).
 
 --loader writes the synthetic dataset (byproducts.synth, ImageNet-sized JPEGs) to a temp dir and runs
 train_imagenet.main for two short epochs (--max-steps-per-epoch) with and without --luab; it reports the second
-epoch's img/s and data_wait (the share of epoch time the loop spent waiting for the DataLoader).
+epoch's img/s and data_wait (the share of epoch time the loop spent waiting for the DataLoader), and the CPU
+time of the main process per step and of the loader workers per image (wall time on a shared machine swings by
+tens of percent from run to run; CPU time much less).
 Prints a table and one JSON line.
 """
 

@@ -157,30 +157,46 @@ def test_click_outside_the_crop_keeps_its_label_but_no_point_loss(coco):
     assert torch.all(pred.grad[0][w_crop == 0] == 0)
 
 
+def test_mixup_cutmix_batches_go_through_the_objective():
+    """Not in the paper's COCO recipe, but offered: mixed multi-hot targets, two points per class and sample."""
+    torch.manual_seed(0)
+    B, K = 4, 80
+    targets = (torch.rand(B, K) < 0.1).float()
+    batch = (torch.randn(B, 3, 16, 16), targets, torch.rand(B, K, 2), targets * (torch.rand(B, K) < 0.7))
+    args = C.get_args_parser().parse_args(["--mixup", "0.8", "--cutmix", "1.0"])
+    for seed in range(4):  # both Mixup and CutMix batches
+        mixed = C.coco_mix(args)(*batch, generator=torch.Generator().manual_seed(seed))
+        assert mixed[2].shape == (B, 2, K, 2) and mixed[3].shape == (B, 2, K)
+        bce, pt = C.coco_loss(args, (torch.zeros(B, K), torch.full((B, K, 2), 0.5)), mixed)
+        assert torch.isfinite(bce) and torch.isfinite(pt) and pt > 0
+
+
 # ---------------------------------------------------------------------------- training runs
 
 @pytest.fixture(scope="module")
 def three_runs(coco, tmp_path_factory):
+    """60 steps each on 32 px images, without the recipe's random erasing, jitter and small crops (they slow a
+    run this short down several-fold); plain training is only checked for a falling loss, so it runs 24."""
     logs = {}
-    for mode, flags in {"plain": [], "luab": ["--luab"], "rand": ["--rand-points"]}.items():
+    for mode, flags in {"plain": ["--epochs", "4"], "luab": ["--luab"], "rand": ["--rand-points"]}.items():
         out = tmp_path_factory.mktemp(mode)
-        run(base_args(coco, out, "--epochs", "8", "--point-weight", "1", "--opt", "adamw", *flags))
+        run(base_args(coco, out, "--epochs", "10", "--max-steps-per-epoch", "6", "--point-weight", "1", "--opt",
+                      "adamw", "--min-scale", "1", "--re-prob", "0", "--color-jitter", "0", *flags))
         logs[mode] = read_log(out)
     return logs
 
 
 def test_plain_luab_rand_learn(three_runs):
-    """32 steps on 32 px images: the classifier learns and the point head learns where icons lie. (Image-specific
-    localisation needs longer runs, see the demo; here the head mostly learns the layout prior, which already
-    separates icon positions from uniform random points.)"""
     for mode, log in three_runs.items():
         assert log[-1]["train_loss"] < 0.5 * log[0]["train_loss"], (mode, log)
         assert 0.0 <= log[-1]["val_map"] <= log[-1]["val_map_present"] <= 100.0
     late = {m: np.mean([r["train_point_loss"] for r in log[-2:]]) for m, log in three_runs.items()}
-    assert late["luab"] < 0.6 * three_runs["luab"][0]["train_point_loss"]
-    assert late["luab"] < 0.8 * late["rand"]  # icon positions are more predictable than uniform random points
+    luab = three_runs["luab"]
+    # the head starts at the image centre: falling below that baseline means it reads the image
+    assert late["luab"] < 0.75 * luab[0]["train_point_loss"], luab
+    assert late["luab"] < 0.7 * late["rand"]  # icon positions are predictable from the image, random points not
     assert late["plain"] == 0.0 and "val_point_acc" not in three_runs["plain"][-1]
-    assert 0.0 <= three_runs["luab"][-1]["val_point_acc"] <= 100.0
+    assert 0.0 <= luab[-1]["val_point_acc"] <= 100.0
 
 
 def test_resume_reproduces_the_uninterrupted_run(coco, tmp_path, monkeypatch):
