@@ -1136,6 +1136,7 @@ class ImageNetAB(_BadImageMixin, Dataset):
         # Tensors built once: __getitem__ is a list lookup and two tensor views on top of decoding.
         self._points = torch.from_numpy(np.ascontiguousarray(pts[keep], np.float32)).view(-1, 1, 2)
         self._weights = torch.from_numpy(np.ascontiguousarray(w[keep], np.float32)).view(-1, 1)
+        self.num_points = int((self._weights > 0).sum())  # images whose point target counts
 
     def _resolve_clicks(self, clicks, keys, problems):
         report_index_bad = True
@@ -1362,14 +1363,19 @@ def _background(rng, W, H):
     return bg
 
 
-def _paint(canvas, rng, cls, outer, hole, W, H):
-    """Paint a textured class-coloured shape onto canvas (float32[H, W, 3]); returns its bool mask."""
+def _polygon_mask(outer, hole, W, H):
+    """bool[H, W] mask of the polygon `outer` minus the polygon `hole` (or None)."""
     m = Image.new("L", (W, H), 0)
     d = ImageDraw.Draw(m)
     d.polygon([tuple(v) for v in outer], fill=255)
     if hole is not None:
         d.polygon([tuple(v) for v in hole], fill=0)
-    mask = np.asarray(m) > 0
+    return np.asarray(m) > 0
+
+
+def _paint(canvas, rng, cls, outer, hole, W, H):
+    """Paint a textured class-coloured shape onto canvas (float32[H, W, 3]); returns its bool mask."""
+    mask = _polygon_mask(outer, hole, W, H)
     colour = np.array(_PALETTE[cls % len(_PALETTE)], np.float32) + rng.normal(0, 12, 3)
     yy, xx = np.mgrid[0:H, 0:W]
     texture = cls % 3  # 0 solid, 1 stripes (class-dependent direction), 2 checker
@@ -1604,12 +1610,7 @@ def synth_spurious(out_dir, p=0.9, seed=0, n_classes=6, n_train=100, n_val=30, s
                 else:
                     b = (c + 1 + int(bg_rng.integers(0, n_classes - 1))) % n_classes
                 canvas = _class_background(bg_rng, b, W, H)
-                m = Image.new("L", (W, H), 0)
-                d = ImageDraw.Draw(m)
-                d.polygon([tuple(v) for v in outer], fill=255)
-                if hole is not None:
-                    d.polygon([tuple(v) for v in hole], fill=0)
-                mask = np.asarray(m) > 0
+                mask = _polygon_mask(outer, hole, W, H)
                 yy, xx = np.nonzero(mask)
                 tex = [np.ones(len(xx)), (xx + yy) // 2 % 2 * 0.45 + 0.55, (xx // 3 + yy // 3) % 2 * 0.4 + 0.6][texture]
                 canvas[mask] = colour[None] * tex[:, None]

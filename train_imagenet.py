@@ -248,7 +248,7 @@ def build_datasets(args):
     val = byproducts.ImageNetAB(os.path.join(args.data_dir, "val"), points="none", transform=val_tf)
     if train.classes != val.classes:
         raise SystemExit("train/ and val/ have different class folders")
-    if args.points == "clicks" and not train._weights.gt(0).any():  # TODO public attribute
+    if args.points == "clicks" and train.num_points == 0:
         raise SystemExit(f"--byproducts {args.byproducts!r} matches no image of {args.data_dir}/train "
                          "(wrong file, or keys not of the form wnid/stem?)")
     return train, val
