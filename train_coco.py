@@ -73,11 +73,10 @@ def get_args_parser(add_help=True):
     g.add_argument("--min-scale", type=float, help="RandomResizedCrop minimum area scale (recipe: 0.5; the paper's "
                                                    "'raised minimum' value was lost)")
     g.add_argument("--color-jitter", type=float, help="brightness = contrast = saturation jitter (recipe: 0.4)")
-    add_training_args(p, recipes=RECIPES, default_model="resnet50")
+    add_training_args(p, recipes=RECIPES, default_model="resnet50", optimizers=("adamp", "adamw", "sgd"))
     p.set_defaults(recipe="coco", point_weight=None, output_dir="runs/coco")
-    # argparse has no public way to amend a flag defined elsewhere; these only touch choices and help texts
+    # argparse has no public way to amend a flag defined elsewhere; these only touch help texts
     flags = p._option_string_actions
-    flags["--opt"].choices = ["sgd", "adamw", "adamp"]
     flags["--opt"].help = "adamp (the paper's COCO optimiser; recipe default), adamw or sgd"
     flags["--recipe"].help = "hyper-parameter preset (only 'coco')"
     flags["--luab"].help = "regress where the COCO-AB annotators dropped each present class's icon (the paper)"
@@ -152,14 +151,11 @@ class AdamP(torch.optim.Optimizer):
         return loss
 
 
-_build_optimizer = train_imagenet.build_optimizer
-
-
 def build_optimizer(args, model):
     """train_imagenet.build_optimizer plus --opt adamp: AdamP on the same groups (no decay on norms, biases,
     class token, position embedding) with the same linearly scaled LR; returns (optimizer, peak LR)."""
     if args.opt != "adamp":
-        return _build_optimizer(args, model)
+        return train_imagenet.build_optimizer(args, model)
     lr = args.lr * args.batch_size / args.lr_base_batch
     return AdamP(param_groups(model, args.weight_decay), lr=lr, weight_decay=args.weight_decay), lr
 
@@ -335,13 +331,10 @@ def main(args):
     if args.pretrained:
         args.pretrained = pretrained_without_mismatched_heads(args.pretrained, num_classes, num_classes)
     geometry = val_geometry(val_set) if args.points != "none" else None
-    # fit() builds its optimiser through train_imagenet.build_optimizer; ours adds AdamP and delegates the rest
-    train_imagenet.build_optimizer = build_optimizer
     try:
         stats = fit(args, train_set, val_set, num_classes, num_classes, coco_loss, coco_mix(args),
-                    lambda model, loader: evaluate_coco(args, model, loader, geometry))
+                    lambda model, loader: evaluate_coco(args, model, loader, geometry), make_optimizer=build_optimizer)
     finally:
-        train_imagenet.build_optimizer = _build_optimizer
         if args.distributed:
             dist.destroy_process_group()
     if args.demo:  # what the numbers mean on this tiny set: random scores, and a head that always says "centre"

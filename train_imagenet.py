@@ -52,7 +52,8 @@ RECIPES = {
 
 
 def get_args_parser(add_help=True):
-    p = argparse.ArgumentParser("LUAB training on ImageNet (+ ImageNet-AB byproducts)", add_help=add_help)
+    p = argparse.ArgumentParser(description="LUAB training on ImageNet (+ ImageNet-AB byproducts)",
+                                add_help=add_help)
     g = p.add_argument_group("ImageNet data")
     g.add_argument("--data-dir", help="ImageNet root with train/<wnid>/*.JPEG and val/<wnid>/*.JPEG")
     g.add_argument("--byproducts", help="ImageNet-AB index file (byproducts.py index-imagenet) or XML root")
@@ -62,7 +63,7 @@ def get_args_parser(add_help=True):
     return p
 
 
-def add_training_args(p, recipes, default_model):
+def add_training_args(p, recipes, default_model, optimizers=("sgd", "adamw")):
     """The flags every training script shares (train_coco.py adds its data flags and these)."""
     p.add_argument("--model", default=default_model,
                    help="resnet18|resnet50|resnet101|resnet152|vit_tiny|vit_small|vit_base")
@@ -83,7 +84,7 @@ def add_training_args(p, recipes, default_model):
     g = p.add_argument_group("optimisation (defaults come from --recipe)")
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", type=int, help="GLOBAL batch size over all processes")
-    g.add_argument("--opt", choices=["sgd", "adamw"])
+    g.add_argument("--opt", choices=list(optimizers))
     g.add_argument("--lr", type=float,
                    help="learning rate at a global batch of --lr-base-batch; the LR used is "
                         "lr x batch_size / lr_base_batch (linear scaling rule, Goyal et al.)")
@@ -542,10 +543,11 @@ def apply_demo_defaults(args):
 
 # -----------------------------------------------------------------------------
 
-def fit(args, train_set, val_set, num_classes, num_points, loss_fn, mix, evaluate_fn):
+def fit(args, train_set, val_set, num_classes, num_points, loss_fn, mix, evaluate_fn, make_optimizer=None):
     """The training run shared by train_imagenet.py and train_coco.py: model, optimiser, resume, the
     epoch loop, validation, checkpoints and logs. `loss_fn(args, outputs, batch) -> (task loss, point
-    loss)`, `mix(*batch, generator) -> batch` or None, `evaluate_fn(model, loader) -> dict`."""
+    loss)`, `mix(*batch, generator) -> batch` or None, `evaluate_fn(model, loader) -> dict`,
+    `make_optimizer(args, model) -> (optimizer, peak lr)` (default: build_optimizer)."""
     args.channels_last = args.device.startswith("cuda") and not args.model.startswith("vit")
     log(args, f"{len(train_set)} train / {len(val_set)} val images, {num_classes} classes, "
               f"points={args.points}, recipe={args.recipe}, world={args.world_size}")
@@ -563,7 +565,7 @@ def fit(args, train_set, val_set, num_classes, num_points, loss_fn, mix, evaluat
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     args.model_without_ddp = model
-    optimizer, peak_lr = build_optimizer(args, model)
+    optimizer, peak_lr = (make_optimizer or build_optimizer)(args, model)
     fp16 = args.amp and args.amp_dtype == "float16" and args.device.startswith("cuda")
     scaler = torch.amp.GradScaler() if fp16 else None  # bf16 needs no loss scaling
     ema = ModelEma(model, args.model_ema_decay) if args.model_ema else None
