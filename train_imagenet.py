@@ -441,8 +441,8 @@ def train_one_epoch(args, model, loader, optimizer, peak_lr, epoch, loss_fn, mix
         step = epoch * args.steps_per_epoch + i
         for g in optimizer.param_groups:
             g["lr"] = lr_at(args, peak_lr, step, args.steps_per_epoch)
-        if mix is not None:  # seeded by the step and rank: reproducible after resume
-            gen = torch.Generator(device=args.device).manual_seed(args.seed * 7919 + step * 131 + args.rank)
+        if mix is not None:  # a CPU generator (mix_batch draws on the CPU), seeded by step and rank: resumable
+            gen = torch.Generator().manual_seed(args.seed * 7919 + step * 131 + args.rank)
             batch = list(mix(*batch, generator=gen))
         with autocast(args):
             outputs = model(batch[0])
