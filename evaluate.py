@@ -830,19 +830,19 @@ def eval_imagenet_v2(model, args):
     return ({"inv2": top1(logits, labels)},
             {"inv2": f"{describe_default(args)}; label = int(folder name); top-1 over 1000"}, {"inv2": len(labels)})
 
+def _eval_200_classes(model, args, root, wnids, mask, key, desc, source):
+    """IN-A / IN-R: folder wnid -> position among the 200, argmax over those 200 classes only."""
+    logits, labels, _ = eval_top1_folder(model, args, root, lambda n: wnid_label(n, wnids), desc)
+    return ({key: masked_top1(logits, labels, mask)},
+            {key: f"{describe_default(args)}; argmax over the 200 {desc} classes ({source})"}, {key: len(labels)})
+
 def eval_imagenet_a(model, args):
-    logits, labels, _ = eval_top1_folder(model, args, args.imagenet_a,
-                                         lambda n: wnid_label(n, IMAGENET_A_WNIDS), "IN-A")
-    return ({"ina": masked_top1(logits, labels, IMAGENET_A_MASK)},
-            {"ina": f"{describe_default(args)}; argmax over the 200 IN-A classes (hendrycks eval.py)"},
-            {"ina": len(labels)})
+    return _eval_200_classes(model, args, args.imagenet_a, IMAGENET_A_WNIDS, IMAGENET_A_MASK, "ina", "IN-A",
+                             "hendrycks eval.py")
 
 def eval_imagenet_r(model, args):
-    logits, labels, _ = eval_top1_folder(model, args, args.imagenet_r,
-                                         lambda n: wnid_label(n, IMAGENET_R_WNIDS), "IN-R")
-    return ({"inr": masked_top1(logits, labels, IMAGENET_R_MASK)},
-            {"inr": f"{describe_default(args)}; argmax over the 200 IN-R classes (hendrycks imagenet-r eval.py)"},
-            {"inr": len(labels)})
+    return _eval_200_classes(model, args, args.imagenet_r, IMAGENET_R_WNIDS, IMAGENET_R_MASK, "inr", "IN-R",
+                             "hendrycks imagenet-r eval.py")
 
 def eval_sketch(model, args):
     logits, labels, _ = eval_top1_folder(model, args, args.imagenet_sketch, wnid_label, "Sketch")

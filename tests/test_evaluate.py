@@ -58,12 +58,23 @@ COLOUR = {name: c for name, c in zip(
      "azure", "rose", "olive", "teal", "plum", "darkgreen", "peach", "sky", "brown", "dark"], [c for c, _ in PALETTE])}
 
 
-class PaletteModel(nn.Module):
+class FakeCamModel(nn.Module):
+    """The CAM interface of models.py for the fakes: feature_map = the un-normalised image, classifier = fc."""
+
+    is_vit = False
+
+    @property
+    def classifier(self):
+        return self.fc
+
+    def feature_map(self, x):
+        return x * STD + MEAN
+
+
+class PaletteModel(FakeCamModel):
     """Logits = the palette row of the colour nearest to the centre pixel of the (un-normalised) input.
     feature_map = the un-normalised image (3 channels), so CAM of any class = its red channel (fc rows [1, 0, 0]).
     With num_points, a point head that always answers the image centre (0.5, 0.5)."""
-
-    is_vit = False
 
     def __init__(self, num_points=0):
         super().__init__()
@@ -81,13 +92,6 @@ class PaletteModel(nn.Module):
         self.point_head = nn.Linear(3, 2 * num_points) if num_points else None
         self.images = 0
 
-    @property
-    def classifier(self):
-        return self.fc
-
-    def feature_map(self, x):
-        return x * STD + MEAN
-
     def forward(self, x):
         self.images += len(x)
         img = x.float() * STD + MEAN
@@ -98,11 +102,9 @@ class PaletteModel(nn.Module):
         return logits, torch.full((len(x), self.num_points, 2), 0.5)
 
 
-class CocoFake(nn.Module):
+class CocoFake(FakeCamModel):
     """3 COCO classes A, B, C. Logit A = +5 if any green pixel is present (A "uses" B's context), B = -5 always,
     C = +5 if any blue pixel. CAM: A = red channel, B = green, C = blue. Points: always the centre."""
-
-    is_vit = False
 
     def __init__(self):
         super().__init__()
@@ -111,13 +113,6 @@ class CocoFake(nn.Module):
             self.fc.weight.copy_(torch.eye(3))
             self.fc.bias.zero_()
         self.point_head = nn.Linear(3, 6)
-
-    @property
-    def classifier(self):
-        return self.fc
-
-    def feature_map(self, x):
-        return x * STD + MEAN
 
     def forward(self, x):
         img = x.float() * STD + MEAN
