@@ -333,7 +333,8 @@ def main(args):
     geometry = val_geometry(val_set) if args.points != "none" else None
     try:
         stats = fit(args, train_set, val_set, num_classes, num_classes, coco_loss, coco_mix(args),
-                    lambda model, loader: evaluate_coco(args, model, loader, geometry), make_optimizer=build_optimizer)
+                    lambda model, loader: evaluate_coco(args, model, loader, geometry), make_optimizer=build_optimizer,
+                    class_names=[c["name"] for c in train_set.instances.categories])
     finally:
         if args.distributed:
             dist.destroy_process_group()

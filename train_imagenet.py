@@ -543,7 +543,8 @@ def apply_demo_defaults(args):
 
 # -----------------------------------------------------------------------------
 
-def fit(args, train_set, val_set, num_classes, num_points, loss_fn, mix, evaluate_fn, make_optimizer=None):
+def fit(args, train_set, val_set, num_classes, num_points, loss_fn, mix, evaluate_fn, make_optimizer=None,
+        class_names=None):
     """The training run shared by train_imagenet.py and train_coco.py: model, optimiser, resume, the
     epoch loop, validation, checkpoints and logs. `loss_fn(args, outputs, batch) -> (task loss, point
     loss)`, `mix(*batch, generator) -> batch` or None, `evaluate_fn(model, loader) -> dict`,
@@ -609,6 +610,11 @@ def fit(args, train_set, val_set, num_classes, num_points, loss_fn, mix, evaluat
         raise SystemExit(f"the train set ({len(train_set)} images) is smaller than one batch ({args.batch_size})")
     if is_main(args):
         os.makedirs(args.output_dir, exist_ok=True)
+    # what a checkpoint must say about itself so that evaluate.py (or anyone) can rebuild the model from it alone
+    meta = {"model": args.model, "num_classes": num_classes, "num_points": num_points if args.points != "none" else 0,
+            "img_size": args.img_size, "val_resize": args.val_resize, "interpolation": args.interpolation,
+            "classes": list(class_names) if class_names is not None else None, "points": args.points,
+            "torch": str(torch.__version__)}
     stats = {}
     for epoch in range(start_epoch, args.epochs):
         sampler.set_epoch(epoch)
@@ -625,7 +631,7 @@ def fit(args, train_set, val_set, num_classes, num_points, loss_fn, mix, evaluat
                              "scaler": scaler.state_dict() if scaler else None,
                              "ema": ema.module.state_dict() if ema else None, "epoch": epoch,
                              "step": (epoch + 1) * args.steps_per_epoch, "rng": rng_state(),
-                             "args": saveable_args(args)}, ckpt_path)
+                             "args": saveable_args(args), "meta": meta}, ckpt_path)
     return stats
 
 
@@ -641,7 +647,8 @@ def main(args):
     num_classes = len(train_set.classes)
     try:
         stats = fit(args, train_set, val_set, num_classes, 1, imagenet_loss, imagenet_mix(args, num_classes),
-                    lambda model, loader: evaluate_imagenet(args, model, loader, boxes))
+                    lambda model, loader: evaluate_imagenet(args, model, loader, boxes),
+                    class_names=train_set.classes)
         if args.demo:
             log(args, f"demo done: val top-1 {stats['val_top1']:.1f}% (chance {100 / num_classes:.0f}%), point head "
                       f"inside the object box for {stats['val_point_acc']:.1f}% of val images; "
