@@ -930,7 +930,11 @@ class RandAugment:
         if op.startswith("Posterize"):
             bits = int(level * 4)
             bits = 4 - bits if op.endswith("Increasing") else bits
-            return (img if bits >= 8 else ImageOps.posterize(img, bits)), points
+            if bits >= 8:
+                return img, points
+            # 0 bits (Posterize below level 2.5, PosterizeIncreasing at the clipped maximum): the black image that
+            # Pillow's posterize gave when DeiT was trained; Pillow >= 13 raises for bits < 1 instead
+            return (Image.new(img.mode, img.size) if bits <= 0 else ImageOps.posterize(img, bits)), points
         if op.startswith("Solarize") and op != "SolarizeAdd":
             thresh = int(level * 256)
             return ImageOps.solarize(img, 256 - thresh if op.endswith("Increasing") else thresh), points
@@ -1049,6 +1053,18 @@ def _hash_uniform(seed, keys):
     digest = b"".join(hashlib.blake2b(f"{seed}:{k}".encode(), digest_size=8).digest() for k in keys)
     u = np.frombuffer(digest, "<u4").reshape(-1, 2) if keys else np.zeros((0, 2), np.uint32)
     return (u / 2.0 ** 32).astype(np.float32)
+
+
+def random_points_where_clicked(dataset, seed):
+    """The random-point control on exactly the samples LUAB supervises: `dataset` was built with
+    points="clicks"; its points become the uniform points points="random" draws for the same keys (ImageNet:
+    the image; COCO: the (image, class) pair), its weights (which images / classes have a byproduct) stay."""
+    if isinstance(dataset, CocoAB):
+        keys = [f"{iid}/{cid}" for iid in dataset.image_ids for cid in dataset.instances.cat_ids]
+    else:
+        keys = dataset.keys
+    dataset._points = torch.from_numpy(_hash_uniform(seed, keys)).view_as(dataset._points)
+    return dataset
 
 
 def _fraction_subset(groups, fraction, seed):

@@ -338,13 +338,14 @@ def _strip_prefixes(key):
         key = key.split(".", 1)[1]
     return key
 
-def load_pretrained(model, state_dict_or_path):
+def load_pretrained(model, state_dict_or_path, drop_mismatched_heads=False):
     """Load torchvision, DeiT/timm or our own weights (a state dict, a {"model": state dict} checkpoint,
     or a path to either) into `model`. Returns a list of notes (str) about the heads: a point head or a
-    classifier (fc / heads.head) that is entirely absent from the file keeps its fresh initialisation
-    (fine-tuning, e.g. ImageNet -> COCO with the 1000-class head removed), and a point head in the file
-    is ignored when the model has none (the head is dropped at inference). Anything else that does not
-    match exactly (unknown key, missing key, shape) raises a ValueError naming the key."""
+    classifier (fc / heads.head) that is entirely absent from the file keeps its fresh initialisation, and
+    a point head in the file is ignored when the model has none (the head is dropped at inference). With
+    drop_mismatched_heads (fine-tuning, e.g. ImageNet -> COCO: 1000 classes and 1 point vs 80 and 80), a
+    classifier or point head of another shape is dropped the same way, as DeiT's fine-tuning does. Anything
+    else that does not match exactly (unknown key, missing key, shape) raises a ValueError naming the key."""
     sd = state_dict_or_path
     if isinstance(sd, (str, os.PathLike)):
         sd = _read_checkpoint(sd)
@@ -361,6 +362,11 @@ def load_pretrained(model, state_dict_or_path):
         renamed[key] = value
     expected = model.state_dict()
     notes, problems, to_load = [], [], {}
+    if drop_mismatched_heads:
+        for key in [k for k in renamed if k.startswith(("fc.", "heads.head.", "point_head."))]:
+            if key in expected and renamed[key].shape != expected[key].shape:
+                notes.append(f"dropped {key} {list(renamed.pop(key).shape)} from the checkpoint: "
+                             f"this model's is {list(expected[key].shape)}")
     for key, value in renamed.items():
         if key.startswith("point_head.") and model.point_head is None:
             notes.append(f"ignored {key} from the checkpoint: the model has no point head")

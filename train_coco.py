@@ -21,7 +21,7 @@ import argparse
 import math
 import os
 import random
-import re
+import textwrap
 
 import numpy as np
 import torch
@@ -47,7 +47,8 @@ from train_imagenet import add_training_args, autocast, demo_data_dir, fit, init
 
 RECIPES = {
     "coco": dict(epochs=100, batch_size=128, opt="adamp", lr=1e-3, lr_base_batch=128, momentum=0.9,
-                 weight_decay=1e-2, sched="cosine", lr_step=30, warmup_epochs=5, min_lr=1e-5,
+                 weight_decay=1e-2, sched="cosine", lr_step=30, warmup_epochs=5, warmup_lr=1e-6, min_lr=1e-5,
+                 lr_update="epoch",
                  label_smoothing=0.0, randaugment="none", mixup=0.0, cutmix=0.0, re_prob=0.25,
                  drop_path=0.0, repeated_aug=1, interpolation="bilinear", min_scale=0.5, color_jitter=0.4),
 }
@@ -56,13 +57,20 @@ RECIPES = {
 SMALL_BACKBONES, SMALL_LAMBDA, LARGE_LAMBDA = ("resnet18", "vit_tiny"), 0.1, 1.0
 
 
+DEFAULTS = {**train_imagenet.DEFAULTS, "output_dir": "runs/coco"}
+DEFAULTS.pop("point_weight")  # by backbone size, below
+
+
 def get_args_parser(add_help=True):
     p = argparse.ArgumentParser(
         description="LUAB training on COCO 2014 (+ COCO-AB byproducts)", add_help=add_help,
-        epilog="Values the paper's text lost (appendix F) are documented defaults: lr 1e-3 and weight decay 1e-2 "
-               "(AdamP's README), --min-scale 0.5, --re-prob 0.25, --point-weight 0.1 for resnet18/vit_tiny and "
-               "1.0 for the larger backbones. --pretrained accepts an ImageNet checkpoint: a classifier (or point "
-               "head) of another size is dropped and re-initialised.")
+        formatter_class=train_imagenet.HelpFormatter,
+        epilog=train_imagenet.recipes_epilog(RECIPES) + "\n\n" + textwrap.fill(
+            "Values the paper's text lost (appendix F) are documented defaults: lr 1e-3 and weight decay 1e-2 "
+            "(AdamP's README), --min-scale 0.5, --re-prob 0.25, --point-weight 0.1 for resnet18/vit_tiny and 1.0 "
+            "for the larger backbones. --pretrained accepts an ImageNet checkpoint (ours or torchvision's; the "
+            "paper's COCO numbers are those of ImageNet-initialised backbones): a classifier or point head of "
+            "another size is dropped and re-initialised.", width=100))
     g = p.add_argument_group("COCO data")
     g.add_argument("--coco-dir",
                    help="COCO 2014 root: train2014/, val2014/, annotations/instances_{train,val}2014.json")
@@ -72,9 +80,8 @@ def get_args_parser(add_help=True):
                         "icon finally rests after moves (removed icons dropped)")
     g.add_argument("--min-scale", type=float, help="RandomResizedCrop minimum area scale (recipe: 0.5; the paper's "
                                                    "'raised minimum' value was lost)")
-    g.add_argument("--color-jitter", type=float, help="brightness = contrast = saturation jitter (recipe: 0.4)")
-    add_training_args(p, recipes=RECIPES, default_model="resnet50", optimizers=("adamp", "adamw", "sgd"))
-    p.set_defaults(recipe="coco", point_weight=None, output_dir="runs/coco")
+    add_training_args(p, recipes=RECIPES, defaults=DEFAULTS, optimizers=("adamp", "adamw", "sgd"))
+    p.set_defaults(recipe="coco")
     # argparse has no public way to amend a flag defined elsewhere; these only touch help texts
     flags = p._option_string_actions
     flags["--opt"].help = "adamp (the paper's COCO optimiser; recipe default), adamw or sgd"
@@ -88,9 +95,9 @@ def get_args_parser(add_help=True):
     return p
 
 
-def resolve_coco_args(args):
+def resolve_coco_args(args, preset=None):
     """train_imagenet.resolve_args with the COCO recipe, then lambda by backbone size unless given."""
-    args = resolve_args(args, RECIPES)
+    args = resolve_args(args, RECIPES, DEFAULTS, preset)
     if args.point_weight is None:
         args.point_weight = SMALL_LAMBDA if args.model in SMALL_BACKBONES else LARGE_LAMBDA
     return args
@@ -175,17 +182,22 @@ def build_datasets(args):
     if args.label_smoothing:
         raise SystemExit("--label-smoothing is not used by the COCO BCE objective")
     records = None
-    if args.points == "clicks":
+    clicked_only = args.points == "random" and args.rand_points_on == "clicked"
+    if args.points == "clicks" or clicked_only:
         if not args.coco_ab or not os.path.isfile(args.coco_ab):
-            raise SystemExit(f"--luab needs --coco-ab, the COCO-AB JSON (got {args.coco_ab!r})")
+            raise SystemExit(f"{'--luab' if args.points == 'clicks' else '--rand-points-on clicked'} needs --coco-ab, "
+                             f"the COCO-AB JSON (got {args.coco_ab!r})")
         records = byproducts.read_coco_ab(args.coco_ab, strict=args.strict_data)
     train_tf = byproducts.TrainTransform(
         size=args.img_size, scale=(args.min_scale, 1.0), hflip=0.5, interpolation=args.interpolation,
         randaugment=None if args.randaugment in (None, "none") else args.randaugment,
         color_jitter=args.color_jitter, re_prob=args.re_prob)
     train = byproducts.CocoAB(paths["train2014"], paths["annotations/instances_train2014.json"], records,
-                              points=args.points, point_source=args.point_source, transform=train_tf,
-                              data_fraction=args.data_fraction, seed=args.seed, strict=args.strict_data)
+                              points="clicks" if clicked_only else args.points, point_source=args.point_source,
+                              transform=train_tf, data_fraction=args.data_fraction, seed=args.seed,
+                              strict=args.strict_data)
+    if clicked_only:
+        byproducts.random_points_where_clicked(train, args.seed)
     if records is not None and not set(records) & set(train.image_ids):
         raise SystemExit(f"--coco-ab {args.coco_ab!r} has no record for any train image (wrong file?)")
     val = evaluate.CocoEvalSet(paths["val2014"], paths["annotations/instances_val2014.json"], size=args.img_size,
@@ -193,35 +205,6 @@ def build_datasets(args):
     if train.instances.cat_ids != val.category_ids:
         raise SystemExit("instances_train2014.json and instances_val2014.json have different categories")
     return train, val
-
-
-class _StateDict(dict):
-    """A state dict that prints as the file it came from (fit's error messages name --pretrained)."""
-
-    def __init__(self, sd, path):
-        super().__init__(sd)
-        self.path = path
-
-    def __repr__(self):
-        return str(self.path)
-
-
-def pretrained_without_mismatched_heads(path, num_classes, num_points):
-    """A checkpoint's state dict minus a classifier / point head whose size does not fit this run (an ImageNet
-    model has 1000 classes and 1 point): those layers keep their fresh initialisation."""
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise SystemExit(f"--pretrained {path}: cannot read it ({type(e).__name__}: {e})")
-    sd = sd["model"] if isinstance(sd, dict) and isinstance(sd.get("model"), dict) else sd
-    wanted = {"head": num_classes, "fc": num_classes, "point_head": 2 * num_points}
-    kept = {}
-    for key, value in sd.items():
-        layer = re.search(r"(?:^|\.)(point_head|head|fc)\.(?:weight|bias)$", key)
-        if layer and value.shape[0] != wanted[layer.group(1)]:
-            continue
-        kept[key] = value
-    return _StateDict(kept, path)
 
 
 # -----------------------------------------------------------------------------
@@ -239,7 +222,7 @@ def coco_loss(args, outputs, batch):
     # points share a total weight of 1, and point_loss then averages over the images that have any point
     n_points = (weights > 0).flatten(1).sum(1).clamp(min=1)
     per_image = weights / n_points.view(-1, *[1] * (weights.dim() - 1))
-    return bce, point_loss(pred_points, points, per_image, args.point_loss)
+    return bce, point_loss(pred_points, points, per_image, args.point_loss, args.smoothl1_beta)
 
 
 def coco_mix(args):
@@ -302,43 +285,35 @@ def evaluate_coco(args, model, loader, geometry=None):
 # -----------------------------------------------------------------------------
 # Demo
 
-def apply_demo_defaults(args):
-    """A small LUAB run on the synthetic COCO-format data (shared with train_imagenet's demo: 60 train / 20 val
-    images, 6 of the 80 classes) on CPU. lambda = 1 rather than the small-backbone 0.1, so that the point head
-    visibly learns in ~180 steps."""
+def demo_preset():
+    """The --demo preset: a small LUAB run on the synthetic COCO-format data (shared with train_imagenet's demo:
+    60 train / 20 val images, 6 of the 80 classes) on CPU; explicit flags win. lambda = 1 rather than the
+    small-backbone 0.1, so that the point head visibly learns in ~180 steps."""
     coco = os.path.join(demo_data_dir(), "coco")
-    demo = dict(coco_dir=coco, coco_ab=os.path.join(coco, "coco_ab_v1_0.json"), model="resnet18", img_size=48,
-                epochs=60, batch_size=16, lr=1e-2, warmup_epochs=2, point_weight=1.0, workers=2, print_freq=20,
-                eval_every=5, output_dir="runs/demo_coco")
-    parser = get_args_parser()
-    for k, v in demo.items():
-        if getattr(args, k) == parser.get_default(k):
-            setattr(args, k, v)
-    args.luab = args.luab or not args.rand_points
+    return dict(coco_dir=coco, coco_ab=os.path.join(coco, "coco_ab_v1_0.json"), model="resnet18", points="clicks",
+                img_size=48, epochs=60, batch_size=16, lr=1e-2, warmup_epochs=2, point_weight=1.0,
+                workers=min(2, train_imagenet.default_workers()), print_freq=20, eval_every=5,
+                output_dir="runs/demo_coco")
 
 
 # -----------------------------------------------------------------------------
 
 def main(args):
-    if args.demo:
-        apply_demo_defaults(args)
-    args = resolve_coco_args(args)
+    args = resolve_coco_args(args, demo_preset() if args.demo else None)
     init_distributed(args)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     train_set, val_set = build_datasets(args)
     num_classes = train_set.instances.num_classes
-    if args.pretrained:
-        args.pretrained = pretrained_without_mismatched_heads(args.pretrained, num_classes, num_classes)
     geometry = val_geometry(val_set) if args.points != "none" else None
     try:
         stats = fit(args, train_set, val_set, num_classes, num_classes, coco_loss, coco_mix(args),
                     lambda model, loader: evaluate_coco(args, model, loader, geometry), make_optimizer=build_optimizer,
-                    class_names=[c["name"] for c in train_set.instances.categories])
+                    class_names=[c["name"] for c in train_set.instances.categories], best_key="val_map")
     finally:
         if args.distributed:
             dist.destroy_process_group()
-    if args.demo:  # what the numbers mean on this tiny set: random scores, and a head that always says "centre"
+    if args.demo and "val_map" in stats:  # what the numbers mean here: random scores, a head that says "centre"
         t = val_set.targets
         rng = np.random.default_rng(0)
         chance = np.mean([coco_metrics(rng.random(t.shape), t)["val_map_present"] for _ in range(100)])
@@ -347,7 +322,7 @@ def main(args):
                   f"occur in the synthetic val set; the others score 0), {stats['val_map_present']:.1f} over the "
                   f"classes that occur (random scores: {chance:.1f} on average)" + (
                       f"; point localisation {stats['val_point_acc']:.1f}% of (image, class) pairs (always "
-                      f"predicting the image centre: {centre:.1f}%)" if geometry else ""))
+                      f"predicting the image centre: {centre:.1f}%)" if geometry and "val_point_acc" in stats else ""))
     return stats
 
 

@@ -16,11 +16,17 @@ Multi-node: torchrun's own launch, e.g. `torchrun --nnodes=2 --node_rank=R --mas
 import argparse
 import contextlib
 import copy
+import datetime
+import glob
 import json
 import math
 import os
 import random
+import shutil
+import signal
+import subprocess
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -31,56 +37,123 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import byproducts
 import evaluate
-from models import create_model, load_pretrained, param_groups
+from models import MODEL_NAMES, create_model, load_pretrained, param_groups
 
 # -----------------------------------------------------------------------------
 # Recipes. Every value is a flag default; any flag given on the command line wins.
 
 RECIPES = {
     # "the standard 100-epochs setup [36]" of the paper for ResNets: He et al., torchvision's ResNet V1 recipe
-    # run for 100 epochs (x0.1 at epochs 30, 60, 90).
+    # run for 100 epochs (x0.1 at epochs 30, 60, 90), plus the ColorJitter of the paper's "basic ImageNet training
+    # strategy - RandomResizedCrop, RandomFlip, and ColorJitter" (appendix F) at timm's default strength 0.4.
     "resnet": dict(epochs=100, batch_size=256, opt="sgd", lr=0.1, lr_base_batch=256, momentum=0.9,
-                   weight_decay=1e-4, sched="step", lr_step=30, warmup_epochs=0, min_lr=0.0,
-                   label_smoothing=0.0, randaugment="none", mixup=0.0, cutmix=0.0, re_prob=0.0,
-                   drop_path=0.0, repeated_aug=1, interpolation="bilinear"),
-    # DeiT's main.py defaults (paper appendix F): AdamW 5e-4 x bs/512, cosine, 5 warm-up epochs, 300 epochs.
+                   weight_decay=1e-4, sched="step", lr_step=30, warmup_epochs=0, warmup_lr=0.0, min_lr=0.0,
+                   lr_update="epoch", label_smoothing=0.0, randaugment="none", color_jitter=0.4, mixup=0.0,
+                   cutmix=0.0, re_prob=0.0, drop_path=0.0, repeated_aug=1, interpolation="bilinear"),
+    # DeiT's main.py defaults, which the paper used "with default settings" (appendix F): AdamW 5e-4 x bs/512,
+    # timm's cosine stepped once per epoch with 5 warm-up epochs from 1e-6, 300 epochs, rand-m9-mstd0.5-inc1.
+    # DeiT's colour jitter 0.3 is inactive under RandAugment (timm applies it only without auto-augment).
     "deit": dict(epochs=300, batch_size=1024, opt="adamw", lr=5e-4, lr_base_batch=512, momentum=0.9,
-                 weight_decay=0.05, sched="cosine", lr_step=30, warmup_epochs=5, min_lr=1e-5,
-                 label_smoothing=0.1, randaugment="rand-m9-mstd0.5", mixup=0.8, cutmix=1.0, re_prob=0.25,
-                 drop_path=0.1, repeated_aug=3, interpolation="bicubic"),
+                 weight_decay=0.05, sched="cosine", lr_step=30, warmup_epochs=5, warmup_lr=1e-6, min_lr=1e-5,
+                 lr_update="epoch", label_smoothing=0.1, randaugment="rand-m9-mstd0.5-inc1", color_jitter=0.3,
+                 mixup=0.8, cutmix=1.0, re_prob=0.25, drop_path=0.1, repeated_aug=3, interpolation="bicubic"),
+    # The "primitive" ViT setup of the appendix (its ViT table without strong augmentation, and Table 2's ViT
+    # rows): the DeiT codebase without RandAugment, stochastic depth, random erasing, Mixup and CutMix, and "a
+    # training setup similar to the one in the ViT paper: learning rate 1e-3 and weight decay 0.3". Our choices
+    # where the paper is silent: 1e-3 is DeiT's --lr (so scaled by batch/512, as DeiT's main.py does), and
+    # everything the paper does not name stays DeiT's default (300 epochs, 5 warm-up epochs, label smoothing
+    # 0.1, repeated augmentation x3, colour jitter 0.3, which is active here since RandAugment is off).
+    "vit": dict(epochs=300, batch_size=1024, opt="adamw", lr=1e-3, lr_base_batch=512, momentum=0.9,
+                weight_decay=0.3, sched="cosine", lr_step=30, warmup_epochs=5, warmup_lr=1e-6, min_lr=1e-5,
+                lr_update="epoch", label_smoothing=0.1, randaugment="none", color_jitter=0.3, mixup=0.0,
+                cutmix=0.0, re_prob=0.0, drop_path=0.0, repeated_aug=3, interpolation="bicubic"),
 }
+
+
+def default_workers():
+    """Data-loader workers per process: up to 8, but never more than this process's share of the CPU cores."""
+    return max(0, min(8, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+
+
+# The flags that are neither recipe values nor optional: an explicit flag > the --demo preset > the recipe > these.
+DEFAULTS = dict(model="resnet50", points="none", img_size=224, point_weight=1.0, workers=None, print_freq=50,
+                output_dir="runs/imagenet")
 
 
 def get_args_parser(add_help=True):
     p = argparse.ArgumentParser(description="LUAB training on ImageNet (+ ImageNet-AB byproducts)",
-                                add_help=add_help)
+                                add_help=add_help, formatter_class=HelpFormatter, epilog=recipes_epilog(RECIPES))
     g = p.add_argument_group("ImageNet data")
     g.add_argument("--data-dir", help="ImageNet root with train/<wnid>/*.JPEG and val/<wnid>/*.JPEG")
     g.add_argument("--byproducts", help="ImageNet-AB index file (byproducts.py index-imagenet) or XML root")
     g.add_argument("--val-boxes", help="ILSVRC box XMLs of the val images (<stem>.xml or <wnid>/<stem>.xml): "
                                        "enables the point head's localisation accuracy")
-    add_training_args(p, recipes=RECIPES, default_model="resnet50")
+    add_training_args(p, recipes=RECIPES, defaults=DEFAULTS)
     return p
 
 
-def add_training_args(p, recipes, default_model, optimizers=("sgd", "adamw")):
-    """The flags every training script shares (train_coco.py adds its data flags and these)."""
-    p.add_argument("--model", default=default_model,
-                   help="resnet18|resnet50|resnet101|resnet152|vit_tiny|vit_small|vit_base")
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help shows every fixed default; the recipe-dependent ones are listed per recipe in the epilog."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def recipes_epilog(recipes):
+    lines = ["recipes (the defaults of the optimisation flags; any flag given on the command line wins):"]
+    for name, values in recipes.items():
+        lines.append(textwrap.fill(f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items()), width=100,
+                                   initial_indent="  ", subsequent_indent="      "))
+    return "\n".join(lines)
+
+
+class PointsAction(argparse.Action):
+    """--luab, --rand-points and --points all set args.points; two different choices are a usage error."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        value = self.const if self.const is not None else values
+        if getattr(namespace, self.dest) not in (None, value):
+            parser.error(f"{option_string} contradicts an earlier --luab / --rand-points / --points: "
+                         "they are different runs, choose one")
+        setattr(namespace, self.dest, value)
+
+
+def add_training_args(p, recipes, defaults, optimizers=("sgd", "adamw")):
+    """The flags every training script shares (train_coco.py adds its data flags and these). Flags whose value
+    comes from a preset default to None here and are filled by resolve_args."""
+    p.add_argument("--model", choices=MODEL_NAMES, help=f"backbone (default: {defaults['model']})")
     p.add_argument("--recipe", choices=list(recipes), default=None,
-                   help="hyper-parameter preset; default: resnet for ResNets, deit for ViTs")
+                   help="hyper-parameter preset (listed below); default: resnet for ResNets, deit for ViTs"
+                   if "deit" in recipes else "hyper-parameter preset (listed below)")
     g = p.add_argument_group("data")
     g.add_argument("--data-fraction", type=float, default=1.0, help="train on this fraction of the train set")
-    g.add_argument("--img-size", type=int, default=224)
+    g.add_argument("--img-size", type=int, help=f"training / validation resolution (default: {defaults['img_size']})")
     g.add_argument("--val-resize", type=int, default=None, help="default: img_size / 0.875")
-    g.add_argument("--workers", type=int, default=8, help="data loader workers per process")
+    g.add_argument("--workers", type=int,
+                   help=f"data loader workers per process (default: min(8, cores per process) = {default_workers()})")
     g.add_argument("--strict-data", action="store_true", help="bad byproduct records are errors, not skips")
     g = p.add_argument_group("LUAB")
-    g.add_argument("--luab", action="store_true", help="regress the annotators' clicks (the paper's method)")
-    g.add_argument("--rand-points", action="store_true",
-                   help="regress a uniform random point fixed per image (the paper's control)")
-    g.add_argument("--point-weight", type=float, default=1.0, help="lambda, weight of the point loss")
-    g.add_argument("--point-loss", choices=["smoothl1", "mse"], default="smoothl1")
+    g.add_argument("--points", choices=["clicks", "random", "none"], action=PointsAction,
+                   help="the point targets: the annotators' byproducts (clicks = --luab), uniform random points "
+                        "(random = --rand-points) or none (plain training; the default)")
+    g.add_argument("--luab", dest="points", nargs=0, const="clicks", action=PointsAction,
+                   help="regress the annotators' byproducts (the paper's method) = --points clicks")
+    g.add_argument("--rand-points", dest="points", nargs=0, const="random", action=PointsAction,
+                   help="regress a uniform random point fixed per image (the paper's control) = --points random")
+    g.add_argument("--rand-points-on", choices=["all", "clicked"], default="all",
+                   help="--rand-points supervises every image (all; the paper: 'a uniform-random point for each "
+                        "image') or only those LUAB supervises, i.e. with a byproduct (clicked; needs the byproducts)")
+    g.add_argument("--point-weight", type=float, help="lambda, weight of the point loss (default: per recipe)")
+    g.add_argument("--point-loss", choices=["smoothl1", "mse"], default="smoothl1",
+                   help="per point: the sum over x and y of SmoothL1 (beta --smoothl1-beta) or of the squared "
+                        "error, on coordinates normalised to [0, 1]; averaged over the points with weight > 0 in "
+                        "the global batch. With beta 1 every |error| <= 1 is in SmoothL1's quadratic zone "
+                        "(0.5 error^2), so mse = 2 x smoothl1 there")
+    g.add_argument("--smoothl1-beta", type=float, default=1.0,
+                   help="SmoothL1's switch from quadratic to linear (PyTorch's default 1.0)")
     g = p.add_argument_group("optimisation (defaults come from --recipe)")
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", type=int, help="GLOBAL batch size over all processes")
@@ -96,7 +169,14 @@ def add_training_args(p, recipes, default_model, optimizers=("sgd", "adamw")):
     g.add_argument("--warmup-epochs", type=float)
     g.add_argument("--min-lr", type=float)
     g.add_argument("--label-smoothing", type=float)
-    g.add_argument("--randaugment", help="'rand-m9-mstd0.5' or 'none'")
+    g.add_argument("--warmup-lr", type=float, help="LR of the first warm-up epoch (DeiT's --warmup-lr)")
+    g.add_argument("--lr-update", choices=["epoch", "step"],
+                   help="epoch: the LR is set once per epoch exactly as DeiT steps timm's scheduler (epochs 0 "
+                        "and 1 at --warmup-lr, then linear to the peak at epoch warmup+1, then cosine); step: "
+                        "the same curve evaluated at every step (a smooth ramp from --warmup-lr)")
+    g.add_argument("--randaugment", help="timm-style config, e.g. 'rand-m9-mstd0.5-inc1', or 'none'")
+    g.add_argument("--color-jitter", type=float,
+                   help="brightness = contrast = saturation jitter; as timm, only applied without RandAugment")
     g.add_argument("--mixup", type=float, help="Mixup alpha (0 = off)")
     g.add_argument("--cutmix", type=float, help="CutMix alpha (0 = off)")
     g.add_argument("--re-prob", type=float, help="random erasing probability")
@@ -113,28 +193,43 @@ def add_training_args(p, recipes, default_model, optimizers=("sgd", "adamw")):
     g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes")
     g.add_argument("--device", default=None, help="default: cuda if available else cpu")
     g = p.add_argument_group("run")
-    g.add_argument("--output-dir", default="runs/imagenet")
-    g.add_argument("--resume", action="store_true", help="continue from <output-dir>/checkpoint.pt")
+    g.add_argument("--output-dir", help=f"the run folder: config.json, log.jsonl, checkpoint.pt, best.pt "
+                                        f"(default: {defaults['output_dir']})")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --output-dir from its checkpoint.pt if there is one, else start it "
+                        "there: the same command can be relaunched after any failure, e.g. under "
+                        "torchrun --max-restarts=N")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run files of a previous run in --output-dir (otherwise a folder that is not "
+                        "empty is refused without --resume)")
+    g.add_argument("--dist-timeout", type=float, default=10.0,
+                   help="minutes a process waits for the others (init_process_group, collectives) before failing")
     g.add_argument("--pretrained", help="initialise from a torchvision / DeiT / our checkpoint")
     g.add_argument("--eval-only", action="store_true", help="evaluate --pretrained (or the resumed model) and exit")
     g.add_argument("--eval-every", type=int, default=1, help="validate every N epochs (and after the last)")
-    g.add_argument("--print-freq", type=int, default=50)
+    g.add_argument("--print-freq", type=int, help=f"progress line every N steps (default: {defaults['print_freq']})")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--max-steps-per-epoch", type=int, default=0, help="cut epochs short (smoke tests)")
     g.add_argument("--demo", action="store_true",
-                   help="write the synthetic dataset once into a cache folder and train a small LUAB model on CPU")
+                   help="a preset: write the synthetic dataset once into a cache folder and train a small model "
+                        "on CPU (LUAB unless --points says otherwise); every flag given explicitly wins")
 
 
-def resolve_args(args, recipes):
-    """Fill every unset flag from the recipe; derive the quantities the loop needs."""
-    if args.recipe is None:
-        args.recipe = "deit" if args.model.startswith("vit") else "resnet"
-    for k, v in recipes[args.recipe].items():
+def resolve_args(args, recipes, defaults=DEFAULTS, preset=None):
+    """Fill every flag left unset, in this order: `preset` (a dict, e.g. the demo's), the recipe, `defaults`;
+    an explicit flag always wins. Then derive the quantities the loop needs."""
+    for k, v in (preset or {}).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    if args.luab and args.rand_points:
-        raise SystemExit("--luab and --rand-points are two different runs: choose one")
-    args.points = "clicks" if args.luab else "random" if args.rand_points else "none"
+    if args.model is None:
+        args.model = defaults["model"]
+    if args.recipe is None:
+        args.recipe = ("deit" if args.model.startswith("vit") else "resnet") if "deit" in recipes else next(iter(recipes))
+    for k, v in {**recipes[args.recipe], **defaults}.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.workers is None:
+        args.workers = default_workers()
     if args.val_resize is None:
         args.val_resize = int(round(args.img_size / 0.875))  # the usual 0.875 test crop ratio
     return args
@@ -155,7 +250,8 @@ def init_distributed(args):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     if args.distributed:
-        dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
+        dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo",
+                                timeout=datetime.timedelta(minutes=args.dist_timeout))
     if args.batch_size % args.world_size:
         raise SystemExit(f"--batch-size {args.batch_size} (global) must be divisible by {args.world_size} processes")
 
@@ -212,7 +308,10 @@ class RepeatedAugSampler(torch.utils.data.Sampler):
 
 
 class SeededItems(torch.utils.data.Dataset):
-    """Wraps a dataset so that item (index, seed) is augmented with the RNGs seeded from `seed`."""
+    """Wraps a dataset so that item (index, seed) is augmented with torch's and Python's RNGs seeded from `seed`.
+
+    The global RNG states are restored afterwards: with --workers 0 the items are made in the main process,
+    whose RNGs drive the model (drop-path masks), and those must not depend on the data loaded last."""
 
     def __init__(self, dataset):
         self.dataset = dataset
@@ -222,9 +321,14 @@ class SeededItems(torch.utils.data.Dataset):
 
     def __getitem__(self, item):
         index, seed = item
-        torch.manual_seed(seed % 2**63)
-        random.seed(seed)
-        return self.dataset[index]
+        py_state = random.getstate()
+        with torch.random.fork_rng(devices=[]):  # CPU generator only: the transforms draw on the CPU
+            torch.manual_seed(seed % 2**63)
+            random.seed(seed)
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(py_state)
 
 
 # -----------------------------------------------------------------------------
@@ -234,22 +338,27 @@ def build_datasets(args):
     for d in ("train", "val"):
         if not args.data_dir or not os.path.isdir(os.path.join(args.data_dir, d)):
             raise SystemExit(f"--data-dir must contain {d}/<wnid>/*.JPEG (got {args.data_dir!r})")
-    if args.points == "clicks" and not args.byproducts:
-        raise SystemExit("--luab needs --byproducts (an index from `byproducts.py index-imagenet` or the XML root)")
+    clicked_only = args.points == "random" and args.rand_points_on == "clicked"
+    if (args.points == "clicks" or clicked_only) and not args.byproducts:
+        raise SystemExit(f"{'--luab' if args.points == 'clicks' else '--rand-points-on clicked'} needs --byproducts "
+                         "(an index from `byproducts.py index-imagenet` or the XML root)")
     if args.byproducts and not os.path.exists(args.byproducts):
         raise SystemExit(f"--byproducts {args.byproducts!r} does not exist")
     train_tf = byproducts.TrainTransform(
         size=args.img_size, hflip=0.5, interpolation=args.interpolation,
-        randaugment=None if args.randaugment in (None, "none") else args.randaugment, re_prob=args.re_prob)
+        randaugment=None if args.randaugment in (None, "none") else args.randaugment,
+        color_jitter=args.color_jitter, re_prob=args.re_prob)
     val_tf = byproducts.EvalTransform(size=args.img_size, resize=args.val_resize, interpolation=args.interpolation)
     train = byproducts.ImageNetAB(os.path.join(args.data_dir, "train"),
-                                  clicks=args.byproducts if args.points == "clicks" else None,
-                                  points=args.points, transform=train_tf, data_fraction=args.data_fraction,
-                                  seed=args.seed, strict=args.strict_data)
+                                  clicks=args.byproducts if args.points == "clicks" or clicked_only else None,
+                                  points="clicks" if clicked_only else args.points, transform=train_tf,
+                                  data_fraction=args.data_fraction, seed=args.seed, strict=args.strict_data)
+    if clicked_only:
+        byproducts.random_points_where_clicked(train, args.seed)
     val = byproducts.ImageNetAB(os.path.join(args.data_dir, "val"), points="none", transform=val_tf)
     if train.classes != val.classes:
         raise SystemExit("train/ and val/ have different class folders")
-    if args.points == "clicks" and train.num_points == 0:
+    if (args.points == "clicks" or clicked_only) and train.num_points == 0:
         raise SystemExit(f"--byproducts {args.byproducts!r} matches no image of {args.data_dir}/train "
                          "(wrong file, or keys not of the form wnid/stem?)")
     return train, val
@@ -286,7 +395,7 @@ def make_loader(args, dataset, sampler, train):
 # -----------------------------------------------------------------------------
 # Objective
 
-def point_loss(pred, points, weights, kind="smoothl1"):
+def point_loss(pred, points, weights, kind="smoothl1", beta=1.0):
     """LUAB: masked point regression, averaged over the points that count in the *global* batch.
 
     pred [B, K, 2]; points [B, K, 2] or [B, J, K, 2] (J targets per sample after Mixup/CutMix); weights the
@@ -296,8 +405,10 @@ def point_loss(pred, points, weights, kind="smoothl1"):
     if points.dim() == 4:
         pred = pred.unsqueeze(1)
     pred = pred.float().expand_as(points)
-    fn = F.smooth_l1_loss if kind == "smoothl1" else F.mse_loss
-    per_point = fn(pred, points, reduction="none").sum(-1)  # [B, (J,) K]
+    if kind == "smoothl1":
+        per_point = F.smooth_l1_loss(pred, points, reduction="none", beta=beta).sum(-1)  # [B, (J,) K]
+    else:
+        per_point = F.mse_loss(pred, points, reduction="none").sum(-1)
     denom = all_reduce_sum(weights.sum().detach().clone())
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     return (per_point * weights).sum() * world / denom.clamp(min=1e-6)
@@ -316,7 +427,7 @@ def imagenet_loss(args, outputs, batch):
     loss_cls = classification_loss(logits, targets, args.label_smoothing)
     if pred_points is None:
         return loss_cls, torch.zeros((), device=logits.device)
-    return loss_cls, point_loss(pred_points, points, weights, args.point_loss)
+    return loss_cls, point_loss(pred_points, points, weights, args.point_loss, args.smoothl1_beta)
 
 
 def imagenet_mix(args, num_classes):
@@ -348,14 +459,28 @@ def build_optimizer(args, model):
 
 
 def lr_at(args, peak_lr, step, steps_per_epoch):
-    """Learning rate at a global step: linear warm-up, then step decay or cosine down to min_lr."""
-    epoch = step / steps_per_epoch
-    if epoch < args.warmup_epochs:
-        return peak_lr * (step + 1) / (args.warmup_epochs * steps_per_epoch)
+    """Learning rate at a global step, as a pure function of the step (resume needs no scheduler state).
+
+    The curve f(t), t in epochs, is timm's (DeiT's scheduler): linear warm-up from warmup_lr to peak_lr over
+    warmup_epochs, then, counted from t = 0 (timm's warmup_prefix=False), either x0.1 every lr_step epochs or a
+    cosine from peak_lr to min_lr at t = epochs. lr_update "epoch" holds the LR for a whole epoch as the
+    reference loops do: the step schedule uses f(e) in epoch e (torchvision's StepLR); the cosine one uses
+    f(e - 1) (DeiT calls lr_scheduler.step(e) *after* epoch e, and its scheduler starts at warmup_lr, so epochs
+    0 and 1 both train at warmup_lr). lr_update "step" evaluates f at the fractional epoch of every step.
+    """
+    if args.lr_update == "step":
+        t = step / steps_per_epoch
+    else:
+        t = step // steps_per_epoch
+        if args.sched == "cosine":
+            t = max(t - 1, 0)
+    if t < args.warmup_epochs:
+        return args.warmup_lr + t * (peak_lr - args.warmup_lr) / args.warmup_epochs
     if args.sched == "step":
-        return peak_lr * 0.1 ** int(epoch // args.lr_step)
-    t = (epoch - args.warmup_epochs) / max(args.epochs - args.warmup_epochs, 1e-8)
-    return args.min_lr + 0.5 * (peak_lr - args.min_lr) * (1 + math.cos(math.pi * min(t, 1.0)))
+        return peak_lr * 0.1 ** int(t // args.lr_step)
+    if t >= args.epochs:
+        return args.min_lr
+    return args.min_lr + 0.5 * (peak_lr - args.min_lr) * (1 + math.cos(math.pi * t / args.epochs))
 
 
 class ModelEma:
@@ -374,16 +499,49 @@ class ModelEma:
 
 
 # -----------------------------------------------------------------------------
-# Checkpoints: written to a temporary file and renamed (atomic on POSIX), so a kill at any moment
-# leaves either the previous or the new checkpoint, never a torn one.
+# The run folder: config.json (written at start), checkpoint.pt (every epoch), best.pt, log.jsonl.
+# Files are written to a temporary name and renamed (atomic on POSIX), so a kill at any moment leaves the previous
+# or the new file, never a torn one. The epoch log lives inside the checkpoint and log.jsonl is rewritten from it
+# after each checkpoint, so log.jsonl never describes an epoch that the checkpoint does not hold.
+
+RUN_FILES = ("config.json", "log.jsonl", "checkpoint.pt", "best.pt")
+
+
+def _os_reason(e):
+    """The OS error behind an exception (torch.save wraps ENOSPC in a RuntimeError), in a few words."""
+    while e is not None:
+        if isinstance(e, OSError) and e.strerror:
+            return e.strerror
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def atomic_write(path, write):
+    """write(file) into path.tmp.<pid>, fsync, rename; on any failure the temporary file is removed and the
+    previous file at `path` is left as it was. An OS failure (disk full, read-only) ends the run with one line."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        reason = _os_reason(e)
+        if reason is None:
+            raise
+        previous = f"previous version intact at {path}" if os.path.exists(path) else "no previous version"
+        raise SystemExit(f"cannot write {path}: {reason}; {previous}") from None
+
 
 def save_checkpoint(state, path):
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def write_log(path, lines):
+    atomic_write(path, lambda f: f.write("".join(json.dumps(line) + "\n" for line in lines).encode()))
 
 
 def rng_state():
@@ -401,12 +559,83 @@ def set_rng_state(state):
 
 
 def load_checkpoint(path, args):
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickled code, a torn file from another program, not a torch file
+        raise SystemExit(f"cannot read {path} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                         "move it away to start the run again") from None
     saved = ckpt.get("args", {})
     for k in ("model", "points"):
         if saved.get(k) != getattr(args, k):
-            raise SystemExit(f"{path} was saved with --{k}={saved.get(k)!r}, this run has {getattr(args, k)!r}")
+            raise SystemExit(f"{path} was saved with --{k}={saved.get(k)!r}, this run has {getattr(args, k)!r}: "
+                             f"use the same flag, or another --output-dir")
     return ckpt
+
+
+def prepare_output_dir(args, estimate_bytes):
+    """Checked before any training, on rank 0, and agreed by every process: the folder exists and is writable, a
+    previous run is not overwritten by accident, there is room for a checkpoint. Returns None or the error line."""
+    out = args.output_dir
+    try:
+        os.makedirs(out, exist_ok=True)
+        for tmp in glob.glob(os.path.join(glob.escape(out), "*.tmp.*")):  # left by saves that died
+            os.remove(tmp)
+            print(f"removed {tmp}, a temporary file of an interrupted save", flush=True)
+        entries = sorted(os.listdir(out))
+        if entries and not args.resume:
+            if not args.overwrite:
+                return (f"--output-dir {out} is not empty ({', '.join(entries[:4])}"
+                        f"{', ...' if len(entries) > 4 else ''}): continue that run with --resume, replace it "
+                        "with --overwrite, or choose another --output-dir")
+            for name in RUN_FILES:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(out, name))
+        probe = os.path.join(out, f".write-test.{os.getpid()}")
+        with open(probe, "wb") as f:
+            f.write(b"0")
+        os.remove(probe)
+    except OSError as e:
+        return f"--output-dir {out}: {e.strerror or e} ({e.filename or out}); choose a folder you can write to"
+    free = shutil.disk_usage(out).free
+    if free < estimate_bytes:
+        return (f"--output-dir {out}: {free / 2**30:.2f} GiB free, a checkpoint needs about "
+                f"{estimate_bytes / 2**30:.2f} GiB: free some space or choose another folder")
+    return None
+
+
+def agree(args, error):
+    """Rank 0's verdict for everybody, so that all processes stop together (no hang in the next collective)."""
+    if args.distributed:
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error:
+        raise SystemExit(error)
+
+
+def git_commit():
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": bool(dirty)} if commit else None
+
+
+def run_config(args, meta):
+    """config.json: every resolved flag, what the checkpoint describes, versions, code commit, command line."""
+    import numpy
+    import PIL
+    import torchvision
+    return {"args": saveable_args(args), "meta": meta, "command": [os.path.basename(sys.argv[0])] + sys.argv[1:],
+            "world_size": args.world_size, "started": datetime.datetime.now().isoformat(timespec="seconds"),
+            "versions": {"python": sys.version.split()[0], "torch": str(torch.__version__),
+                         "torchvision": str(torchvision.__version__), "numpy": numpy.__version__,
+                         "pillow": PIL.__version__},
+            "git": git_commit()}
 
 
 # -----------------------------------------------------------------------------
@@ -426,8 +655,10 @@ def to_device(args, batch):
     return [images] + [t.to(args.device, non_blocking=True) for t in rest]
 
 
-def train_one_epoch(args, model, loader, optimizer, peak_lr, epoch, loss_fn, mix=None, ema=None, scaler=None):
-    """One pass over `loader`; returns the mean losses, throughput and data-wait fraction of the epoch."""
+def train_one_epoch(args, model, loader, optimizer, peak_lr, epoch, loss_fn, mix=None, ema=None, scaler=None,
+                    progress=None):
+    """One pass over `loader`; returns the mean losses, throughput and data-wait fraction of the epoch.
+    progress (a dict) gets the current step, for the message of an interrupted run."""
     model.train()
     steps = len(loader) if not args.max_steps_per_epoch else min(len(loader), args.max_steps_per_epoch)
     sums = torch.zeros(3, device=args.device)  # loss, point loss, number of steps
@@ -439,6 +670,8 @@ def train_one_epoch(args, model, loader, optimizer, peak_lr, epoch, loss_fn, mix
         batch = to_device(args, next(it))
         data_wait += time.perf_counter() - t0
         step = epoch * args.steps_per_epoch + i
+        if progress is not None:
+            progress["step"] = i
         for g in optimizer.param_groups:
             g["lr"] = lr_at(args, peak_lr, step, args.steps_per_epoch)
         if mix is not None:  # a CPU generator (mix_batch draws on the CPU), seeded by step and rank: resumable
@@ -527,39 +760,46 @@ def demo_data_dir(seed=0):
     return path
 
 
-def apply_demo_defaults(args):
-    """A small LUAB run on the synthetic ImageNet-format data that learns in a few minutes on 2 CPU cores."""
+def demo_preset():
+    """The --demo preset: a small LUAB run on the synthetic ImageNet-format data that learns in a few minutes on
+    2 CPU cores. Like a recipe, it only fills flags that were not given (`--demo --points none` is a plain run).
+    No colour jitter: on 48 px synthetic images it slows learning past the demo's 16 epochs."""
     root = demo_data_dir()
-    demo = dict(data_dir=os.path.join(root, "imagenet"), byproducts=os.path.join(root, "imagenet_ab", "train_xml"),
+    return dict(data_dir=os.path.join(root, "imagenet"), byproducts=os.path.join(root, "imagenet_ab", "train_xml"),
                 val_boxes=os.path.join(root, "imagenet", "boxes", "val"), model="resnet18", recipe="resnet",
-                img_size=48, epochs=16, batch_size=32, lr=0.2, lr_step=12, weight_decay=5e-4, point_weight=5.0, workers=2,
-                print_freq=10, output_dir="runs/demo")
-    for k, v in demo.items():
-        if getattr(args, k) in (None, get_args_parser().get_default(k)):
-            setattr(args, k, v)
-    if not args.rand_points:
-        args.luab = True
+                points="clicks", img_size=48, epochs=16, batch_size=32, lr=0.2, lr_step=12, weight_decay=5e-4,
+                color_jitter=0.0,
+                point_weight=5.0, workers=min(2, default_workers()), print_freq=10, output_dir="runs/demo")
 
 
 # -----------------------------------------------------------------------------
 
 def fit(args, train_set, val_set, num_classes, num_points, loss_fn, mix, evaluate_fn, make_optimizer=None,
-        class_names=None):
-    """The training run shared by train_imagenet.py and train_coco.py: model, optimiser, resume, the
-    epoch loop, validation, checkpoints and logs. `loss_fn(args, outputs, batch) -> (task loss, point
+        class_names=None, best_key="val_top1"):
+    """The training run shared by train_imagenet.py and train_coco.py: model, optimiser, run folder, resume,
+    the epoch loop, validation, checkpoints and logs. `loss_fn(args, outputs, batch) -> (task loss, point
     loss)`, `mix(*batch, generator) -> batch` or None, `evaluate_fn(model, loader) -> dict`,
-    `make_optimizer(args, model) -> (optimizer, peak lr)` (default: build_optimizer)."""
+    `make_optimizer(args, model) -> (optimizer, peak lr)` (default: build_optimizer); best.pt keeps the
+    epoch with the highest stats[best_key]. Returns the last epoch's stats."""
+    t_start = time.time()
     args.channels_last = args.device.startswith("cuda") and not args.model.startswith("vit")
-    log(args, f"{len(train_set)} train / {len(val_set)} val images, {num_classes} classes, "
-              f"points={args.points}, recipe={args.recipe}, world={args.world_size}")
     # LUAB: the model gets a point head (K points) on the penultimate features; 0 = a plain classifier
     model = create_model(args.model, num_classes=num_classes, num_points=num_points if args.points != "none" else 0,
                          drop_path=args.drop_path, img_size=args.img_size)
-    if args.pretrained:
+    if args.pretrained:  # fine-tuning: a classifier / point head of another size keeps its fresh initialisation
         try:
-            load_pretrained(model, args.pretrained)
-        except ValueError as e:
+            notes = load_pretrained(model, args.pretrained, drop_mismatched_heads=True)
+        except (ValueError, FileNotFoundError) as e:
             raise SystemExit(f"--pretrained {args.pretrained}: {e}")
+        log(args, f"initialised from {args.pretrained}" + (f" ({'; '.join(notes)})" if notes else ""))
+        if args.eval_only and model.point_head is not None and any(
+                n.startswith("point_head.") and "not in the checkpoint" in n for n in notes):
+            raise SystemExit(f"--pretrained {args.pretrained} has no point head: its point accuracy cannot be "
+                             "measured; evaluate it with --points none")
+    # Same initial weights on every rank (seeded in main), then rank-specific randomness for the model
+    # (drop-path masks); the data's randomness is the sampler's, independent of this.
+    torch.manual_seed(args.seed + args.rank)
+    random.seed(args.seed + args.rank)
     if args.sync_bn and args.distributed:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(args.device)
@@ -570,12 +810,22 @@ def fit(args, train_set, val_set, num_classes, num_points, loss_fn, mix, evaluat
     fp16 = args.amp and args.amp_dtype == "float16" and args.device.startswith("cuda")
     scaler = torch.amp.GradScaler() if fp16 else None  # bf16 needs no loss scaling
     ema = ModelEma(model, args.model_ema_decay) if args.model_ema else None
+    # what a checkpoint must say about itself so that evaluate.py (or anyone) can rebuild the model from it alone
+    meta = {"model": args.model, "num_classes": num_classes, "num_points": num_points if args.points != "none" else 0,
+            "img_size": args.img_size, "val_resize": args.val_resize, "interpolation": args.interpolation,
+            "classes": list(class_names) if class_names is not None else None, "points": args.points,
+            "torch": str(torch.__version__)}
 
-    start_epoch = 0
-    ckpt_path, log_path = os.path.join(args.output_dir, "checkpoint.pt"), os.path.join(args.output_dir, "log.jsonl")
-    if args.resume:
-        if not os.path.exists(ckpt_path):
-            raise SystemExit(f"--resume: no checkpoint at {ckpt_path}")
+    out = args.output_dir
+    ckpt_path, best_path, log_path = (os.path.join(out, f) for f in ("checkpoint.pt", "best.pt", "log.jsonl"))
+    if not args.eval_only:
+        state_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        slots = 1 + (2 if args.opt != "sgd" else 1) + (1 if ema else 0)  # weights, optimiser moments, EMA
+        need = os.path.getsize(ckpt_path) if args.resume and os.path.exists(ckpt_path) else state_bytes * slots
+        agree(args, prepare_output_dir(args, need + state_bytes) if is_main(args) else None)
+
+    start_epoch, log_lines, best, elapsed_before = 0, [], None, 0.0
+    if args.resume and os.path.exists(ckpt_path):
         ckpt = load_checkpoint(ckpt_path, args)
         load_pretrained(model, ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -585,12 +835,12 @@ def fit(args, train_set, val_set, num_classes, num_points, loss_fn, mix, evaluat
             ema.module.load_state_dict(ckpt["ema"])
         set_rng_state(ckpt["rng"])
         start_epoch = ckpt["epoch"] + 1
+        log_lines, best, elapsed_before = ckpt.get("log", []), ckpt.get("best"), ckpt.get("elapsed_s", 0.0)
         log(args, f"resumed from {ckpt_path} at epoch {start_epoch}")
-        if is_main(args) and os.path.exists(log_path):  # drop log lines of epochs that will be redone
-            with open(log_path) as f:
-                lines = [line for line in f if json.loads(line)["epoch"] < start_epoch]
-            with open(log_path, "w") as f:
-                f.writelines(lines)
+    elif args.resume and not args.eval_only:
+        log(args, f"--resume: no checkpoint at {ckpt_path} yet, starting the run")
+    elif args.resume:
+        raise SystemExit(f"--resume --eval-only: no checkpoint at {ckpt_path} to evaluate")
 
     train_model = DDP(model, device_ids=[args.local_rank] if args.device.startswith("cuda") else None) \
         if args.distributed else model
@@ -602,6 +852,10 @@ def fit(args, train_set, val_set, num_classes, num_points, loss_fn, mix, evaluat
         stats = evaluate_fn(model, val_loader)
         log(args, json.dumps(stats))
         return stats
+    if start_epoch >= args.epochs:
+        log(args, f"{out} holds a finished run (epoch {start_epoch} of {args.epochs}): nothing to train; "
+                  "raise --epochs to train it longer")
+        return log_lines[-1] if log_lines else {}
 
     sampler = RepeatedAugSampler(len(train_set), args.rank, args.world_size, args.repeated_aug, args.seed)
     loader = make_loader(args, SeededItems(train_set), sampler, train=True)
@@ -609,37 +863,79 @@ def fit(args, train_set, val_set, num_classes, num_points, loss_fn, mix, evaluat
     if args.steps_per_epoch == 0:
         raise SystemExit(f"the train set ({len(train_set)} images) is smaller than one batch ({args.batch_size})")
     if is_main(args):
-        os.makedirs(args.output_dir, exist_ok=True)
-    # what a checkpoint must say about itself so that evaluate.py (or anyone) can rebuild the model from it alone
-    meta = {"model": args.model, "num_classes": num_classes, "num_points": num_points if args.points != "none" else 0,
-            "img_size": args.img_size, "val_resize": args.val_resize, "interpolation": args.interpolation,
-            "classes": list(class_names) if class_names is not None else None, "points": args.points,
-            "torch": str(torch.__version__)}
-    stats = {}
-    for epoch in range(start_epoch, args.epochs):
-        sampler.set_epoch(epoch)
-        stats = train_one_epoch(args, train_model, loader, optimizer, peak_lr, epoch, loss_fn, mix, ema, scaler)
-        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
-            stats.update(evaluate_fn(model, val_loader))
-            if ema is not None:
-                stats.update({f"ema_{k}": v for k, v in evaluate_fn(ema.module, val_loader).items()})
-        if is_main(args):
-            print(f"epoch {epoch}: " + " ".join(f"{k} {v:.4g}" for k, v in stats.items()), flush=True)
-            with open(log_path, "a") as f:
-                f.write(json.dumps({"epoch": epoch, **stats}) + "\n")
-            save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scaler": scaler.state_dict() if scaler else None,
-                             "ema": ema.module.state_dict() if ema else None, "epoch": epoch,
-                             "step": (epoch + 1) * args.steps_per_epoch, "rng": rng_state(),
-                             "args": saveable_args(args), "meta": meta}, ckpt_path)
+        with open(os.path.join(out, "config.json"), "w") as f:
+            json.dump({**run_config(args, meta), "resumed_at_epoch": start_epoch or None}, f, indent=1)
+        write_log(log_path, log_lines)  # what the checkpoint holds: drops lines of epochs that will be redone
+    print_run_header(args, model, train_set, val_set, num_classes, peak_lr, start_epoch)
+
+    epoch, stats, progress = start_epoch, {}, {}
+    try:
+        for epoch in range(start_epoch, args.epochs):
+            sampler.set_epoch(epoch)
+            progress.clear()
+            stats = train_one_epoch(args, train_model, loader, optimizer, peak_lr, epoch, loss_fn, mix, ema, scaler,
+                                    progress)
+            if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
+                stats.update(evaluate_fn(model, val_loader))
+                if ema is not None:
+                    stats.update({f"ema_{k}": v for k, v in evaluate_fn(ema.module, val_loader).items()})
+            stats = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+                     "elapsed_s": round(elapsed_before + time.time() - t_start, 1), **stats}
+            log_lines.append(stats)
+            if is_main(args):
+                print(f"epoch {epoch}: " + " ".join(f"{k} {v:.4g}" for k, v in stats.items() if k != "epoch"),
+                      flush=True)
+                # best.pt before checkpoint.pt: a kill in between redoes this epoch, bit for bit, and agrees
+                if best_key in stats and (best is None or stats[best_key] > best["value"]):
+                    best = {"epoch": epoch, "key": best_key, "value": stats[best_key]}
+                    save_checkpoint({"model": model.state_dict(), "meta": meta, "epoch": epoch, "best": best,
+                                     "args": saveable_args(args)}, best_path)
+                save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                 "scaler": scaler.state_dict() if scaler else None,
+                                 "ema": ema.module.state_dict() if ema else None, "epoch": epoch,
+                                 "step": (epoch + 1) * args.steps_per_epoch, "rng": rng_state(),
+                                 "args": saveable_args(args), "meta": meta, "log": log_lines, "best": best,
+                                 "elapsed_s": stats["elapsed_s"]}, ckpt_path)
+                write_log(log_path, log_lines)
+    except KeyboardInterrupt:  # Ctrl-C (or SIGTERM, see main): one line, nothing partial on disk
+        step = f" step {progress['step']}" if "step" in progress else ""
+        done = f"last checkpoint: epoch {log_lines[-1]['epoch']} in {ckpt_path}" if log_lines else "no checkpoint yet"
+        log(args, f"interrupted at epoch {epoch}{step}; {done}; continue with --resume")
+        raise SystemExit(130) from None
+    if is_main(args):
+        final = f", final {best_key} {stats[best_key]:.2f}" if best_key in stats else ""
+        best_txt = f"best {best_key} {best['value']:.2f} (epoch {best['epoch']})" if best else "no validation"
+        print(f"finished {args.epochs} epochs in {(elapsed_before + time.time() - t_start) / 60:.1f} min: "
+              f"{best_txt}{final}; run folder {out} (config.json, log.jsonl, checkpoint.pt"
+              f"{', best.pt' if best else ''})", flush=True)
     return stats
 
 
+def print_run_header(args, model, train_set, val_set, num_classes, peak_lr, start_epoch):
+    """The resolved configuration in one block at the start of every run (rank 0)."""
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    points = "none (plain training)" if args.points == "none" else f"{args.points}, lambda {args.point_weight:g}"
+    if args.points == "random":
+        points += f", on {args.rand_points_on} images"
+    lines = [
+        f"run    {args.output_dir} ({f'resumed at epoch {start_epoch}' if start_epoch else 'new'}), seed {args.seed}, "
+        f"{args.world_size} process(es) on {args.device}",
+        f"model  {args.model} ({params:.1f} M params), {num_classes} classes, points: {points}",
+        f"data   {len(train_set)} train / {len(val_set)} val images, {args.img_size} px, global batch "
+        f"{args.batch_size} ({args.batch_size // args.world_size} per process), {args.workers} workers",
+        f"optim  recipe {args.recipe}: {args.opt} lr {peak_lr:.4g} (= {args.lr:g} x {args.batch_size}/"
+        f"{args.lr_base_batch}), wd {args.weight_decay:g}, {args.sched} schedule, warm-up {args.warmup_epochs:g} "
+        f"epochs, {args.epochs} epochs x {args.steps_per_epoch} steps",
+        f"augment randaugment {args.randaugment}, colour jitter {args.color_jitter:g}, mixup {args.mixup:g}, "
+        f"cutmix {args.cutmix:g}, erasing {args.re_prob:g}, label smoothing {args.label_smoothing:g}",
+    ]
+    log(args, "\n".join(lines))
+
+
 def main(args):
-    if args.demo:
-        apply_demo_defaults(args)
-    args = resolve_args(args, RECIPES)
+    args = resolve_args(args, RECIPES, DEFAULTS, demo_preset() if args.demo else None)
     init_distributed(args)
+    signal.signal(signal.SIGTERM, _interrupt)  # torchrun and schedulers stop runs with SIGTERM: end as Ctrl-C does
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     train_set, val_set = build_datasets(args)
@@ -649,14 +945,18 @@ def main(args):
         stats = fit(args, train_set, val_set, num_classes, 1, imagenet_loss, imagenet_mix(args, num_classes),
                     lambda model, loader: evaluate_imagenet(args, model, loader, boxes),
                     class_names=train_set.classes)
-        if args.demo:
-            log(args, f"demo done: val top-1 {stats['val_top1']:.1f}% (chance {100 / num_classes:.0f}%), point head "
-                      f"inside the object box for {stats['val_point_acc']:.1f}% of val images; "
-                      f"checkpoint and log.jsonl in {args.output_dir}")
+        if args.demo and "val_top1" in stats:
+            point = (f", point head inside the object box for {stats['val_point_acc']:.1f}% of val images"
+                     if "val_point_acc" in stats else "")
+            log(args, f"demo: val top-1 {stats['val_top1']:.1f}% (chance {100 / num_classes:.0f}%){point}")
         return stats
     finally:
         if args.distributed:
             dist.destroy_process_group()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def saveable_args(args):

@@ -84,6 +84,7 @@ def run_one(args, root, flags, seed, out_dir):
             "--model", args.model, "--img-size", str(args.size), "--val-resize", str(args.size),
             "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
             "--sched", "cosine", "--point-weight", str(args.point_weight), "--seed", str(seed),
+            "--color-jitter", "0",  # the resnet recipe's jitter would blur the colour cues this study is about
             "--workers", "0", "--print-freq", str(10 ** 6), "--eval-every", str(args.epochs),
             "--output-dir", out_dir] + flags + args.extra.split()
     targs = train_imagenet.get_args_parser().parse_args(argv)  # recipe: resnet, or deit for a ViT

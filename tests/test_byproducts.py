@@ -455,6 +455,8 @@ def test_coco_dataset_modes_and_loader(synth_dir):
     assert torch.equal(rnd._weights, rnd._targets)
     assert torch.equal(rnd._points, bp.CocoAB(*args, points="random", seed=3)._points)
     assert bp.CocoAB(*args, points="none")._weights.sum() == 0
+    clicked = bp.random_points_where_clicked(bp.CocoAB(*args, seed=3), seed=3)  # the control on LUAB's pairs only
+    assert torch.equal(clicked._weights, add._weights) and torch.equal(clicked._points, rnd._points)
     img, t, p, w = next(iter(DataLoader(add, batch_size=4, num_workers=2)))
     assert img.shape == (4, 3, 32, 32) and img.dtype == torch.float32
     assert t.shape == (4, 80) and p.shape == (4, 80, 2) and w.shape == (4, 80) and p.dtype == torch.float32
@@ -538,6 +540,12 @@ def test_random_points_fixed_per_image(synth_dir):
     assert not torch.equal(a._points, c._points)
     assert ((a._points >= 0) & (a._points < 1)).all() and 0.35 < a._points.mean() < 0.65
     assert [a[0][2].tolist() for _ in range(2)] == [a._points[0].tolist()] * 2  # not re-drawn per epoch
+    # --rand-points-on clicked: the same random points, on the images that have a click only
+    xml = os.path.join(synth_dir, "imagenet_ab", "train_xml")
+    clicks = bp.ImageNetAB(root, clicks=xml, points="clicks")
+    d = bp.random_points_where_clicked(bp.ImageNetAB(root, clicks=xml, points="clicks"), seed=1)
+    assert torch.equal(d._weights, clicks._weights) and 0 < d._weights.sum() < len(d)
+    assert torch.equal(d._points, a._points) and not torch.equal(d._points, clicks._points)
 
 
 def test_data_fraction_per_class(synth_dir):
@@ -684,6 +692,38 @@ def test_randaugment_in_train_transform(monkeypatch):
         assert ra._apply(op, img, pts, 0.9)[1] is pts
     with pytest.raises(ValueError):
         bp.RandAugment("rand-m9-w0")
+
+
+def test_posterize_at_zero_bits_is_black_on_every_pillow():
+    """timm's PosterizeIncreasing keeps 4 - int(level * 4) bits: 0 at the clipped magnitude 10 (level 1.0), and
+    plain Posterize keeps int(level * 4): 0 below level 0.25. Pillow >= 13 raises for 0 bits; the recipe meant
+    the black image older Pillow returned (mask ~(2**8 - 1) zeroes every value)."""
+    img = Image.new("RGB", (8, 6), (200, 130, 7))
+    inc = bp.RandAugment("rand-m9-mstd0.5-inc1")
+    for op, level in (("PosterizeIncreasing", 1.0), ("Posterize", 0.2)):
+        out, _ = inc._apply(op, img, None, level)
+        assert out.size == (8, 6) and out.mode == "RGB" and np.asarray(out).max() == 0
+    out, _ = inc._apply("PosterizeIncreasing", img, None, 0.5)  # 2 bits kept: 200 -> 192, 130 -> 128, 7 -> 0
+    assert np.asarray(out)[0, 0].tolist() == [192, 128, 0]
+
+
+def test_randaugment_inc1_survives_thousands_of_draws():
+    """rand-m9-mstd0.5-inc1 (the DeiT recipe): magnitudes ~ N(9, 0.5) clipped to [0, 10], two ops per image."""
+    bp.random.seed(0)
+    ra = bp.RandAugment("rand-m9-mstd0.5-inc1")
+    img = Image.new("RGB", (16, 12), (90, 40, 220))
+    ops = {}
+    orig_apply = ra._apply
+    def counting(op, im, pts, level):
+        ops[op] = ops.get(op, 0) + 1
+        return orig_apply(op, im, pts, level)
+    ra._apply = counting
+    for _ in range(3000):
+        out, _ = ra(img, torch.tensor([[0.5, 0.5]]))
+        assert out.size == (16, 12)
+    assert ops["PosterizeIncreasing"] > 150 and "Posterize" not in ops  # -inc1 uses the increasing variants
+    # the 0-bit case itself: a magnitude clipped at 10 (level 1.0) is a black image, not an exception
+    assert np.asarray(orig_apply("PosterizeIncreasing", img, None, 1.0)[0]).max() == 0
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import torch
 
 import byproducts
 import train_coco as C
-from models import create_model
+from models import create_model, load_pretrained
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -113,14 +113,23 @@ def test_map_and_point_accuracy_by_hand():
     assert "val_point_acc" not in C.coco_metrics(logits, targets)
 
 
-def test_pretrained_imagenet_checkpoint_loses_only_its_heads(tmp_path):
-    imagenet = create_model("resnet18", num_classes=1000, num_points=1)
+@pytest.mark.parametrize("name", ["resnet18", "vit_tiny"])
+def test_pretrained_imagenet_checkpoint_loses_only_its_heads(tmp_path, name):
+    """An ImageNet model of ours (1000 classes, 1 point) or torchvision's layout (no point head) initialises a
+    COCO model (80 classes, 80 points): the backbone is copied, the two heads are dropped with a note."""
+    imagenet = create_model(name, num_classes=1000, num_points=1, img_size=32)
     torch.save({"model": imagenet.state_dict()}, tmp_path / "in.pt")
-    sd = C.pretrained_without_mismatched_heads(tmp_path / "in.pt", num_classes=80, num_points=80)
-    assert not any(k.startswith(("fc.", "point_head.")) for k in sd) and "layer4.1.bn2.weight" in sd
-    coco = create_model("resnet18", num_classes=80, num_points=80)
-    torch.save(coco.state_dict(), tmp_path / "coco.pt")
-    assert set(C.pretrained_without_mismatched_heads(tmp_path / "coco.pt", 80, 80)) == set(coco.state_dict())
+    coco = create_model(name, num_classes=80, num_points=80, img_size=32)
+    fresh = {k: v.clone() for k, v in coco.state_dict().items()}
+    notes = load_pretrained(coco, str(tmp_path / "in.pt"), drop_mismatched_heads=True)
+    head = "heads.head" if name.startswith("vit") else "fc"
+    assert sorted(n.split()[1] for n in notes if n.startswith("dropped")) == \
+        sorted([f"{head}.weight", f"{head}.bias", "point_head.weight", "point_head.bias"])
+    for k, v in coco.state_dict().items():
+        same_as = fresh if k.startswith((head + ".", "point_head.")) else imagenet.state_dict()
+        assert torch.equal(v, same_as[k]), k
+    with pytest.raises(ValueError, match="shape mismatch"):  # without the flag a mismatch is an error
+        load_pretrained(create_model(name, num_classes=80, num_points=80, img_size=32), str(tmp_path / "in.pt"))
 
 
 def test_click_outside_the_crop_keeps_its_label_but_no_point_loss(coco):
@@ -213,8 +222,9 @@ def test_resume_reproduces_the_uninterrupted_run(coco, tmp_path, monkeypatch):
         return evaluate_coco(*a, **k)
 
     monkeypatch.setattr(C, "evaluate_coco", dies_at_second_validation)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as stop:  # an interrupted run ends with status 130, as after Ctrl-C
         run(base_args(coco, tmp_path / "cut", *flags))
+    assert stop.value.code == 130
     monkeypatch.undo()
     assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["epoch"] == 0
     run(base_args(coco, tmp_path / "cut", *flags, "--resume"))

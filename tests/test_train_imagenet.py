@@ -29,7 +29,8 @@ def base_args(synth, out, *extra):
     """A tiny, fast configuration: small images, few steps; every test adds its own flags."""
     return ["--data-dir", str(synth / "imagenet"), "--byproducts", str(synth / "imagenet_ab" / "train_xml"),
             "--output-dir", str(out), "--img-size", "32", "--batch-size", "16", "--workers", "0",
-            "--print-freq", "1000", "--recipe", "resnet", "--lr", "0.05", "--weight-decay", "0", *extra]
+            "--print-freq", "1000", "--recipe", "resnet", "--lr", "0.05", "--weight-decay", "0",
+            "--color-jitter", "0", *extra]
 
 
 def run(argv):
@@ -55,17 +56,58 @@ def torchrun(nproc, argv, timeout=300):
 
 # ---------------------------------------------------------------------------- pure pieces
 
-def test_lr_schedule():
-    a = T.resolve_args(T.get_args_parser().parse_args(["--model", "vit_tiny", "--epochs", "10",
-                                                       "--warmup-epochs", "2", "--min-lr", "0"]), T.RECIPES)
-    assert a.recipe == "deit" and a.opt == "adamw" and a.repeated_aug == 3
-    lr = [T.lr_at(a, 1.0, s, 10) for s in range(100)]
-    assert lr[0] == pytest.approx(1 / 20) and lr[19] == pytest.approx(1.0)  # linear warm-up over 20 steps
-    assert lr[20] == pytest.approx(1.0) and lr[60] == pytest.approx(0.5)     # cosine: half way at epoch 6
-    assert all(x >= y for x, y in zip(lr[20:], lr[21:]))
+def test_deit_lr_curve_is_deits_value_for_value():
+    """DeiT (main.py + timm's CosineLRScheduler, stepped with lr_scheduler.step(epoch) after each epoch) at its
+    defaults and batch 1024: peak 5e-4 x 1024 / 512 = 1e-3, warm-up 5 epochs from 1e-6, cosine over 300 epochs
+    to 1e-5. Epoch e trains at timm's f(e - 1); the values below are worked out by hand from timm's formulas:
+    warm-up f(t) = 1e-6 + t (1e-3 - 1e-6) / 5, cosine f(t) = 1e-5 + 0.5 (1e-3 - 1e-5) (1 + cos(pi t / 300))."""
+    a = T.resolve_args(T.get_args_parser().parse_args(["--model", "vit_small"]), T.RECIPES)
+    assert (a.recipe, a.epochs, a.batch_size, a.warmup_epochs, a.warmup_lr, a.min_lr) == \
+        ("deit", 300, 1024, 5, 1e-6, 1e-5)
+    peak = a.lr * a.batch_size / a.lr_base_batch
+    assert peak == pytest.approx(1e-3)
+    spe = 7  # steps per epoch: the LR is the same at every step of an epoch
+    expected = {0: 1e-6, 1: 1e-6, 2: 2.008e-4, 3: 4.006e-4, 4: 6.004e-4, 5: 8.002e-4,
+                6: 9.9932162e-4,   # f(5) = 1e-5 + 4.95e-4 (1 + cos(pi / 60)) = 1e-5 + 4.95e-4 x 1.99862953
+                151: 5.05e-4,      # f(150) = 1e-5 + 4.95e-4 (1 + cos(pi / 2))
+                299: 1.0108562e-5}  # f(298) = 1e-5 + 4.95e-4 (1 - cos(pi / 150)) = 1e-5 + 4.95e-4 x 2.19317e-4
+    for epoch, lr in expected.items():
+        assert [T.lr_at(a, peak, epoch * spe + k, spe) for k in (0, spe - 1)] == pytest.approx([lr, lr], rel=1e-6)
+    # the per-step variant: the same curve at fractional epochs, no one-epoch lag
+    s = T.resolve_args(T.get_args_parser().parse_args(["--model", "vit_small", "--lr-update", "step"]), T.RECIPES)
+    assert T.lr_at(s, peak, 0, spe) == pytest.approx(1e-6)
+    assert T.lr_at(s, peak, 5 * spe, spe) == pytest.approx(9.9932162e-4)  # f(5) at the start of epoch 5: no lag
+    assert T.lr_at(s, peak, 1, 2) == pytest.approx(1e-6 + 0.5 * 1.998e-4)
+
+
+def test_resnet_lr_is_torchvision_steplr():
     r = T.resolve_args(T.get_args_parser().parse_args(["--model", "resnet50"]), T.RECIPES)
-    assert (r.recipe, r.opt, r.epochs, r.lr_base_batch) == ("resnet", "sgd", 100, 256)
+    assert (r.recipe, r.opt, r.epochs, r.lr_base_batch, r.warmup_epochs) == ("resnet", "sgd", 100, 256, 0)
     assert [T.lr_at(r, 0.1, e * 5, 5) for e in (0, 29, 30, 60, 99)] == pytest.approx([.1, .1, .01, .001, .0001])
+    assert T.lr_at(r, 0.1, 30 * 5 - 1, 5) == pytest.approx(0.1)  # the last step of epoch 29
+
+
+def test_seeded_items_leave_the_main_process_rngs_alone():
+    """With --workers 0 items are made in the main process; the model's RNG (drop-path) must not follow them."""
+    class Noisy(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.rand(2), T.random.random()
+
+    items = T.SeededItems(Noisy())
+    torch.manual_seed(3)
+    T.random.seed(3)
+    a = [items[(i, 100 + i)] for i in range(4)]
+    after = (torch.rand(3), T.random.random())
+    torch.manual_seed(3)
+    T.random.seed(3)
+    assert torch.equal(after[0], torch.rand(3)) and after[1] == T.random.random()
+    b = [items[(i, 100 + i)] for i in range(4)]  # and the items themselves depend only on their seed
+    assert all(torch.equal(x[0], y[0]) and x[1] == y[1] for x, y in zip(a, b))
+    torch.manual_seed(103 % 2**63)
+    assert torch.equal(a[3][0], torch.rand(2))
 
 
 def test_repeated_aug_sampler_covers_and_separates_copies():
@@ -95,6 +137,8 @@ def test_point_loss_masks_and_averages_over_points_that_count():
     want = (0.75 * 0.02 + 0.25 * (0.125 + 0.125) + 0.75 * 0 + 0.25 * (0.405 + 0.005)) / 2.0
     assert T.point_loss(pred, mixed, wm).item() == pytest.approx(want)
     assert T.point_loss(pred, target, torch.zeros_like(w)).item() == 0.0
+    # beta 0.1: |0.2| >= beta is in the linear zone, 0.2 - 0.05 = 0.15, mean over the 2 points that count
+    assert T.point_loss(pred, target, w, beta=0.1).item() == pytest.approx(0.075)
 
 
 def test_checkpoint_survives_sigkill_during_save(tmp_path):
@@ -227,3 +271,197 @@ def test_clear_errors(synth, tmp_path):
     with pytest.raises(SystemExit, match="pretrained"):
         run(base_args(synth, tmp_path / "x", "--model", "vit_tiny", "--pretrained",
                       str(tmp_path / "r18" / "checkpoint.pt"), "--epochs", "1"))
+
+
+def test_readme_recipe_table_is_the_code():
+    """Every cell of the README's recipe table equals the recipe value in the code ("—": not in that recipe), and
+    every recipe key has a row, so the documentation and RECIPES cannot drift apart."""
+    import train_coco
+    recipes = {**T.RECIPES, **train_coco.RECIPES}
+    with open(os.path.join(REPO, "README.md")) as f:
+        text = f.read()
+    table = text.split("<!-- recipes:begin -->")[1].split("<!-- recipes:end -->")[0].strip().splitlines()
+    names = [c.strip() for c in table[0].strip("|").split("|")][1:5]
+    assert names == ["resnet", "deit", "vit", "coco"]
+    seen = set()
+    for row in table[2:]:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        key = cells[0].split("`")[1].lstrip("-").replace("-", "_")
+        seen.add(key)
+        for name, cell in zip(names, cells[1:5]):
+            if cell == "—":
+                assert key not in recipes[name], (key, name)
+            elif isinstance(recipes[name][key], str):
+                assert cell == recipes[name][key], (key, name)
+            else:
+                assert float(cell) == recipes[name][key], (key, name)
+    assert seen == set().union(*recipes.values())
+
+
+# ---------------------------------------------------------------------------- the run folder and the user's run
+
+def tiny(synth, out, *extra):
+    return base_args(synth, out, "--model", "resnet18", "--epochs", "2", "--max-steps-per-epoch", "2", *extra)
+
+
+def test_demo_is_a_preset_that_explicit_flags_override():
+    demo = {"data_dir": "D", "byproducts": "B", "model": "resnet18", "points": "clicks", "img_size": 48,
+            "epochs": 16, "lr": 0.2, "workers": 2, "output_dir": "runs/demo"}
+    parse = T.get_args_parser().parse_args
+    a = T.resolve_args(parse(["--demo"]), T.RECIPES, T.DEFAULTS, demo)
+    assert (a.model, a.points, a.img_size, a.epochs, a.lr, a.output_dir) == ("resnet18", "clicks", 48, 16, 0.2,
+                                                                            "runs/demo")
+    assert (a.recipe, a.momentum, a.val_resize) == ("resnet", 0.9, 55)  # the rest from the recipe, then derived
+    a = T.resolve_args(parse(["--demo", "--points", "none", "--model", "resnet50", "--workers", "0", "--epochs",
+                              "3", "--output-dir", "o"]), T.RECIPES, T.DEFAULTS, demo)
+    assert (a.model, a.points, a.workers, a.epochs, a.output_dir, a.img_size) == ("resnet50", "none", 0, 3, "o", 48)
+    assert T.resolve_args(parse(["--demo", "--rand-points"]), T.RECIPES, T.DEFAULTS, demo).points == "random"
+    a = T.resolve_args(parse([]), T.RECIPES)  # no preset: the documented defaults
+    assert (a.model, a.points, a.img_size, a.output_dir, a.workers) == \
+        ("resnet50", "none", 224, "runs/imagenet", T.default_workers())
+    with pytest.raises(SystemExit):  # argparse: two different point modes
+        parse(["--luab", "--points", "random"])
+    with pytest.raises(SystemExit):
+        parse(["--model", "resnet5"])
+
+
+def test_run_folder_explains_itself(synth, tmp_path):
+    out = tmp_path / "run"
+    stats = run(tiny(synth, out, "--luab"))
+    assert sorted(os.listdir(out)) == ["best.pt", "checkpoint.pt", "config.json", "log.jsonl"]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["args"]["model"] == "resnet18" and cfg["args"]["points"] == "clicks" and cfg["args"]["lr"] == 0.05
+    assert cfg["meta"]["classes"] == sorted(os.listdir(synth / "imagenet" / "train"))
+    assert set(cfg["versions"]) == {"python", "torch", "torchvision", "numpy", "pillow"}
+    assert "git" in cfg and cfg["world_size"] == 1
+    log = read_log(out)
+    assert [e["epoch"] for e in log] == [0, 1] and log[-1] == stats
+    assert log[0]["lr"] == 0.05 * 16 / 256 and log[1]["elapsed_s"] >= log[0]["elapsed_s"] > 0
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["log"] == log and ckpt["meta"]["num_points"] == 1
+    best = torch.load(out / "best.pt", weights_only=True)
+    top = max(range(2), key=lambda e: (log[e]["val_top1"], -e))  # the first epoch with the highest top-1
+    assert best["epoch"] == top and best["best"]["value"] == log[top]["val_top1"]
+
+
+def test_used_folder_is_refused_resume_continues_overwrite_replaces(synth, tmp_path):
+    out = tmp_path / "run"
+    run(tiny(synth, out))
+    before = (out / "log.jsonl").read_text()
+    with pytest.raises(SystemExit, match=r"is not empty .*--resume.*--overwrite"):
+        run(tiny(synth, out))
+    assert (out / "log.jsonl").read_text() == before
+    assert run(tiny(synth, out, "--resume")) == read_log(out)[-1]  # finished: says so, trains nothing
+    assert (out / "log.jsonl").read_text() == before
+    run(tiny(synth, out, "--resume", "--epochs", "3"))  # a longer run continues it
+    assert [e["epoch"] for e in read_log(out)] == [0, 1, 2]
+    run(tiny(synth, out, "--overwrite", "--epochs", "1"))
+    assert [e["epoch"] for e in read_log(out)] == [0]
+
+
+def test_finished_resume_prints_and_exits_zero(synth, tmp_path):
+    out = tmp_path / "run"
+    argv = [sys.executable, os.path.join(REPO, "train_imagenet.py"), *tiny(synth, out, "--epochs", "1")]
+    subprocess.run(argv, cwd=REPO, env=ENV, check=True, capture_output=True)
+    res = subprocess.run(argv + ["--resume"], cwd=REPO, env=ENV, capture_output=True, text=True)
+    assert res.returncode == 0 and "holds a finished run (epoch 1 of 1): nothing to train" in res.stdout
+
+
+def test_failed_first_save_leaves_no_log_line_and_resume_starts(synth, tmp_path, monkeypatch):
+    """A save that dies (here: a full disk while writing the first checkpoint) leaves a log that agrees with the
+    checkpoint (none: no line), no temporary file, one line naming the error; --resume then simply starts."""
+    import errno
+    out = tmp_path / "run"
+    real_save = torch.save
+
+    def disk_full(obj, f, *a, **k):
+        f.write(b"x" * 100)
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:  # what torch.save raises on ENOSPC: a RuntimeError whose context is the OSError
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(SystemExit) as e:
+        run(tiny(synth, out))
+    assert str(e.value).startswith(f"cannot write {out}") and "No space left on device; no previous version" in \
+        str(e.value)
+    assert sorted(os.listdir(out)) == ["config.json", "log.jsonl"] and read_log(out) == []
+    monkeypatch.setattr(torch, "save", real_save)
+    (out / "checkpoint.pt.tmp.99999").write_bytes(b"left by a save killed mid-write")
+    run(tiny(synth, out, "--resume"))  # no checkpoint yet: the run starts; the stale temporary file is removed
+    assert [e["epoch"] for e in read_log(out)] == [0, 1]
+    assert not any(".tmp." in f for f in os.listdir(out))
+
+
+def test_unwritable_output_dir_is_refused_before_training(synth, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(SystemExit, match=r"--output-dir .*file/run: .*choose a folder you can write to"):
+        run(tiny(synth, tmp_path / "file" / "run"))
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(synth, tmp_path):
+    out = tmp_path / "run"
+    argv = [sys.executable, os.path.join(REPO, "train_imagenet.py"),
+            *base_args(synth, out, "--model", "resnet18", "--epochs", "50", "--workers", "2")]
+    p = subprocess.Popen(argv, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while p.poll() is None and not (out / "checkpoint.pt").exists():
+        time.sleep(0.05)
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 130, stderr[-2000:]
+    lines = [line for line in (stdout + stderr).splitlines() if "interrupted" in line]
+    assert len(lines) == 1 and "Traceback" not in stdout + stderr, stdout[-2000:] + stderr[-2000:]
+    done = read_log(out)
+    assert lines[0].startswith("interrupted at epoch ") and lines[0].endswith(
+        f"; last checkpoint: epoch {done[-1]['epoch']} in {out / 'checkpoint.pt'}; continue with --resume")
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == done[-1]["epoch"]
+    assert not any(".tmp." in f for f in os.listdir(out))
+
+
+def test_eval_only_of_a_headless_checkpoint_refuses_point_metrics(synth, tmp_path):
+    run(tiny(synth, tmp_path / "plain", "--epochs", "1"))
+    with pytest.raises(SystemExit, match="has no point head: .* --points none"):
+        run(tiny(synth, tmp_path / "e", "--luab", "--eval-only", "--pretrained", str(tmp_path / "plain" / "best.pt")))
+    stats = run(tiny(synth, tmp_path / "e", "--eval-only", "--pretrained", str(tmp_path / "plain" / "best.pt")))
+    assert stats["val_top1"] == read_log(tmp_path / "plain")[-1]["val_top1"] and "val_point_acc" not in stats
+    assert not (tmp_path / "e").exists()  # evaluating writes nothing
+
+
+def _children(pid):
+    kids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        kids.append(int(d))
+            except (OSError, IndexError, ValueError):
+                pass
+    return kids
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds torchrun's workers through /proc")
+def test_torchrun_restart_after_a_killed_worker_equals_the_uninterrupted_run(synth, tmp_path):
+    """The documented fault-tolerant launch: torchrun --max-restarts=N ... --resume. One worker is SIGKILLed
+    after the first checkpoint; torchrun restarts both, they resume, and the final weights are the same as
+    those of a run that was never interrupted. (A restarted gloo group can fail to form on a busy machine:
+    that costs one more restart, hence --max-restarts 3.)"""
+    flags = ["--model", "resnet18", "--epochs", "4", "--max-steps-per-epoch", "6", "--luab", "--resume"]
+    torchrun(2, base_args(synth, tmp_path / "full", *flags))
+    out = tmp_path / "cut"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=3",
+           os.path.join(REPO, "train_imagenet.py"), *base_args(synth, out, *flags)]
+    p = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    while p.poll() is None and not (out / "checkpoint.pt").exists():
+        time.sleep(0.02)
+    workers = [c for c in _children(p.pid)]
+    assert workers, "no worker found"
+    os.kill(workers[-1], signal.SIGKILL)
+    output, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, output[-3000:]
+    assert output.count("resumed from") >= 1, output[-3000:]  # the restart did happen, and resumed
+    assert [e["epoch"] for e in read_log(out)] == [0, 1, 2, 3]
+    w_full, w_cut = weights(tmp_path / "full"), weights(out)
+    for k in w_full:
+        torch.testing.assert_close(w_cut[k], w_full[k], rtol=0, atol=0)
