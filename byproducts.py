@@ -19,7 +19,7 @@ Conventions. A point is normalised (x, y) in [0, 1]^2 of the image it belongs to
 right, y down, continuous coordinates (pixel column k covers [k, k+1) / W), so pixel = (x * W, y * H) and a
 horizontal flip is x -> 1 - x. Points are FloatTensor[K, 2] per sample, weights FloatTensor[K] (0 = no
 regression loss); K = 1 for ImageNet and K = 80 for COCO (contiguous index = rank of the category id among the
-sorted 80 ids). The traps of the released files are in ../shared/spec/formats.md; comments below name them.
+sorted 80 ids). The traps of the released files are in docs/formats.md; comments below name them.
 
 Bad input (corrupt XML/JSON, NaN / non-numeric / out-of-range coordinates, XML without an image, COCO-AB records
 for unknown images, unknown icons, unreadable JPEGs) is counted and reported in one summary line (a

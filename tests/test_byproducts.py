@@ -1,7 +1,7 @@
 """Tests for byproducts.py: every rule of issue 3, on fixture files written in the released layouts.
 
-Fixtures reproduce the example records of ../shared/spec/formats.md (the real ImageNet-AB XML and the COCO-AB
-record) byte for byte where the spec gives them; hand-computed numbers are worked out in the comments.
+Fixtures reproduce published example records (a real ImageNet-AB XML, cited in docs/formats.md §1, and the COCO-AB
+record of docs/formats.md §2) byte for byte; hand-computed numbers are worked out in the comments.
 """
 
 import hashlib
