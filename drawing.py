@@ -184,7 +184,8 @@ class Axes:
 
 
 def _swatch(draw, x, y, colour, kind, w=24):
-    """A legend key, w px wide, vertically centred on y: "line", "dashed", "box", or a marker kind."""
+    """A legend key, w px wide, vertically centred on y: "line" (with a dot), "dashed", "box" (an outline),
+    "patch" (filled), or a marker kind."""
     if kind == "dashed":
         dashed(draw, [(x, y), (x + w, y)], colour)
     elif kind == "line":
@@ -192,6 +193,8 @@ def _swatch(draw, x, y, colour, kind, w=24):
         marker(draw, x + w / 2, y, colour)
     elif kind == "box":
         draw.rectangle([x + 3, y - 6, x + w - 3, y + 6], outline=colour, width=2)
+    elif kind == "patch":
+        draw.rectangle([x + 3, y - 6, x + w - 3, y + 6], fill=colour)
     else:
         marker(draw, x + w / 2, y, colour, kind, r=5)
 
