@@ -159,7 +159,8 @@ class Axes:
             y_width = max(y_width, box[2] - box[0])
         self.draw.rectangle([left, top, right, bottom], outline=BLACK)
         if xlabel:
-            text(self.img, ((left + right) / 2, bottom + 10 + text_size("0", TICK_SIZE)[1] + 4), xlabel, LABEL_SIZE, "mt")
+            y = bottom + 14 + text_size("0", TICK_SIZE)[1]  # under the tick labels
+            text(self.img, ((left + right) / 2, y), xlabel, LABEL_SIZE, "mt")
         if ylabel:
             text(self.img, (left - 12 - y_width, (top + bottom) / 2), ylabel, LABEL_SIZE, "rm", vertical=True)
         if title:

@@ -61,16 +61,18 @@ def _has(a, xy, colour, r=1):
 @pytest.fixture
 def runs(tmp_path):
     """luab: 5 epochs, validation at epochs 1, 3, 4 only (eval every 2 and the last), a centre baseline;
-    plain: no point loss, no point accuracy; bare: no config.json, only a training loss."""
+    plain: points "none" in config.json, a point loss of 0 as plain runs log it, no point accuracy; bare: no
+    config.json, a training loss and a point loss of 0 (so no point head either)."""
     luab = [{"epoch": e, "train_loss": 3.0 - 0.5 * e, "train_point_loss": 0.2 - 0.02 * e, "point_loss_centre": 0.25}
             for e in range(5)]
     for e, top1, acc in ((1, 20.0, 30.0), (3, 60.0, 50.0), (4, 70.0, 55.0)):
         luab[e].update(val_top1=top1, val_point_acc=acc)
-    plain = [{"epoch": e, "train_loss": 3.2 - 0.4 * e, "val_top1": 10.0 + 10 * e} for e in range(5)]
+    plain = [{"epoch": e, "train_loss": 3.2 - 0.4 * e, "train_point_loss": 0.0, "val_top1": 10.0 + 10 * e}
+             for e in range(5)]
     plain.insert(1, {"epoch": 0, "train_loss": 3.4, "val_top1": 12.0})  # a repeated epoch: the later line counts
     return (_run(tmp_path / "r_luab", luab, {"points": "clicks", "point_weight": 5.0}),
             _run(tmp_path / "r_plain", plain, {"points": "none", "point_weight": 1.0}),
-            _run(tmp_path / "bare", [{"epoch": 0, "train_loss": 2.0}, {"epoch": 1, "train_loss": 1.0}]))
+            _run(tmp_path / "bare", [{"epoch": e, "train_loss": 2.0 - e, "train_point_loss": 0.0} for e in (0, 1)]))
 
 
 def test_curves_pixels(runs, tmp_path, capsys):
@@ -95,7 +97,7 @@ def test_curves_pixels(runs, tmp_path, capsys):
     # epoch 2 has no validation: the line bridges epochs 1 and 3, through their midpoint (2, 40)
     assert _has(a, axes["val_top1"].px(2, 40.0), blue)
     assert _has(a, axes["train_point_loss"].px(0, 0.25), blue)  # the dashed centre baseline starts there
-    # a run without a metric is simply absent from that panel
+    # a run without a metric, or without a point head, is simply absent from that panel
     for key in ("train_point_loss", "val_point_acc"):
         left, top, right, bottom = axes[key].box
         assert not (a[top:bottom, left:right] == red).all(-1).any()

@@ -1,9 +1,8 @@
 """
-Figures from training runs and result files, drawn with Pillow (drawing.py; no matplotlib):
+Figures from training runs and result files (PNG), drawn with Pillow by drawing.py (no matplotlib).
 
     python tools/plot.py curves runs/luab runs/rand runs/plain --out curves.png [--labels LUAB random plain]
-    python tools/plot.py sweep results/ --x point_weight --y metrics.bg_gap --group points --xscale log1p \
-        --out sweep.png
+    python tools/plot.py sweep results/ --x point_weight --y metrics.bg_gap --group points --xscale log1p --out s.png
 
 curves: the paper's Fig. 8 / 10. Each run folder's log.jsonl (one JSON object per epoch, as train_imagenet.py and
 train_coco.py write it) gives one coloured line per run in every panel (training loss, point loss, val top-1 or
@@ -70,9 +69,15 @@ def read_run(folder):
     return {"name": os.path.basename(os.path.normpath(folder)), "config": config, "epochs": epochs}
 
 
+def _config(run):
+    """The resolved flags of config.json: the file itself, or its "args" entry when it has one."""
+    c = run["config"] if isinstance(run["config"], dict) else {}
+    return c.get("args", c) if isinstance(c.get("args"), dict) else c
+
+
 def run_label(run):
     """"clicks, lambda=5" from config.json's points / point_weight ("plain" for points none), else the folder name."""
-    c = run["config"].get("args", run["config"]) if isinstance(run["config"], dict) else {}
+    c = _config(run)
     if "points" not in c:
         return run["name"]
     if c["points"] == "none":
@@ -80,8 +85,20 @@ def run_label(run):
     return f"{c['points']}, lambda={c['point_weight']:g}" if _number(c.get("point_weight")) else str(c["points"])
 
 
+def has_points(run):
+    """False for a run without a point head: its config.json says points "none", or (a log without config.json)
+    its train_point_loss is 0 at every epoch, which is what a plain run logs."""
+    c = _config(run)
+    if "points" in c:
+        return c["points"] != "none"
+    return any(row.get("train_point_loss", 1) != 0 for row in run["epochs"].values())
+
+
 def series(run, key):
-    """(epochs, values) of key in run, epochs without a finite number skipped."""
+    """(epochs, values) of key in run, epochs without a finite number skipped; nothing for a point metric of a
+    run without a point head (has_points)."""
+    if "point" in key and not has_points(run):
+        return [], []
     pts = [(e, row[key]) for e, row in sorted(run["epochs"].items()) if _number(row.get(key))]
     return [e for e, _ in pts], [v for _, v in pts]
 
@@ -194,23 +211,24 @@ def draw_sweep(groups, out, x, y, group, xscale="linear", title=None):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=__doc__.split("\n\n", 1)[1])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("curves", help="training curves of run folders (log.jsonl)")
     c.add_argument("runs", nargs="+", metavar="RUN_DIR")
     c.add_argument("--out", required=True, help="PNG file")
     c.add_argument("--labels", nargs="+", help="one legend label per run (default: config.json or folder name)")
-    c.add_argument("--title", default="Training curves")
+    c.add_argument("--title", default="Training curves", help="figure title (default: %(default)s)")
     s = sub.add_parser("sweep", help="a metric against a varied value (e.g. lambda) from result JSONs")
     s.add_argument("results", nargs="+", metavar="RESULT", help="result JSON files or folders of them")
-    s.add_argument("--x", default="point_weight", help="the varied key (dotted path into each JSON)")
-    s.add_argument("--y", default="metrics.bg_gap", help="the metric (dotted path)")
-    s.add_argument("--group", default="points", help="one line per value of this key")
+    s.add_argument("--x", default="point_weight",
+                   help="the varied key, a dotted path into each JSON (default: %(default)s)")
+    s.add_argument("--y", default="metrics.bg_gap", help="the metric, a dotted path (default: %(default)s)")
+    s.add_argument("--group", default="points", help="one line per value of this key (default: %(default)s)")
     s.add_argument("--xscale", default="linear", choices=("linear", "log1p"),
                    help="log1p: x drawn at log10(1 + x), for lambda in {0, 1, 5, 20, 50}")
     s.add_argument("--out", required=True, help="PNG file")
-    s.add_argument("--title", default=None)
+    s.add_argument("--title", help="figure title (default: 'Y vs X (mean ± std over seeds)')")
     args = ap.parse_args(argv)
     if args.cmd == "curves":
         runs = [read_run(d) for d in args.runs]
