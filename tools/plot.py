@@ -133,7 +133,7 @@ def draw_curves(runs, out, labels=None, title="Training curves"):
         ax.frame(name, "epoch", ylabel, xticks=dr.nice_ticks(*ax.xlim, integer=True))
         for solid, dash, colour in lines:
             ax.line(*dash, colour, kind=None, dash=True)
-            ax.line(*solid, colour)
+            ax.line(*solid, colour, kind="dot" if len(solid[0]) <= 50 else None)  # 100s of markers: a smear
         axes[key] = ax
     img.save(out)
     return axes
