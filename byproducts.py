@@ -1991,39 +1991,55 @@ def format_table(figures, skip=("per_worker", "per_class", "action_sequences")):
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-# pictures (Pillow only)
+# pictures (Pillow only; the shared drawing primitives are in drawing.py)
+
+CLICK_COLOUR, BOX_COLOUR, PRED_COLOUR, UNIT_BOX_COLOUR = (255, 30, 30), (0, 220, 0), (0, 230, 255), (0, 200, 255)
+HEATMAP_BAR = 100  # px right of a heatmap: its colour bar, tick labels and the bar's label
+
 
 def _hot(a):
     """float[...] in [0, 1] -> uint8[..., 3], black -> red -> yellow -> white."""
     return (np.clip(np.stack([3 * a, 3 * a - 1, 3 * a - 2], -1), 0, 1) * 255).astype(np.uint8)
 
 
-def heatmap_png(points, path, lim=(0.0, 1.0), bins=48, size=384, box=False):
-    """2-D histogram of points [N, 2] (x right, y down) over lim x lim, sqrt-scaled, saved as a size x size PNG.
-    box=True outlines the unit box [-0.5, 0.5]^2 and its centre (for offsets in normalised box coordinates)."""
+def heatmap_png(points, path, lim=(0.0, 1.0), bins=48, size=384, box=False, title="",
+                labels=("x (fraction of image width)", "y (fraction of image height, down)")):
+    """2-D histogram of points [N, 2] (x right, y down) over lim x lim, sqrt-scaled, saved as a PNG: the title,
+    axes in the points' units (y down, as in an image) around a size x size px histogram, and a colour bar in
+    points per cell. box=True outlines the unit box [-0.5, 0.5]^2 and its centre lines (for offsets in
+    normalised box coordinates), with a legend saying so."""
+    import drawing as dr  # here, not at the top: only the pictures need it
     p = np.asarray(points, np.float64).reshape(-1, 2)
     h = np.histogram2d(p[:, 1], p[:, 0], bins=bins, range=[lim, lim])[0]  # rows = y, so the image is upright
-    img = Image.fromarray(_hot(np.sqrt(h / max(h.max(), 1.0)))).resize((size, size), Image.NEAREST)
+    peak = max(h.max(), 1.0)
+    ml, _, _, mb = dr.MARGINS
+    items = [("nearest GT box: centre 0, edges +-0.5", UNIT_BOX_COLOUR, "box")] if box else []
+    img, top = dr.canvas(ml + size + 2 + HEATMAP_BAR, size + 2 + mb, title, items)
+    ax = dr.Axes(img, (ml, top, ml + size + 1, top + size + 1), lim, lim[::-1])  # y down
+    ax.frame(None, *labels, grid=False)
+    img.paste(Image.fromarray(_hot(np.sqrt(h / peak))).resize((size, size), Image.NEAREST), (ml + 1, top + 1))
     if box:
-        d, s = ImageDraw.Draw(img), lambda v: (v - lim[0]) / (lim[1] - lim[0]) * size
-        d.rectangle([s(-0.5), s(-0.5), s(0.5), s(0.5)], outline=(0, 200, 255))
-        d.line([s(0), 0, s(0), size], fill=(0, 120, 160))
-        d.line([0, s(0), size, s(0)], fill=(0, 120, 160))
+        ax.draw.rectangle([*ax.px(-0.5, -0.5), *ax.px(0.5, 0.5)], outline=UNIT_BOX_COLOUR)
+        ax.draw.line([*ax.px(0, lim[0]), *ax.px(0, lim[1])], fill=(0, 120, 160))
+        ax.draw.line([*ax.px(lim[0], 0), *ax.px(lim[1], 0)], fill=(0, 120, 160))
+    x = ml + size + 16  # the colour bar: top = the fullest cell, ticks at counts, placed on the sqrt scale
+    img.paste(Image.fromarray(_hot(np.linspace(1, 0, size))[:, None].repeat(14, 1)), (x, top + 1))
+    ax.draw.rectangle([x - 1, top, x + 14, top + size + 1], outline=dr.BLACK)
+    right = x + 14
+    for v in dr.nice_ticks(0, peak, n=4, integer=True):
+        y = top + 1 + (1 - math.sqrt(v / peak)) * (size - 1)
+        ax.draw.line([x + 14, y, x + 18, y], fill=dr.BLACK)
+        right = max(right, dr.text(img, (x + 20, y), f"{v:g}", dr.TICK_SIZE, "lm")[2])
+    dr.text(img, (right + 6, top + size / 2), "points per cell (sqrt scale)", dr.LABEL_SIZE, "lm", vertical=True)
     img.save(path)
     return path
 
 
-def _mark(d, x, y, color, r=5, cross=True):
-    if cross:
-        d.line([x - r, y - r, x + r, y + r], fill=color, width=2)
-        d.line([x - r, y + r, x + r, y - r], fill=color, width=2)
-    else:
-        d.ellipse([x - r, y - r, x + r, y + r], outline=color, width=2)
-
-
 def click_grid_png(records, image_root, path, n=16, cell=160, model=None):
-    """A grid of images with the click (red x) and GT boxes (green); with a model (num_points=1), each cell is the
-    eval centre crop with the predicted point (cyan o) and the CAM of the predicted class blended in."""
+    """A titled grid of images (each resized to cell x cell, its key below it) with the click and the GT boxes,
+    and a legend of the marks; with a model (num_points=1), each cell is the eval centre crop with the
+    predicted point and the CAM of the predicted class blended in."""
+    import drawing as dr  # here, not at the top: only the pictures need it
     paths = {}
     for r in records:
         if r["click"] is not None:
@@ -2033,7 +2049,16 @@ def click_grid_png(records, image_root, path, n=16, cell=160, model=None):
                 paths[r["key"]] = (r, p)
     keys = sorted(paths)[:: max(1, len(paths) // n)][:n]
     cols = max(1, math.ceil(math.sqrt(len(keys))))
-    sheet = Image.new("RGB", (cols * cell, max(1, math.ceil(len(keys) / cols)) * cell), (255, 255, 255))
+    items = [("click (ImageNet-AB)", CLICK_COLOUR, "cross"), ("GT box", BOX_COLOUR, "box")]
+    title = "ImageNet-AB clicks and GT boxes"
+    if model is not None:
+        items += [("predicted point", PRED_COLOUR, "ring"),
+                  ("CAM of the predicted class (bright = high)", (255, 150, 0), "patch")]
+        title = "ImageNet-AB clicks, GT boxes, the model's point and CAM"
+    cap = dr.text_size("Ag", dr.TICK_SIZE)[1] + 8  # the key under each cell
+    width = max(cols * cell, 560)  # room for the title and legend
+    sheet, y0 = dr.canvas(width, max(1, math.ceil(len(keys) / cols)) * (cell + cap), title, items)
+    x0 = (width - cols * cell) // 2
     tf = EvalTransform()
     for i, k in enumerate(keys):
         r, p = paths[k]
@@ -2058,11 +2083,14 @@ def click_grid_png(records, image_root, path, n=16, cell=160, model=None):
         s = pts.numpy() * cell
         for a, b in zip(s[1::2], s[2::2]):
             lo, hi = np.minimum(a, b), np.maximum(a, b)
-            d.rectangle([*lo, *hi], outline=(0, 220, 0), width=2)
-        _mark(d, *s[0], (255, 30, 30))
+            d.rectangle([*lo, *hi], outline=BOX_COLOUR, width=2)
+        dr.marker(d, *s[0], CLICK_COLOUR, "cross", r=5)
         if pred is not None:
-            _mark(d, pred[0] * cell, pred[1] * cell, (0, 230, 255), cross=False)
-        sheet.paste(cellimg, ((i % cols) * cell, (i // cols) * cell))
+            dr.marker(d, pred[0] * cell, pred[1] * cell, PRED_COLOUR, "ring", r=5)
+        x, y = x0 + (i % cols) * cell, y0 + (i // cols) * (cell + cap)
+        sheet.paste(cellimg, (x, y))
+        dr.text(sheet, (x + cell / 2, y + cell + 3), k if dr.text_size(k, dr.TICK_SIZE)[0] < cell - 4 else
+                k.rsplit("/", 1)[-1], dr.TICK_SIZE, "mt")
     sheet.save(path)
     return path
 
@@ -2114,11 +2142,16 @@ def _analysis_main(args):
                 json.dump(figures, f, indent=1)
         return 0
     os.makedirs(args.out, exist_ok=True)
-    name = "clicks" if args.dataset == "imagenet" else "icons"
-    written = [heatmap_png(arrays["clicks"], os.path.join(args.out, f"{name}.png")),
-               heatmap_png(arrays["box_centres"], os.path.join(args.out, "box_centres.png")),
+    name, what, data = (("clicks", "ImageNet-AB clicks", "ImageNet") if args.dataset == "imagenet" else
+                        ("icons", "COCO-AB icons", "COCO"))
+    n = {k: len(v) for k, v in arrays.items()}
+    written = [heatmap_png(arrays["clicks"], os.path.join(args.out, f"{name}.png"),
+                           title=f"{what}: where in the image (n = {n['clicks']})"),
+               heatmap_png(arrays["box_centres"], os.path.join(args.out, "box_centres.png"),
+                           title=f"{data} GT box centres (n = {n['box_centres']})"),
                heatmap_png(arrays["offsets"], os.path.join(args.out, f"{name[:-1]}_offsets.png"), lim=(-1.0, 1.0),
-                           box=True)]
+                           box=True, title=f"{what} around the nearest box centre (n = {n['offsets']})",
+                           labels=("u (box widths, right)", "v (box heights, down)"))]
     if args.dataset == "imagenet" and args.images:
         model = _load_model(args.model, args.checkpoint) if args.checkpoint else None
         written.append(click_grid_png(records, args.images, os.path.join(args.out, "grid.png"), n=args.n, model=model))

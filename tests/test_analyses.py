@@ -193,9 +193,10 @@ def test_stats_commands_on_synth(synth_root, tmp_path):
     assert g["images"] == 8 and g["gt_pairs"] > 0 and g["action_sequences"]
 
 
-def _png(path, size):
+def _png(path, width):
     with Image.open(path) as im:
-        assert im.format == "PNG" and im.size == size
+        assert im.format == "PNG" and im.size[0] == width
+        return np.asarray(im.convert("RGB"))
 
 
 def test_draw_commands_on_synth(synth_root, tmp_path):
@@ -208,20 +209,29 @@ def test_draw_commands_on_synth(synth_root, tmp_path):
     assert bp.main(["draw", "imagenet", *common, "--out", str(tmp_path / "a"), "--n", "4"]) == 0
     assert bp.main(["draw", "imagenet", *common, "--out", str(tmp_path / "b"), "--n", "2", "--model", "resnet18",
                     "--checkpoint", str(ck)]) == 0
+    heatmap_width = 66 + 384 + 2 + bp.HEATMAP_BAR  # left margin, the histogram in its frame, the colour bar
     for d in ("a", "b"):
         for name in ("clicks", "box_centres", "click_offsets"):
-            _png(tmp_path / d / f"{name}.png", (384, 384))
-    _png(tmp_path / "a/grid.png", (2 * 160, 2 * 160))
-    _png(tmp_path / "b/grid.png", (2 * 160, 160))
+            _png(tmp_path / d / f"{name}.png", heatmap_width)
+    # 2 x 2 and 1 x 2 cells of 160 px, on a sheet of at least 560 px for the title and legend; the predicted
+    # point's colour only where a model is drawn (cells and legend)
+    has = lambda a, colour: bool((a == colour).all(-1).any())  # noqa: E731
+    a, b = _png(tmp_path / "a/grid.png", 560), _png(tmp_path / "b/grid.png", 560)
+    assert has(a, bp.CLICK_COLOUR) and has(a, bp.BOX_COLOUR) and not has(a, bp.PRED_COLOUR)
+    assert has(b, bp.PRED_COLOUR)
     with pytest.warns(bp.BadInputWarning):
         assert bp.main(["draw", "coco", "--coco-ab", str(r / "coco/coco_ab_v1_0.json"), "--instances",
                         str(r / "coco/annotations/instances_train2014.json"), "--out", str(tmp_path / "c")]) == 0
     for name in ("icons", "box_centres", "icon_offsets"):
-        _png(tmp_path / "c" / f"{name}.png", (384, 384))
+        _png(tmp_path / "c" / f"{name}.png", heatmap_width)
 
 
 def test_heatmap_orientation(tmp_path):
-    # one point top-right (x = 0.95, y = 0.05): the bright cell must be the top-right one of the picture
-    a = np.asarray(Image.open(bp.heatmap_png([(0.95, 0.05)], str(tmp_path / "h.png"), bins=10, size=100)))
-    ys, xs = np.nonzero(a[..., 0] > 200)
-    assert xs.min() >= 90 and ys.max() < 10
+    # one point top-right (x = 0.95, y = 0.05) against one bottom-left: the pictures differ only in the two
+    # 10 x 10 px cells (10 bins on 100 px), and the bright one of the first is up and to the right
+    a, b = (np.asarray(Image.open(bp.heatmap_png([p], str(tmp_path / f"{i}.png"), bins=10, size=100)))
+            for i, p in enumerate([(0.95, 0.05), (0.05, 0.95)]))
+    ya, xa = np.nonzero((a != b).any(-1) & (a[..., 0] > 200))
+    yb, xb = np.nonzero((a != b).any(-1) & (b[..., 0] > 200))
+    assert len(xa) == len(xb) == 100 and np.ptp(xa) == np.ptp(ya) == 9
+    assert xa.min() - xb.max() == 81 and yb.min() - ya.max() == 81  # 9 cells apart, 10 px each
