@@ -1,15 +1,17 @@
 """
 Every evaluation number of the LUAB paper for one checkpoint: one command, one JSON, and a side-by-side table.
 
-    python evaluate.py --model resnet50 --checkpoint ckpt.pt --imagenet-val DIR --imagenet-a DIR ... --out r.json
+    python evaluate.py --checkpoint runs/r50/checkpoint.pt --imagenet-val DIR --imagenet-a DIR ... --out r.json
     torchrun --nproc_per_node=8 evaluate.py ...      (every image counted exactly once, no padding)
     python evaluate.py --table base.json luab.json   (rows = checkpoints, columns = benchmarks, diffs to row 1)
 
-Columns: Table 1 (IN-1k, V2, ReaL, A, C, O, Sketch, R, Cocc, ObjectNet, SI-Score, Background Challenge),
-Table 4 (MaxBoxAccV2 of the CAM), Tables 5-7 (COCO mAP, context bias, mPxAP) and the point head's
-localisation accuracy. Each benchmark has its own root flag; a missing root is skipped with a note in the JSON.
-Layouts, class mappings, formulas and the traps are in ../shared/spec/evaluation.md; where the paper is silent
-the choice made is a flag and is written into the JSON's `protocol` entry next to the number.
+Columns: Table 1 (Params, IN-1k, V2, ReaL, A, C, O, Sketch, R, Cocc, ObjectNet, SI-Score, Background
+Challenge), Table 2, Table 4 (MaxBoxAccV2 of the CAM), Tables 5-7 (COCO mAP, context bias, mPxAP), the appendix
+tables' columns and the point head's localisation accuracy (not Table 3, detection transfer). A checkpoint
+describes itself (model, classes, point heads, image size: its "meta"); flags override. Each benchmark has its
+own root flag; a root that is given must exist and hold images. docs/evaluation.md lists every column's JSON
+key and protocol (official or reconstructed, and why); where the paper is silent the choice made is a flag and
+is written into the JSON's `protocol` entry next to the number.
 
 Distributed runs shard every set by index (rank r takes r, r + w, ...) and gather results by index, so the
 arrays the metrics see are the single-process arrays. The one difference left is the model itself: conv kernels
