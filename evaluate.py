@@ -489,13 +489,19 @@ def eval_points_to_original(points, sizes, resize=256, crop=224):
     p, sizes = np.asarray(_np(points), np.float64).reshape(-1, 2), np.asarray(_np(sizes), np.float64).reshape(-1, 2)
     if resize is None:
         return p * sizes
+    scale, offset = eval_crop_geometry(sizes, resize, crop)
+    return (p * crop + offset) / scale
+
+def eval_crop_geometry(sizes, resize, crop):
+    """Resize(resize, shorter side) + CenterCrop(crop) of images of sizes [N, 2] (W, H) -> (scale [N, 2] =
+    resized / original per axis, offset [N, 2] = the crop's (left, top) in the resized image), with
+    torchvision's integer sizes and offsets: crop pixel = original pixel * scale - offset."""
+    sizes = np.asarray(sizes, np.float64).reshape(-1, 2)
     w, h = sizes[:, 0], sizes[:, 1]
     short, long_ = np.minimum(w, h), np.maximum(w, h)
     new_long = np.floor(resize * long_ / short)
-    new_w = np.where(w <= h, resize, new_long)
-    new_h = np.where(w <= h, new_long, resize)
-    left, top = np.round((new_w - crop) / 2.0), np.round((new_h - crop) / 2.0)  # round half to even, as python
-    return np.stack([(p[:, 0] * crop + left) * w / new_w, (p[:, 1] * crop + top) * h / new_h], 1)
+    new = np.stack([np.where(w <= h, resize, new_long), np.where(w <= h, new_long, resize)], 1)
+    return new / sizes, np.round((new - crop) / 2.0)  # round half to even, as python's round
 
 def point_in_box_accuracy(points_px, boxes):
     """points_px [N, 2]; boxes: N arrays [M, 4] (x0, y0, x1, y1) in the same units, ends inclusive.
@@ -1391,6 +1397,221 @@ def context_scores(model, args, x, logits, classes, masks, idx, fill):
     return out
 
 # -----------------------------------------------------------------------------
+# pictures (Pillow and torchvision.utils only): appendix Figures M, N, I and D's right column. Every picture
+# carries a title line and a legend drawn on it, so a PNG says what it shows without this code.
+
+CLASS_COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 200, 200),
+                 (240, 50, 230), (150, 150, 0)]
+
+def titled(img, title, legend):
+    """img (PIL) with the title (wrapped) in a band above and the legend (wrapped) in a band below, drawn with
+    Pillow's default font."""
+    import textwrap
+    from PIL import ImageDraw, ImageFont
+    width, line_h = max(40, img.width // 7), 17
+    head, foot = textwrap.wrap(title, width), textwrap.wrap(legend, width)
+    out = Image.new("RGB", (img.width, img.height + line_h * (len(head) + len(foot)) + 12), (255, 255, 255))
+    out.paste(img, (0, line_h * len(head) + 4))
+    d = ImageDraw.Draw(out)
+    for j, line in enumerate(head):
+        d.text((4, 2 + j * line_h), line, fill=(0, 0, 0), font=ImageFont.load_default(size=14))
+    for j, line in enumerate(foot):
+        d.text((4, img.height + line_h * (len(head) + j) + 8), line, fill=(40, 40, 40),
+               font=ImageFont.load_default(size=13))
+    return out
+
+def image_grid(cells, ncol=4):
+    """PIL images of one size -> one PIL image, torchvision.utils.make_grid with a white 4 px gutter."""
+    from torchvision.utils import make_grid
+    t = [torch.from_numpy(np.array(c.convert("RGB"))).permute(2, 0, 1) for c in cells]
+    g = make_grid(t, nrow=ncol, padding=4, pad_value=255)
+    return Image.fromarray(g.permute(1, 2, 0).numpy())
+
+def save_sheet(cells, title, legend, path, ncol=4):
+    """The cells as a grid with the title and legend drawn on it, saved as PNG at path. -> path"""
+    titled(image_grid(cells, ncol), title, legend).save(path)
+    return path
+
+def _unnormalise(x):
+    """Normalised input [3, H, W] -> the PIL image the network saw."""
+    rgb = x.float().cpu() * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    return Image.fromarray((rgb.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+
+def _mark_point(d, point, cell, colour, r=6):
+    """A normalised point as an x on a cell x cell picture; a point outside the picture (the head is not
+    bounded) as an o on the border, where it left."""
+    q = np.clip(point, 0, 1)
+    x, y = q * (cell - 1)
+    if np.array_equal(q, point):
+        for off in ((-r, -r, r, r), (-r, r, r, -r)):
+            d.line([x + off[0], y + off[1], x + off[2], y + off[3]], fill=colour, width=3)
+    else:
+        x, y = np.clip((x, y), r, cell - 1 - r)  # the whole o inside the picture
+        d.ellipse([x - r, y - r, x + r, y + r], outline=colour, width=3)
+    return x, y
+
+def _pick(n_items, n, seed=0):
+    """n indices drawn without replacement (seeded), in ascending order."""
+    return sorted(np.random.default_rng(seed).choice(n_items, min(n, n_items), replace=False).tolist())
+
+@torch.no_grad()
+def figure_points_imagenet(model, args, path, n=16, cell=192):
+    """Fig. M: the point head's prediction on random IN-val images, drawn on the network's own input (the
+    checkpoint's Resize + CenterCrop), with the GT boxes mapped into that crop."""
+    from PIL import ImageDraw
+    all_paths, _, _ = scan_class_folders(args.imagenet_val, imagenet_label_of(args))
+    paths = [all_paths[i] for i in _pick(len(all_paths), n)]
+    boxes, sizes, source = val_point_boxes(paths, args)
+    tf, cells, hits = default_transform(args), [], []
+    for j, p in enumerate(paths):
+        with Image.open(p) as im:
+            img = im.convert("RGB")
+        x = tf(img).to(args.device)
+        point = model(x[None])[1][0, 0].float().cpu().numpy()  # normalised in the crop
+        c = _unnormalise(x).resize((cell, cell), Image.BILINEAR)
+        d = ImageDraw.Draw(c)
+        if boxes[j] is not None:
+            scale, offset = eval_crop_geometry(sizes[j:j + 1], args.resize, args.img_size)
+            for b in boxes[j]:  # normalised to the original image -> pixels of the crop -> pixels of the cell
+                lo = (b[:2] * sizes[j] * scale[0] - offset[0]) / args.img_size * cell
+                hi = (b[2:] * sizes[j] * scale[0] - offset[0]) / args.img_size * cell
+                d.rectangle([*lo, *hi], outline=(0, 220, 0), width=3)
+            hits.append(bool(point_in_box_accuracy(eval_points_to_original(point[None], sizes[j:j + 1], args.resize,
+                                                                           args.img_size) / sizes[j],
+                                                   [boxes[j]]) > 0))
+        _mark_point(d, point, cell, (255, 30, 30))
+        cells.append(c)
+    legend = ("red x: the point head's prediction (o on the border: outside the crop); green: GT boxes "
+              + (f"({source}); the point is inside a box in {sum(hits)} of the {len(hits)} images with boxes"
+                 if hits else "(none found: pass --imagenet-boxes)"))
+    title = (f"Fig. M: {args.model} points on {len(cells)} random IN-val images, as the network sees them "
+             f"({describe_default(args)})")
+    return save_sheet(cells, title, legend, path)
+
+@torch.no_grad()
+def figure_points_coco(model, args, path, n=12, cell=256):
+    """Fig. N: for random COCO val images, each GT class's predicted point (its own point head) and the GT boxes
+    of that class, one colour per class, the class name beside the point."""
+    from PIL import ImageDraw
+    root = Path(args.coco)
+    ds = CocoEvalSet(root / args.coco_split, root / "annotations" / f"instances_{args.coco_split}.json",
+                     args.coco_size, interpolation=args.interpolation)
+    names = {k: c["name"] for k, c in enumerate(ds.coco.categories)}
+    heads = model.point_head.out_features // 2
+    if heads != len(names):
+        raise SystemExit(f"--coco {args.coco}: Fig. N needs one point head per category ({len(names)}); "
+                         f"--checkpoint {args.checkpoint} has {heads}")
+    cells = []
+    for i in _pick(len(ds), n):
+        x = ds[i][0].to(args.device)
+        points = model(x[None])[1][0].float().cpu().numpy()  # [C, 2], normalised to the image
+        info = ds.images[i]
+        c = _unnormalise(x).resize((cell, cell), Image.BILINEAR)
+        d = ImageDraw.Draw(c)
+        for j, (k, boxes) in enumerate(sorted(ds.boxes(i).items())):
+            colour = CLASS_COLOURS[j % len(CLASS_COLOURS)]
+            for b in boxes / np.array([info["width"], info["height"]] * 2) * cell:
+                d.rectangle(b.tolist(), outline=colour, width=2)
+            x, y = _mark_point(d, points[k], cell, colour)
+            d.text((min(x + 8, cell - 60), y - 8), names[k], fill=colour)
+        cells.append(c)
+    title = f"Fig. N: {args.model} points on {len(cells)} random COCO {args.coco_split} images ({args.coco_size} px)"
+    legend = ("per GT class of the image: x = that class's predicted point (its own point head; o on the border: "
+              "outside the image), boxes = its GT boxes, one colour per class, the class name beside the point")
+    return save_sheet(cells, title, legend, path)
+
+def figure_icons_coco(args, path, n=12, cell=256):
+    """Fig. I: COCO-AB icon placements (the final "add" of each class, the paper's point) on random COCO train
+    images, the class name beside each icon."""
+    from PIL import ImageDraw
+    root = Path(args.coco)
+    inst = byproducts.read_coco_instances(root / "annotations" / f"instances_{args.coco_train_split}.json")
+    records = byproducts.read_coco_ab(args.coco_ab)
+    ids = [i for i in inst.image_ids if i in records and byproducts.coco_points(records[i])]
+    if not ids:
+        raise SystemExit(f"--coco-ab {args.coco_ab}: no record with an icon matches an image of "
+                         f"instances_{args.coco_train_split}.json; give the COCO-AB file of that split")
+    names = {c["id"]: c["name"] for c in inst.categories}
+    cells = []
+    for i in [ids[j] for j in _pick(len(ids), n)]:
+        with Image.open(root / args.coco_train_split / inst.images[i]["file_name"]) as im:
+            c = im.convert("RGB").resize((cell, cell), Image.BILINEAR)
+        d = ImageDraw.Draw(c)
+        for j, (cid, (x, y)) in enumerate(sorted(byproducts.coco_points(records[i]).items())):
+            colour = CLASS_COLOURS[j % len(CLASS_COLOURS)]
+            d.ellipse([x * cell - 6, y * cell - 6, x * cell + 6, y * cell + 6], fill=colour, outline=(255, 255, 255))
+            d.text((x * cell + 9, y * cell - 8), names.get(cid, str(cid)), fill=colour)
+        cells.append(c)
+    title = f"Fig. I: COCO-AB icon placements on {len(cells)} random COCO {args.coco_train_split} images"
+    legend = ("dot = where the annotator dropped the class icon (the last 'add' of the class, the paper's point), "
+              "class name beside it; images resized to square cells")
+    return save_sheet(cells, title, legend, path)
+
+def click_accuracy_maps(records, grid=8):
+    """Fig. D (right): click localisation accuracy by location. records: byproducts.imagenet_records() with
+    boxes. Returns (by_box [grid, grid], by_click [grid, grid]) of (hits, images): images binned by the centre of
+    their largest GT box, and by their click; a hit = the click inside any GT box (byproducts' +-1 px rule)."""
+    out = np.zeros((2, 2, grid, grid), np.int64)  # [by box | by click, hits | images, row y, col x]
+    for r in records:
+        if r["click"] is None or r["boxes"] is None:
+            continue
+        W, H = r["size"]
+        b = r["boxes"][np.argmax((r["boxes"][:, 2] - r["boxes"][:, 0]) * (r["boxes"][:, 3] - r["boxes"][:, 1]))]
+        hit = int(byproducts._hits(r["click"], r["boxes"], W, H))
+        for k, (x, y) in enumerate((((b[0] + b[2]) / 2 / W, (b[1] + b[3]) / 2 / H), r["click"])):
+            row, col = (min(max(int(v * grid), 0), grid - 1) for v in (y, x))
+            out[k, :, row, col] += (hit, 1)
+    return out[0], out[1]
+
+def figure_click_accuracy(args, path, grid=8, cell=56):
+    """Fig. D (right column) as two accuracy maps side by side, each cell coloured and labelled with its %."""
+    from PIL import ImageDraw
+    records, _ = byproducts.imagenet_records(args.imagenet_ab_xml, args.imagenet_train_boxes)
+    maps = click_accuracy_maps(records, grid)
+    if maps[0][1].sum() == 0:
+        raise SystemExit(f"--imagenet-ab-xml {args.imagenet_ab_xml}: no image has both a click and a GT box; give "
+                         "--imagenet-train-boxes (the ILSVRC train box XMLs)")
+    panels = []
+    for (hits, n), name in zip(maps, ("by GT box centre", "by click location")):
+        p = Image.new("RGB", (grid * cell, grid * cell + 20), (255, 255, 255))
+        d = ImageDraw.Draw(p)
+        d.text((4, 3), f"accuracy {name}", fill=(0, 0, 0))
+        for row in range(grid):
+            for col in range(grid):
+                box = [col * cell, 20 + row * cell, (col + 1) * cell - 1, 20 + (row + 1) * cell - 1]
+                if n[row, col] == 0:
+                    d.rectangle(box, fill=(200, 200, 200))
+                    continue
+                a = hits[row, col] / n[row, col]
+                d.rectangle(box, fill=(int(255 * (1 - a)), int(200 * a), 60))  # red (0 %) -> green (100 %)
+                d.text((box[0] + 4, box[1] + 4), f"{100 * a:.0f}%", fill=(255, 255, 255))
+                d.text((box[0] + 4, box[1] + 20), f"n={n[row, col]}", fill=(255, 255, 255))
+        panels.append(p)
+    title = (f"Fig. D (right): click localisation accuracy per location, {int(maps[0][1].sum())} clicked images "
+             f"with GT boxes, overall {100 * maps[0][0].sum() / maps[0][1].sum():.1f}%")
+    legend = (f"the image split into {grid}x{grid} cells (x right, y down); left: images binned by the centre of "
+              "their largest GT box, right: by where the click is; colour and number = % of those clicks inside a "
+              "GT box (red 0% .. green 100%), n = images; grey = no image")
+    return save_sheet(panels, title, legend, path, ncol=2)
+
+def draw_figures(model, args):
+    """Every picture whose inputs are given, into --figures DIR. -> list of paths written."""
+    out = Path(args.figures)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if model is not None and not getattr(model, "point_head", None):
+        raise SystemExit(f"--checkpoint {args.checkpoint} has no point head: Figures M and N draw predicted points")
+    if model is not None and args.imagenet_val:
+        written.append(figure_points_imagenet(model, args, out / "fig_m_points_imagenet_val.png", args.figures_n))
+    if model is not None and args.coco:
+        written.append(figure_points_coco(model, args, out / "fig_n_points_coco_val.png", args.figures_n))
+    if args.coco_ab:
+        written.append(figure_icons_coco(args, out / "fig_i_icons_coco.png", args.figures_n))
+    if args.imagenet_ab_xml:
+        written.append(figure_click_accuracy(args, out / "fig_d_click_accuracy_maps.png"))
+    return written
+
+# -----------------------------------------------------------------------------
 # the paper-style table
 
 # (JSON key, header, higher is better; None: no arrow, no difference); the IN-Real, IN-O, ObjNet and context
@@ -1544,7 +1765,8 @@ def _has_image(root):
 def check_inputs(args):
     """Every root flag that is given must exist and hold what it names: a one-line SystemExit otherwise
     (naming the flag, the path and where to look), before any model runs."""
-    flags = [f for f, _, _ in BENCHMARKS] + ["imagenet_real", "imagenet_boxes", "wsol_images"]
+    flags = [f for f, _, _ in BENCHMARKS] + ["imagenet_real", "imagenet_boxes", "wsol_images", "coco_ab",
+                                              "imagenet_ab_xml", "imagenet_train_boxes"]
     for flag in flags:
         root = getattr(args, flag, None)
         if not root:
@@ -1552,6 +1774,8 @@ def check_inputs(args):
         name = f"--{flag.replace('_', '-')}"
         if not Path(root).exists():
             raise SystemExit(f"{name} {root}: no such file or directory (the expected layout is in --help)")
+        if flag in ("coco_ab", "imagenet_ab_xml", "imagenet_train_boxes"):
+            continue  # read by the pictures, which say what they miss
         if flag == "imagenet_real":
             if not Path(root).is_file():
                 raise SystemExit(f"{name} {root}: not a file; give real.json of google-research/reassessed-imagenet")
@@ -1686,6 +1910,15 @@ def get_args_parser():
     g.add_argument("--ctx-thr", type=float, default=0.5, help="context bias: a class counts if its sigmoid > thr")
     g.add_argument("--ctx-fill", default="mean", choices=["mean", "black"], help="fill of erased pixels")
     g.add_argument("--ctx-seed", type=int, default=0, help="seed of the random erased class")
+    g = p.add_argument_group("pictures (appendix Figures M, N, I, D right), instead of the benchmarks")
+    g.add_argument("--figures", metavar="DIR", help="write the pictures whose inputs are given into DIR: Fig. M "
+                   "(--checkpoint, --imagenet-val), Fig. N (--checkpoint, --coco), Fig. I (--coco, --coco-ab), "
+                   "Fig. D right (--imagenet-ab-xml, --imagenet-train-boxes)")
+    g.add_argument("--figures-n", type=int, default=16, help="images per picture")
+    g.add_argument("--coco-ab", help="COCO-AB JSON (Fig. I), with the images of --coco-train-split under --coco")
+    g.add_argument("--coco-train-split", default="train2014")
+    g.add_argument("--imagenet-ab-xml", help="ImageNet-AB train_xml/ (Fig. D)")
+    g.add_argument("--imagenet-train-boxes", help="ILSVRC train box XMLs (Fig. D; default: the boxes in the AB XML)")
     g = p.add_argument_group("table")
     g.add_argument("--ino-metric", default="auroc", choices=["auroc", "aupr"], help="what the IN-O column shows")
     g.add_argument("--objnet-protocol", default="A", choices=["A", "B"], help="what the ObjNet column shows")
@@ -1713,6 +1946,8 @@ def main(argv=None):
     if args.table:
         print_table(args.table, args)
         return
+    if args.figures:
+        return main_figures(parser, args)
     if not args.checkpoint:
         parser.error("--checkpoint is required (or --table JSON ... to print results)")
     if not any(getattr(args, flag) for flag, _, _ in BENCHMARKS):
@@ -1736,6 +1971,16 @@ def main(argv=None):
         print(format_table([(results["meta"]["name"], results)], args))
     if dist.is_initialized():
         dist.destroy_process_group()
+
+def main_figures(parser, args):
+    if not (args.checkpoint or args.coco_ab or args.imagenet_ab_xml):
+        parser.error("--figures needs --checkpoint (with --imagenet-val / --coco), --coco-ab or --imagenet-ab-xml")
+    check_inputs(args)
+    args.device = torch.device(args.device)
+    model = load_model(args).to(args.device).eval() if args.checkpoint else None
+    resolve_eval_geometry(args)
+    args.label_space = label_space(getattr(args, "classes", None), model.classifier.out_features) if model else None
+    print("wrote " + " ".join(str(p) for p in draw_figures(model, args)))
 
 if __name__ == "__main__":
     main()

@@ -1020,3 +1020,41 @@ def test_coco_checkpoint_matches_training_validation(synth_root, tmp_path):
     assert res["meta"]["img_size"] == 40 and "Resize((40, 40))" in res["protocol"]["coco_map"]
     assert res["coco_map"] == pytest.approx(logged["val_map"], abs=1e-9)
     assert res["coco_point_acc"] == logged["val_point_acc"]
+
+# -----------------------------------------------------------------------------
+# pictures
+
+def test_click_accuracy_maps_hand_computed():
+    box = np.array([[10.0, 10.0, 40.0, 40.0]])  # centre (25, 25) of a 100 x 100 image: cell (row 0, col 0) of 2x2
+    recs = [{"click": (0.2, 0.2), "size": (100, 100), "boxes": box},   # hit; click in cell (0, 0)
+            {"click": (0.8, 0.3), "size": (100, 100), "boxes": box},   # miss; click in cell (0, 1)
+            {"click": (0.9, 0.9), "size": (100, 100),                  # largest box centre (75, 75): cell (1, 1)
+             "boxes": np.array([[60.0, 60.0, 90.0, 90.0], [0.0, 0.0, 5.0, 5.0]])},  # hit
+            {"click": None, "size": (100, 100), "boxes": box},          # no click: not counted
+            {"click": (0.5, 0.5), "size": None, "boxes": None}]         # no box: not counted
+    by_box, by_click = E.click_accuracy_maps(recs, grid=2)
+    assert by_box[0].tolist() == [[1, 0], [0, 1]] and by_box[1].tolist() == [[2, 0], [0, 1]]
+    assert by_click[0].tolist() == [[1, 0], [0, 1]] and by_click[1].tolist() == [[1, 1], [0, 1]]
+
+
+def test_figures_are_written_with_title_and_legend(fixture_root, tmp_path):
+    (tmp_path / "ab.json").write_text(json.dumps([{"image_id": 10, "actionHistories": [
+        {"actionType": "add", "iconType": "person", "pointTo": {"x": 0.25, "y": 0.2}}]}]))
+
+    def draw(model, *flags):
+        args = E.get_args_parser().parse_args(["--figures", str(tmp_path / "fig"), "--figures-n", "3",
+                                               "--device", "cpu", *flags])
+        E.resolve_eval_geometry(args)
+        args.device, args.label_space, args.model = torch.device("cpu"), None, "fake"
+        return E.draw_figures(model, args)
+
+    m = draw(PaletteModel(num_points=1), "--imagenet-val", f"{fixture_root}/val", "--wsol-metadata",
+             f"{fixture_root}/wsol_meta")
+    coco = ["--coco", f"{fixture_root}/coco", "--coco-ab", str(tmp_path / "ab.json"), "--coco-train-split", "val2014"]
+    n_i = draw(CocoFake(), *coco)
+    assert [p.name for p in m + n_i] == ["fig_m_points_imagenet_val.png", "fig_n_points_coco_val.png",
+                                         "fig_i_icons_coco.png"]
+    with Image.open(m[0]) as im:  # one row of 3 cells (4 px gutters) plus the title and legend bands
+        assert im.width == 3 * 192 + 4 * 4 and im.height > 192 + 4 * 17
+    msg = _exit_message(lambda: draw(PaletteModel(num_points=1), *coco))  # an ImageNet model on COCO
+    assert "Fig. N needs one point head per category (3)" in msg
