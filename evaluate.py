@@ -623,9 +623,9 @@ def label_space(classes, num_classes):
     """The model's outputs as ImageNet classes. None: the 1000 classes in torchvision order (sorted wnids), also
     for a 1000-class model that names no classes; {wnid: output index}: a model trained on a subset of the wnids
     (a checkpoint's meta["classes"], e.g. the synthetic data's 10). SystemExit if the names are not wnids."""
-    if classes is None or list(classes) == IMAGENET_WNIDS:
-        if num_classes != 1000 and classes is None:
-            return {}  # unknown names: no ImageNet benchmark can be scored
+    if classes is None:
+        return None if num_classes == 1000 else {}  # {}: unknown names, no ImageNet benchmark can be scored
+    if list(classes) == IMAGENET_WNIDS:
         return None
     if len(classes) != num_classes or not all(c in WNID_TO_INDEX for c in classes):
         return {}
@@ -879,11 +879,10 @@ def find_val_boxes(imagenet_val):
     """ILSVRC box XMLs next to an IN-val tree, in the two layouts that ship them: <root>/boxes/val/ beside
     <root>/val/ (byproducts.py synth) and ILSVRC/Annotations/CLS-LOC/val/ beside ILSVRC/Data/CLS-LOC/val/."""
     val = Path(imagenet_val).resolve()
-    for cand in (val.parent / "boxes" / val.name, val.parents[2] / "Annotations" / "CLS-LOC" / val.name
-                 if len(val.parents) > 2 and val.parent.name == "CLS-LOC" else None):
-        if cand is not None and cand.is_dir():
-            return cand
-    return None
+    candidates = [val.parent / "boxes" / val.name]
+    if val.parent.name == "CLS-LOC" and len(val.parents) > 2:  # ILSVRC/Data/CLS-LOC/val
+        candidates.append(val.parents[2] / "Annotations" / "CLS-LOC" / val.name)
+    return next((c for c in candidates if c.is_dir()), None)
 
 def val_point_boxes(paths, args):
     """GT boxes of the IN-val images for the point accuracy -> (boxes: per image [M, 4] normalised to [0, 1] of
@@ -1825,14 +1824,14 @@ def evaluate_all(model, args):
         if not root:
             results["skipped"][flag] = f"--{flag.replace('_', '-')} not given"
             continue
-        why = None
-        if needs and args.label_space == {}:
-            why = f"the model's {num_classes} classes are not ImageNet classes (no wnid class names in the checkpoint)"
-        elif needs == "1k" and args.label_space is not None:
-            why = f"needs the 1000 ImageNet classes; this model has {num_classes} of them"
-        out = (None, why) if why else None
         t0 = time.time()
-        out = out or run(model, args)
+        if needs and args.label_space == {}:
+            out = None, f"the model's {num_classes} classes are not ImageNet classes (no wnid class names in the " \
+                        "checkpoint)"
+        elif needs == "1k" and args.label_space is not None:
+            out = None, f"needs the 1000 ImageNet classes; this model has {num_classes} of them"
+        else:
+            out = run(model, args)
         if out[0] is None:
             results["skipped"][flag] = out[1]
             log(f"warning: skipping {flag}: {out[1]}")
@@ -1843,6 +1842,8 @@ def evaluate_all(model, args):
         results["counts"].update(counts)
         results["seconds"][flag] = round(time.time() - t0, 1)
         log(f"{flag}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items() if isinstance(v, float)))
+    if args.imagenet_real and "inreal" not in results:
+        results["skipped"]["imagenet_real"] = "needs --imagenet-val and the 1000 ImageNet classes"
     return results
 
 def _amp_on(args):

@@ -801,6 +801,32 @@ def test_checkpoint_errors_are_one_line(fixture_root, tmp_path):
                    "class names in the checkpoint)")
 
 
+def test_checkpoint_meta_sets_model_classes_and_geometry(fixture_root, tmp_path):
+    models = pytest.importorskip("models")
+    net = models.create_model("resnet18", num_classes=2, num_points=1)
+    meta = {"model": "resnet18", "num_classes": 2, "num_points": 1, "img_size": 32, "val_resize": 37,
+            "interpolation": "bicubic", "classes": [W[51], W[1]], "points": "clicks"}
+    torch.save({"model": net.state_dict(), "args": {"model": "resnet50"}, "meta": meta}, tmp_path / "c.pt")
+    E.main(["--checkpoint", str(tmp_path / "c.pt"), "--imagenet-val", f"{fixture_root}/val", "--device", "cpu",
+            "--workers", "0", "--out", str(tmp_path / "r.json")])
+    res = json.loads((tmp_path / "r.json").read_text())  # meta wins over args; W[2]'s image is not scored
+    assert (res["meta"]["model"], res["meta"]["num_classes"], res["meta"]["point_head"]) == ("resnet18", 2, True)
+    assert (res["meta"]["img_size"], res["meta"]["resize"], res["meta"]["interpolation"]) == (32, 37, "bicubic")
+    assert res["counts"]["in1k"] == 4 and "Resize(37, bicubic)+CenterCrop(32)" in res["protocol"]["in1k"]
+    E.main(["--checkpoint", str(tmp_path / "c.pt"), "--imagenet-val", f"{fixture_root}/val", "--img-size", "48",
+            "--device", "cpu", "--workers", "0", "--out", str(tmp_path / "r.json")])
+    res = json.loads((tmp_path / "r.json").read_text())  # a flag overrides the checkpoint
+    assert (res["meta"]["img_size"], res["meta"]["resize"]) == (48, 37)
+
+
+def test_val_boxes_found_beside_the_val_tree(tmp_path):
+    for d in ("a/val", "a/boxes/val", "ILSVRC/Data/CLS-LOC/val", "ILSVRC/Annotations/CLS-LOC/val", "b/val"):
+        (tmp_path / d).mkdir(parents=True)
+    assert E.find_val_boxes(tmp_path / "a" / "val") == tmp_path / "a" / "boxes" / "val"
+    assert E.find_val_boxes(tmp_path / "ILSVRC/Data/CLS-LOC/val") == tmp_path / "ILSVRC/Annotations/CLS-LOC/val"
+    assert E.find_val_boxes(tmp_path / "b" / "val") is None
+
+
 class SubsetPalette(PaletteModel):
     """A 2-class model trained on the wnids (W[51], W[1]), in that order: the palette's logits of those classes."""
 
@@ -824,7 +850,7 @@ def test_class_subset_model_on_the_matching_subset(fixture_root):
     # blue image in W[51]'s folder has both logits 0 -> output 0 = W[51]: right among the model's own classes
     assert res["in1k"] == 100.0 and res["counts"]["in1k"] == 4
     assert "class-subset model: top-1 over its own 2 classes" in res["protocol"]["in1k"]
-    assert "inreal" not in res  # ReaL needs the 1000-way prediction
+    assert "inreal" not in res and "1000 ImageNet classes" in res["skipped"]["imagenet_real"]  # a 1000-way metric
     assert res["skipped"]["imagenet_a"] == "needs the 1000 ImageNet classes; this model has 2 of them"
     assert E.label_space(None, 1000) is None and E.label_space(E.IMAGENET_WNIDS, 1000) is None
     assert E.label_space(["person", "car"], 2) == {} and E.label_space([W[3], W[0]], 2) == {W[3]: 0, W[0]: 1}
