@@ -1,15 +1,17 @@
 """
 Every evaluation number of the LUAB paper for one checkpoint: one command, one JSON, and a side-by-side table.
 
-    python evaluate.py --model resnet50 --checkpoint ckpt.pt --imagenet-val DIR --imagenet-a DIR ... --out r.json
+    python evaluate.py --checkpoint runs/r50/checkpoint.pt --imagenet-val DIR --imagenet-a DIR ... --out r.json
     torchrun --nproc_per_node=8 evaluate.py ...      (every image counted exactly once, no padding)
     python evaluate.py --table base.json luab.json   (rows = checkpoints, columns = benchmarks, diffs to row 1)
 
-Columns: Table 1 (IN-1k, V2, ReaL, A, C, O, Sketch, R, Cocc, ObjectNet, SI-Score, Background Challenge),
-Table 4 (MaxBoxAccV2 of the CAM), Tables 5-7 (COCO mAP, context bias, mPxAP) and the point head's
-localisation accuracy. Each benchmark has its own root flag; a missing root is skipped with a note in the JSON.
-Layouts, class mappings, formulas and the traps are in ../shared/spec/evaluation.md; where the paper is silent
-the choice made is a flag and is written into the JSON's `protocol` entry next to the number.
+Columns: Table 1 (Params, IN-1k, V2, ReaL, A, C, O, Sketch, R, Cocc, ObjectNet, SI-Score, Background
+Challenge), Table 2, Table 4 (MaxBoxAccV2 of the CAM), Tables 5-7 (COCO mAP, context bias, mPxAP), the appendix
+tables' columns and the point head's localisation accuracy (not Table 3, detection transfer). A checkpoint
+describes itself (model, classes, point heads, image size: its "meta"); flags override. Each benchmark has its
+own root flag; a root that is given must exist and hold images. docs/evaluation.md lists every column's JSON
+key and protocol (official or reconstructed, and why); where the paper is silent the choice made is a flag and
+is written into the JSON's `protocol` entry next to the number.
 
 Distributed runs shard every set by index (rank r takes r, r + w, ...) and gather results by index, so the
 arrays the metrics see are the single-process arrays. The one difference left is the model itself: conv kernels
@@ -23,6 +25,7 @@ y down; boxes are (x0, y0, x1, y1) pixels.
 
 import argparse
 import contextlib
+import csv
 import json
 import math
 import multiprocessing as mp
@@ -80,6 +83,7 @@ IMAGENET_C_ALEXNET_ERR = {
 IMAGENET_C_CORRUPTIONS = tuple(IMAGENET_C_ALEXNET_ERR)
 SI_SCORE_FACTORS = {"si_size": ("area", "size"), "si_loc": ("location20_area02_min0pc", "location"),
                     "si_rot": ("rotation",)}
+SI_SCORE_LEVEL_FIELDS = {"si_size": ("area",), "si_loc": ("x_coord", "y_coord"), "si_rot": ("rotation",)}  # metadata.csv
 BGC_SPLITS = ("original", "mixed_same", "mixed_rand", "mixed_next", "only_fg", "no_fg", "only_bg_b", "only_bg_t")
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -121,10 +125,26 @@ def masked_top1(logits, labels, class_indices):
 
 def real_accuracy(preds, val_indices, real_labels):
     """ImageNet-ReaL: preds [N] (1k indices) of val images whose 0-based val index (ILSVRC2012_val_{i+1:08d})
-    is val_indices [N]; real_labels = real.json (50k lists). Images with an empty list are excluded from
-    numerator and denominator. Returns (%, number of images counted)."""
+    is val_indices [N]; real_labels = real.json (50k lists). Two denominators, the same hits:
+    "labelled" (the official one, google-research/reassessed-imagenet): images with an empty list are excluded
+    from numerator and denominator (46,837 of the 50,000); "all": hits over all N images, an empty list
+    counting as wrong (what the paper's appendix tables divide by: 81.1 = 86.6 x 46837 / 50000).
+    Returns {"labelled": %, "all": %, "n_labelled": images with a list}."""
     hits = [p in real_labels[i] for p, i in zip(_np(preds).tolist(), _np(val_indices).tolist()) if real_labels[i]]
-    return (100.0 * float(np.mean(hits)) if hits else float("nan")), len(hits)
+    n = len(_np(preds))
+    return {"labelled": 100.0 * float(np.mean(hits)) if hits else float("nan"),
+            "all": 100.0 * float(np.sum(hits)) / n if n else float("nan"), "n_labelled": len(hits)}
+
+def per_level_top1(correct, levels):
+    """SI-Score's official aggregation (google-research robustness_metrics, metrics/synthetic.py): correct [N]
+    bool, levels [N] hashable (the factor level of each image: its area, its (x, y) offset, its angle) ->
+    (mean over levels of each level's accuracy %, {level: accuracy %}). Equals the pooled accuracy only when
+    every level holds the same number of images."""
+    by_level = {}
+    for c, lv in zip(_np(correct).tolist(), levels):
+        by_level.setdefault(lv, []).append(bool(c))
+    acc = {lv: 100.0 * float(np.mean(v)) for lv, v in by_level.items()}
+    return (float(np.mean(list(acc.values()))) if acc else float("nan")), acc
 
 def imagenet_c_summary(acc):
     """acc: {(corruption, severity): top-1 %} -> dict with `inc_acc` (mean top-1 over the (c, s) sets with
@@ -236,15 +256,21 @@ def mean_average_precision(scores, targets):
     ap = np.array([average_precision(scores[:, k], targets[:, k]) for k in range(scores.shape[1])])
     return 100.0 * float(ap.mean()) if len(ap) else float("nan"), 100.0 * ap
 
-def context_bias(clean, erased, thr=0.5):
-    """Shetty et al.-style context reliance, reconstructed (no public code). For each (image, class c) pair
-    with clean score s_c > thr and at least one other GT class: clean [P] = s_c, erased [P] = s_c after another
-    class's pixels were erased (the random or the worst-case one). Returns {"flip": % of pairs whose score falls
-    to <= thr, "drop": mean score drop in points (100 x probability)}."""
-    clean, erased = _np(clean).astype(np.float64), _np(erased).astype(np.float64)
+def context_bias(clean, erased, erased_self, thr=0.5):
+    """Shetty et al. (CVPR'19) context reliance, reconstructed (no public code; the reasoning is in
+    docs/evaluation.md). For each (image, GT class c) pair with clean score s_c > thr and at least one other GT
+    class: clean [P] = s_c; erased [P] = s_c after another class o's pixels were erased (the random or the
+    worst-case o); erased_self [P] = s_c after c's own pixels were erased. Scores are probabilities; results in
+    points (100 x probability):
+      "diff": mean of s_c(o erased) - s_c(c erased), the paper's "difference between the classification scores
+              when the class of interest is removed and when another class is removed" (the table's rows);
+      "flip": % of pairs whose s_c(o erased) falls to <= thr (this file's earlier definition);
+      "drop": mean of s_c - s_c(o erased)."""
+    clean, erased, own = (_np(a).astype(np.float64) for a in (clean, erased, erased_self))
     if len(clean) == 0:
-        return {"flip": float("nan"), "drop": float("nan")}
-    return {"flip": 100.0 * float(np.mean(erased <= thr)), "drop": 100.0 * float(np.mean(clean - erased))}
+        return {"diff": float("nan"), "flip": float("nan"), "drop": float("nan")}
+    return {"diff": 100.0 * float(np.mean(erased - own)), "flip": 100.0 * float(np.mean(erased <= thr)),
+            "drop": 100.0 * float(np.mean(clean - erased))}
 
 def occlude_center(x, hole=112, fill=0.0):
     """Cocc: a copy of x [B, C, H, W] with a centred hole x hole square set to `fill` (a scalar, or a [C]
@@ -463,13 +489,19 @@ def eval_points_to_original(points, sizes, resize=256, crop=224):
     p, sizes = np.asarray(_np(points), np.float64).reshape(-1, 2), np.asarray(_np(sizes), np.float64).reshape(-1, 2)
     if resize is None:
         return p * sizes
+    scale, offset = eval_crop_geometry(sizes, resize, crop)
+    return (p * crop + offset) / scale
+
+def eval_crop_geometry(sizes, resize, crop):
+    """Resize(resize, shorter side) + CenterCrop(crop) of images of sizes [N, 2] (W, H) -> (scale [N, 2] =
+    resized / original per axis, offset [N, 2] = the crop's (left, top) in the resized image), with
+    torchvision's integer sizes and offsets: crop pixel = original pixel * scale - offset."""
+    sizes = np.asarray(sizes, np.float64).reshape(-1, 2)
     w, h = sizes[:, 0], sizes[:, 1]
     short, long_ = np.minimum(w, h), np.maximum(w, h)
     new_long = np.floor(resize * long_ / short)
-    new_w = np.where(w <= h, resize, new_long)
-    new_h = np.where(w <= h, new_long, resize)
-    left, top = np.round((new_w - crop) / 2.0), np.round((new_h - crop) / 2.0)  # round half to even, as python
-    return np.stack([(p[:, 0] * crop + left) * w / new_w, (p[:, 1] * crop + top) * h / new_h], 1)
+    new = np.stack([np.where(w <= h, resize, new_long), np.where(w <= h, new_long, resize)], 1)
+    return new / sizes, np.round((new - crop) / 2.0)  # round half to even, as python's round
 
 def point_in_box_accuracy(points_px, boxes):
     """points_px [N, 2]; boxes: N arrays [M, 4] (x0, y0, x1, y1) in the same units, ends inclusive.
@@ -586,6 +618,33 @@ def wnid_label(name, wnids=None):
     if name not in table:
         raise ValueError(f"folder {name!r} is not a wnid of this benchmark's label space")
     return table[name]
+
+def label_space(classes, num_classes):
+    """The model's outputs as ImageNet classes. None: the 1000 classes in torchvision order (sorted wnids), also
+    for a 1000-class model that names no classes; {wnid: output index}: a model trained on a subset of the wnids
+    (a checkpoint's meta["classes"], e.g. the synthetic data's 10). SystemExit if the names are not wnids."""
+    if classes is None:
+        return None if num_classes == 1000 else {}  # {}: unknown names, no ImageNet benchmark can be scored
+    if list(classes) == IMAGENET_WNIDS:
+        return None
+    if len(classes) != num_classes or not all(c in WNID_TO_INDEX for c in classes):
+        return {}
+    return {c: i for i, c in enumerate(classes)}
+
+def imagenet_label_of(args, to_wnid=None):
+    """Folder name -> the model's label for ImageNet-layout sets (IN-val, V2, Sketch, IN-C), or None to skip the
+    folder: every wnid for a 1000-class model, only the model's own wnids for a class subset. to_wnid maps the
+    folder name first (ImageNetV2's numeric folders)."""
+    to_wnid = to_wnid or (lambda name: name)
+    if args.label_space is None:
+        return lambda name: wnid_label(to_wnid(name))
+    return lambda name: args.label_space.get(to_wnid(name))
+
+def label_space_doc(args):
+    if args.label_space is None:
+        return "top-1 over 1000 classes"
+    return (f"class-subset model: top-1 over its own {len(args.label_space)} classes, on the images of those "
+            "classes only (folders of other classes skipped)")
 
 def imagenet_v2_label(name):
     """ImageNetV2 folders are the 1k indices as integers ("0".."999"; "0000" style too). ImageFolder would
@@ -770,9 +829,13 @@ def _dist_world():
 
 def eval_imagenet_val(model, args):
     """IN-1k top-1/top-5, IN-ReaL, and the in-distribution side of IN-O, from one pass over IN-val; Cocc on a
-    second pass with the centre hole; the point head's accuracy if the checkpoint has one and boxes are given."""
+    second pass with the centre hole; the point head's accuracy if the checkpoint has one and boxes are found.
+    A class-subset model (args.label_space) sees only the folders of its own classes, top-1 over those."""
     res, proto, n = {}, {}, {}
-    paths, labels, _ = scan_class_folders(args.imagenet_val, wnid_label)
+    paths, labels, _ = scan_class_folders(args.imagenet_val, imagenet_label_of(args))
+    if not paths:
+        raise SystemExit(f"--imagenet-val {args.imagenet_val}: no <wnid>/ folder of the model's classes holds an "
+                         "image; give the val/ folder of the set the model was trained on")
     ds = ImageList(paths, default_transform(args))
     if args.has_points:
         logits, points = predict(model, ds, args, "IN-1k",
@@ -781,27 +844,27 @@ def eval_imagenet_val(model, args):
         (logits,) = predict(model, ds, args, "IN-1k")
     acc = topk_accuracy(logits, labels)
     res["in1k"], res["in1k_top5"] = acc["top1"], acc["top5"]
-    proto["in1k"] = f"{describe_default(args)}; top-1 over 1000 classes"
+    proto["in1k"] = f"{describe_default(args)}; {label_space_doc(args)}"
     n["in1k"] = len(paths)
-    if args.imagenet_real:
+    if args.imagenet_real and args.label_space is None:
         real = json.loads(Path(args.imagenet_real).read_text())
-        res["inreal"], n["inreal"] = real_accuracy(safe_argmax(logits), [imagenet_val_index(p) for p in paths], real)
-        proto["inreal"] = "top-1 in the real.json list of the image (by file name); empty lists excluded"
+        r = real_accuracy(safe_argmax(logits), [imagenet_val_index(p) for p in paths], real)
+        res["inreal"], res["inreal_all"], n["inreal"] = r["labelled"], r["all"], r["n_labelled"]
+        proto["inreal"] = ("top-1 in the real.json list of the image (by file name); images with an empty list "
+                           "excluded (official: 46,837 of 50,000)")
+        proto["inreal_all"] = "the same hits over all IN-val images (an empty list counts as wrong; appendix tables)"
     if args.imagenet_o:
         in_o = np.isin(labels, IMAGENET_O_MASK)
         args._ino_in_scores = -max_softmax(logits[torch.from_numpy(in_o)], IMAGENET_O_MASK)
-    if args.has_points and args.wsol_metadata:
-        meta = read_wsol_metadata(args.wsol_metadata)
-        by_name = {os.path.basename(k): k for k in meta["boxes"]}
-        keys = [by_name.get(os.path.basename(p)) for p in paths]
-        keep = [i for i, k in enumerate(keys) if k is not None]
+    if args.has_points:
+        boxes, sizes, source = val_point_boxes(paths, args)
+        keep = [i for i, b in enumerate(boxes) if b is not None]
         if keep:
-            sizes = np.array([meta["sizes"][keys[i]] for i in keep], np.float64)
-            px = eval_points_to_original(points.numpy()[keep], sizes, resize=args.resize, crop=args.img_size)
-            res["point_acc"] = point_in_box_accuracy(px, [meta["boxes"][keys[i]] for i in keep])
+            px = eval_points_to_original(points.numpy()[keep], sizes[keep], resize=args.resize, crop=args.img_size)
+            res["point_acc"] = point_in_box_accuracy(px / sizes[keep], [boxes[i] for i in keep])
             n["point_acc"] = len(keep)
             proto["point_acc"] = (f"point head output on the IN-1k input ({describe_default(args)}) mapped back to "
-                                  "the original image; hit iff inside any GT box of localization.txt (inclusive)")
+                                  f"the original image; hit iff inside any GT box of {source} (inclusive)")
     fill = cocc_fill(args.cocc_fill)
     (pred,) = predict(model, ds, args, "Cocc", pre=lambda x: occlude_center(x, args.cocc_hole, fill.to(x.device)),
                       post=lambda o: safe_argmax(_logits(o).float()))
@@ -812,6 +875,48 @@ def eval_imagenet_val(model, args):
     n["cocc"] = len(paths)
     return res, proto, n
 
+def find_val_boxes(imagenet_val):
+    """ILSVRC box XMLs next to an IN-val tree, in the two layouts that ship them: <root>/boxes/val/ beside
+    <root>/val/ (byproducts.py synth) and ILSVRC/Annotations/CLS-LOC/val/ beside ILSVRC/Data/CLS-LOC/val/."""
+    val = Path(imagenet_val).resolve()
+    candidates = [val.parent / "boxes" / val.name]
+    if val.parent.name == "CLS-LOC" and len(val.parents) > 2:  # ILSVRC/Data/CLS-LOC/val
+        candidates.append(val.parents[2] / "Annotations" / "CLS-LOC" / val.name)
+    return next((c for c in candidates if c.is_dir()), None)
+
+def val_point_boxes(paths, args):
+    """GT boxes of the IN-val images for the point accuracy -> (boxes: per image [M, 4] normalised to [0, 1] of
+    the image or None, sizes [N, 2] (W, H) of the image the points are mapped to, description). Source: the
+    ILSVRC box XMLs of --imagenet-boxes (or found by find_val_boxes), as train_imagenet.py --val-boxes reads
+    them (normalised by the XML's <size>), else the WSOL metadata's localization.txt."""
+    xml_root = args.imagenet_boxes or find_val_boxes(args.imagenet_val)
+    sizes = np.zeros((len(paths), 2), np.float64)
+    if xml_root:
+        table, out = byproducts.load_boxes(str(xml_root)), []
+        for j, p in enumerate(paths):
+            rec = table.get(f"{Path(p).parent.name}/{Path(p).stem}") or table.get(Path(p).stem)
+            with Image.open(p) as im:  # header only: the eval crop's geometry needs the JPEG's size
+                sizes[j] = im.size
+            if rec is None:
+                out.append(None)
+                continue
+            w, h = rec["size"] or sizes[j]
+            out.append(rec["boxes"] / np.array([w, h, w, h], np.float64))
+        return out, sizes, f"the ILSVRC box XMLs in {xml_root}"
+    if not args.wsol_metadata:
+        return [None] * len(paths), sizes, None
+    meta = read_wsol_metadata(args.wsol_metadata)
+    by_name = {os.path.basename(k): k for k in meta["boxes"]}
+    out = []
+    for j, p in enumerate(paths):
+        k = by_name.get(os.path.basename(p))
+        if k is None:
+            out.append(None)
+            continue
+        sizes[j] = meta["sizes"][k]
+        out.append(meta["boxes"][k] / np.tile(sizes[j], 2))
+    return out, sizes, "localization.txt of --wsol-metadata"
+
 _FILL_DOC = {"mean": "0 after normalisation = the mean pixel", "black": "black pixels, (0 - mean) / std"}
 
 def cocc_fill(kind):
@@ -819,16 +924,20 @@ def cocc_fill(kind):
         return torch.zeros(3)
     return -torch.tensor(IMAGENET_MEAN) / torch.tensor(IMAGENET_STD)
 
-def eval_top1_folder(model, args, root, label_of, desc, transform=None, border=0):
+def eval_top1_folder(model, args, root, label_of, desc, transform=None, border=0, return_paths=False):
+    """Logits [N, C] of every image under root/<folder>/ that label_of maps, labels [N], and the folder names
+    (or, with return_paths, the image paths) [N]."""
     paths, labels, folders = scan_class_folders(root, label_of)
     (pred,) = predict(model, ImageList(paths, transform or default_transform(args), border), args, desc,
                       post=lambda o: _logits(o).float())
-    return pred, labels, folders
+    return pred, labels, (paths if return_paths else folders)
 
 def eval_imagenet_v2(model, args):
-    logits, labels, _ = eval_top1_folder(model, args, args.imagenet_v2, imagenet_v2_label, "IN-V2")
+    label_of = imagenet_label_of(args, lambda name: IMAGENET_WNIDS[imagenet_v2_label(name)])
+    logits, labels, _ = eval_top1_folder(model, args, args.imagenet_v2, label_of, "IN-V2")
     return ({"inv2": top1(logits, labels)},
-            {"inv2": f"{describe_default(args)}; label = int(folder name); top-1 over 1000"}, {"inv2": len(labels)})
+            {"inv2": f"{describe_default(args)}; label = int(folder name); {label_space_doc(args)}"},
+            {"inv2": len(labels)})
 
 def _eval_200_classes(model, args, root, wnids, mask, key, desc, source):
     """IN-A / IN-R: folder wnid -> position among the 200, argmax over those 200 classes only."""
@@ -845,8 +954,8 @@ def eval_imagenet_r(model, args):
                              "hendrycks imagenet-r eval.py")
 
 def eval_sketch(model, args):
-    logits, labels, _ = eval_top1_folder(model, args, args.imagenet_sketch, wnid_label, "Sketch")
-    return {"sketch": top1(logits, labels)}, {"sketch": f"{describe_default(args)}; top-1 over 1000"}, \
+    logits, labels, _ = eval_top1_folder(model, args, args.imagenet_sketch, imagenet_label_of(args), "Sketch")
+    return {"sketch": top1(logits, labels)}, {"sketch": f"{describe_default(args)}; {label_space_doc(args)}"}, \
         {"sketch": len(labels)}
 
 def eval_imagenet_o(model, args):
@@ -871,7 +980,7 @@ def eval_imagenet_c(model, args):
     for c in found:
         for s in range(1, 6):
             if (root / c / str(s)).is_dir():
-                p, l, _ = scan_class_folders(root / c / str(s), wnid_label)
+                p, l, _ = scan_class_folders(root / c / str(s), imagenet_label_of(args))
                 paths += p
                 labels.append(l)
                 groups += [(c, s)] * len(p)
@@ -924,10 +1033,47 @@ def eval_si_score(model, args):
         d = next((root / nm for nm in names if (root / nm).is_dir()), None)
         if d is None:
             continue
-        logits, labels, _ = eval_top1_folder(model, args, d, label_of, f"SI-Score {d.name}", transform=tf)
-        res[key], n[key] = top1(logits, labels), len(labels)
-        proto[key] = f"{desc}; 1000-way top-1 over all images of {d.name}/"
+        logits, labels, paths = eval_top1_folder(model, args, d, label_of, f"SI-Score {d.name}", transform=tf,
+                                                 return_paths=True)
+        res[f"{key}_pooled"], n[key] = top1(logits, labels), len(labels)
+        pooled = f"{desc}; 1000-way top-1 pooled over all images of {d.name}/"
+        proto[f"{key}_pooled"] = pooled
+        levels = si_score_levels(d / "metadata.csv", paths, SI_SCORE_LEVEL_FIELDS[key])
+        if levels is None:
+            res[key] = res[f"{key}_pooled"]
+            proto[key] = pooled + f" (NOT the official per-level mean: {d.name}/metadata.csv is missing)"
+            continue
+        res[key], per_level = per_level_top1(safe_argmax(logits) == labels, levels)
+        res[f"{key}_per_level"] = {str(k): v for k, v in sorted(per_level.items())}
+        n[f"{key}_levels"] = len(per_level)
+        proto[key] = (f"{desc}; 1000-way top-1 per {'/'.join(SI_SCORE_LEVEL_FIELDS[key])} level of "
+                      f"{d.name}/metadata.csv, mean over the levels (robustness_metrics synthetic.py)")
     return res, proto, n
+
+def si_score_levels(metadata_csv, paths, fields):
+    """The factor level of each SI-Score image: metadata.csv rows (image_id, ..., fields ...) keyed by the file
+    stem (".../area/koala/17.jpg" -> 17). One field -> its text ("0.5"); two (x, y) -> "(0.05,0.10)", as
+    robustness_metrics formats them. None if the file is missing; SystemExit naming it if an image has no row."""
+    metadata_csv = Path(metadata_csv)
+    if not metadata_csv.is_file():
+        return None
+    with open(metadata_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    missing = [k for k in ("image_id",) + tuple(fields) if rows and k not in rows[0]]
+    if not rows or missing:
+        raise SystemExit(f"--si-score: {metadata_csv} needs the columns image_id,{','.join(fields)} "
+                         f"(missing {missing or 'all rows'}); use the metadata.csv of the SI-Score release")
+    if len(fields) == 1:
+        level = {int(float(r["image_id"])): r[fields[0]].strip() for r in rows}
+    else:
+        level = {int(float(r["image_id"])): "(%.2f,%.2f)" % tuple(float(r[k]) for k in fields) for r in rows}
+    out = []
+    for p in paths:
+        stem = Path(p).stem
+        if not stem.isdigit() or int(stem) not in level:
+            raise SystemExit(f"--si-score: {p} has no row in {metadata_csv}; use that folder's own metadata.csv")
+        out.append(level[int(stem)])
+    return out
 
 def bgc_split(root, split):
     """Background Challenge split -> (paths, IN-9 labels, class folder names)."""
@@ -1149,7 +1295,7 @@ def eval_coco(model, args):
                     p = pts[b, k] * np.array([info["width"], info["height"]])
                     hits[b, k] = int(point_in_box_accuracy(p[None], [boxes]) > 0)
         mine_hits.append(hits)
-        ctx = torch.full((len(idx), C, 3), float("nan"))
+        ctx = torch.full((len(idx), C, 4), float("nan"))
         if want_masks:
             classes, masks = batch[2], batch[3]
             if args.coco_pxap:
@@ -1169,7 +1315,7 @@ def eval_coco(model, args):
     cat = lambda xs, shape, dtype: torch.cat(xs) if xs else torch.zeros(shape, dtype=dtype)
     indices = cat(mine_idx, (0,), torch.long)
     logits, ctx, hits = gather_by_index(indices, cat(mine_logits, (0, C), torch.float32),
-                                        cat(mine_ctx, (0, C, 3), torch.float32), cat(mine_hits, (0, C), torch.int8))
+                                        cat(mine_ctx, (0, C, 4), torch.float32), cat(mine_hits, (0, C), torch.int8))
     res, proto, n = {}, {}, {"coco": len(ds)}
     res["coco_map"], ap = mean_average_precision(logits.numpy(), ds.targets)
     res["coco_ap_per_class"] = {str(c): float(a) for c, a in zip(ds.category_ids, ap)}
@@ -1189,18 +1335,18 @@ def eval_coco(model, args):
                          " pixel" + (" [ViT: patch-token CAM]" if model.is_vit else ""))
         n["pxap_classes"] = len(present)
     if args.coco_context:
-        c = ctx.numpy().reshape(-1, 3)
+        c = ctx.numpy().reshape(-1, 4)
         c = c[~np.isnan(c[:, 0])]
-        r, w = context_bias(c[:, 0], c[:, 1], args.ctx_thr), context_bias(c[:, 0], c[:, 2], args.ctx_thr)
-        res.update({"ctx_random": r["flip"], "ctx_worst": w["flip"],
-                    "ctx_random_drop": r["drop"], "ctx_worst_drop": w["drop"]})
         what = (f"[A] Shetty et al. reconstructed: pairs (image, GT class c) with sigmoid score > {args.ctx_thr} and "
-                f"another GT class; erase another class's masks minus c's mask, fill = {args.ctx_fill} "
-                f"({_FILL_DOC[args.ctx_fill]}); ")
-        proto["ctx_random"] = what + f"one other class drawn uniformly (seed {args.ctx_seed}); % pairs flipped " \
-                                     "to <= thr"
-        proto["ctx_worst"] = what + "the other class that lowers s_c most; % pairs flipped to <= thr"
-        proto["ctx_random_drop"] = proto["ctx_worst_drop"] = what + "mean drop of s_c in points"
+                f"another GT class; erase another class o's masks minus c's mask (or c's own masks), fill = "
+                f"{args.ctx_fill} ({_FILL_DOC[args.ctx_fill]}); o = ")
+        for key, col, which in (("ctx_random", 1, f"one other class drawn uniformly (seed {args.ctx_seed})"),
+                                ("ctx_worst", 2, "the other class whose erasure lowers s_c most")):
+            m = context_bias(c[:, 0], c[:, col], c[:, 3], args.ctx_thr)
+            res.update({key: m["diff"], f"{key}_flip": m["flip"], f"{key}_drop": m["drop"]})
+            proto[key] = what + which + "; mean of s_c(o erased) - s_c(c erased), in points (table default)"
+            proto[f"{key}_flip"] = what + which + "; % pairs whose s_c(o erased) <= thr"
+            proto[f"{key}_drop"] = what + which + "; mean of s_c - s_c(o erased), in points"
         n["ctx_pairs"] = len(c)
     if args.has_points:
         h = hits.numpy()
@@ -1210,25 +1356,27 @@ def eval_coco(model, args):
     return res, proto, n
 
 def context_scores(model, args, x, logits, classes, masks, idx, fill):
-    """Per image of the batch: [C, 3] = (clean s_c, s_c after erasing the random other class, after the worst
-    one) for each qualifying class c, NaN elsewhere. The erased region of o is o's mask (crowd included) minus
-    c's mask; every (c, o) pair is one forward pass, batched."""
+    """Per image of the batch: [C, 4] = (clean s_c, s_c after erasing the random other class, after the worst
+    one, after erasing c itself) for each qualifying class c, NaN elsewhere. The erased region of o != c is o's
+    mask (crowd included) minus c's mask; of c, c's mask. Every (c, o) pair is one forward pass, batched."""
     C = logits.shape[1]
-    out = torch.full((len(idx), C, 3), float("nan"))
+    out = torch.full((len(idx), C, 4), float("nan"))
     probs = logits.sigmoid().cpu()
     jobs = []  # (b, c, o)
     for b in range(len(idx)):
         cls = classes[b].tolist()
         for c in cls:
             if probs[b, c] > args.ctx_thr and len(cls) > 1:
-                jobs += [(b, c, o) for o in cls if o != c]
+                jobs += [(b, c, o) for o in cls]  # o == c: the class of interest itself
     scores = []
     for s in range(0, len(jobs), args.batch_size):
         chunk = jobs[s:s + args.batch_size]
         xs = x[[b for b, _, _ in chunk]].clone()
         for j, (b, c, o) in enumerate(chunk):
             cls = classes[b].tolist()
-            region = (masks[b][cls.index(o)] > 0) & ~(masks[b][cls.index(c)] > 0)
+            region = masks[b][cls.index(o)] > 0
+            if o != c:
+                region &= ~(masks[b][cls.index(c)] > 0)
             region = region.to(args.device)
             xs[j] = torch.where(region[None], fill, xs[j])
         with _autocast(args):
@@ -1238,19 +1386,237 @@ def context_scores(model, args, x, logits, classes, masks, idx, fill):
     for (b, c, o), s in zip(jobs, scores):
         per_pair.setdefault((b, c), []).append((o, s))
     for (b, c), lst in per_pair.items():
+        own = [s for o, s in lst if o == c][0]
+        lst = [(o, s) for o, s in lst if o != c]
         rng = np.random.default_rng([args.ctx_seed, int(idx[b]), c])  # fixed per (image, class)
         out[b, c, 0] = probs[b, c]
         out[b, c, 1] = lst[int(rng.integers(len(lst)))][1]
         out[b, c, 2] = min(s for _, s in lst)
+        out[b, c, 3] = own
     return out
+
+# -----------------------------------------------------------------------------
+# pictures (Pillow and torchvision.utils only): appendix Figures M, N, I and D's right column. Every picture
+# carries a title line and a legend drawn on it, so a PNG says what it shows without this code.
+
+CLASS_COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 200, 200),
+                 (240, 50, 230), (150, 150, 0)]
+
+def titled(img, title, legend):
+    """img (PIL) with the title (wrapped) in a band above and the legend (wrapped) in a band below, drawn with
+    Pillow's default font."""
+    import textwrap
+    from PIL import ImageDraw, ImageFont
+    width, line_h = max(40, img.width // 7), 17
+    head, foot = textwrap.wrap(title, width), textwrap.wrap(legend, width)
+    out = Image.new("RGB", (img.width, img.height + line_h * (len(head) + len(foot)) + 12), (255, 255, 255))
+    out.paste(img, (0, line_h * len(head) + 4))
+    d = ImageDraw.Draw(out)
+    for j, line in enumerate(head):
+        d.text((4, 2 + j * line_h), line, fill=(0, 0, 0), font=ImageFont.load_default(size=14))
+    for j, line in enumerate(foot):
+        d.text((4, img.height + line_h * (len(head) + j) + 8), line, fill=(40, 40, 40),
+               font=ImageFont.load_default(size=13))
+    return out
+
+def image_grid(cells, ncol=4):
+    """PIL images of one size -> one PIL image, torchvision.utils.make_grid with a white 4 px gutter."""
+    from torchvision.utils import make_grid
+    t = [torch.from_numpy(np.array(c.convert("RGB"))).permute(2, 0, 1) for c in cells]
+    g = make_grid(t, nrow=ncol, padding=4, pad_value=255)
+    return Image.fromarray(g.permute(1, 2, 0).numpy())
+
+def save_sheet(cells, title, legend, path, ncol=4):
+    """The cells as a grid with the title and legend drawn on it, saved as PNG at path. -> path"""
+    titled(image_grid(cells, ncol), title, legend).save(path)
+    return path
+
+def _unnormalise(x):
+    """Normalised input [3, H, W] -> the PIL image the network saw."""
+    rgb = x.float().cpu() * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    return Image.fromarray((rgb.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+
+def _mark_point(d, point, cell, colour, r=6):
+    """A normalised point as an x on a cell x cell picture; a point outside the picture (the head is not
+    bounded) as an o on the border, where it left."""
+    q = np.clip(point, 0, 1)
+    x, y = q * (cell - 1)
+    if np.array_equal(q, point):
+        for off in ((-r, -r, r, r), (-r, r, r, -r)):
+            d.line([x + off[0], y + off[1], x + off[2], y + off[3]], fill=colour, width=3)
+    else:
+        x, y = np.clip((x, y), r, cell - 1 - r)  # the whole o inside the picture
+        d.ellipse([x - r, y - r, x + r, y + r], outline=colour, width=3)
+    return x, y
+
+def _pick(n_items, n, seed=0):
+    """n indices drawn without replacement (seeded), in ascending order."""
+    return sorted(np.random.default_rng(seed).choice(n_items, min(n, n_items), replace=False).tolist())
+
+@torch.no_grad()
+def figure_points_imagenet(model, args, path, n=16, cell=192):
+    """Fig. M: the point head's prediction on random IN-val images, drawn on the network's own input (the
+    checkpoint's Resize + CenterCrop), with the GT boxes mapped into that crop."""
+    from PIL import ImageDraw
+    all_paths, _, _ = scan_class_folders(args.imagenet_val, imagenet_label_of(args))
+    paths = [all_paths[i] for i in _pick(len(all_paths), n)]
+    boxes, sizes, source = val_point_boxes(paths, args)
+    tf, cells, hits = default_transform(args), [], []
+    for j, p in enumerate(paths):
+        with Image.open(p) as im:
+            img = im.convert("RGB")
+        x = tf(img).to(args.device)
+        point = model(x[None])[1][0, 0].float().cpu().numpy()  # normalised in the crop
+        c = _unnormalise(x).resize((cell, cell), Image.BILINEAR)
+        d = ImageDraw.Draw(c)
+        if boxes[j] is not None:
+            scale, offset = eval_crop_geometry(sizes[j:j + 1], args.resize, args.img_size)
+            for b in boxes[j]:  # normalised to the original image -> pixels of the crop -> pixels of the cell
+                lo = (b[:2] * sizes[j] * scale[0] - offset[0]) / args.img_size * cell
+                hi = (b[2:] * sizes[j] * scale[0] - offset[0]) / args.img_size * cell
+                d.rectangle([*lo, *hi], outline=(0, 220, 0), width=3)
+            hits.append(bool(point_in_box_accuracy(eval_points_to_original(point[None], sizes[j:j + 1], args.resize,
+                                                                           args.img_size) / sizes[j],
+                                                   [boxes[j]]) > 0))
+        _mark_point(d, point, cell, (255, 30, 30))
+        cells.append(c)
+    legend = ("red x: the point head's prediction (o on the border: outside the crop); green: GT boxes "
+              + (f"({source}); the point is inside a box in {sum(hits)} of the {len(hits)} images with boxes"
+                 if hits else "(none found: pass --imagenet-boxes)"))
+    title = (f"Fig. M: {args.model} points on {len(cells)} random IN-val images, as the network sees them "
+             f"({describe_default(args)})")
+    return save_sheet(cells, title, legend, path)
+
+@torch.no_grad()
+def figure_points_coco(model, args, path, n=12, cell=256):
+    """Fig. N: for random COCO val images, each GT class's predicted point (its own point head) and the GT boxes
+    of that class, one colour per class, the class name beside the point."""
+    from PIL import ImageDraw
+    root = Path(args.coco)
+    ds = CocoEvalSet(root / args.coco_split, root / "annotations" / f"instances_{args.coco_split}.json",
+                     args.coco_size, interpolation=args.interpolation)
+    names = {k: c["name"] for k, c in enumerate(ds.coco.categories)}
+    heads = model.point_head.out_features // 2
+    if heads != len(names):
+        raise SystemExit(f"--coco {args.coco}: Fig. N needs one point head per category ({len(names)}); "
+                         f"--checkpoint {args.checkpoint} has {heads}")
+    cells = []
+    for i in _pick(len(ds), n):
+        x = ds[i][0].to(args.device)
+        points = model(x[None])[1][0].float().cpu().numpy()  # [C, 2], normalised to the image
+        info = ds.images[i]
+        c = _unnormalise(x).resize((cell, cell), Image.BILINEAR)
+        d = ImageDraw.Draw(c)
+        for j, (k, boxes) in enumerate(sorted(ds.boxes(i).items())):
+            colour = CLASS_COLOURS[j % len(CLASS_COLOURS)]
+            for b in boxes / np.array([info["width"], info["height"]] * 2) * cell:
+                d.rectangle(b.tolist(), outline=colour, width=2)
+            x, y = _mark_point(d, points[k], cell, colour)
+            d.text((min(x + 8, cell - 60), y - 8), names[k], fill=colour)
+        cells.append(c)
+    title = f"Fig. N: {args.model} points on {len(cells)} random COCO {args.coco_split} images ({args.coco_size} px)"
+    legend = ("per GT class of the image: x = that class's predicted point (its own point head; o on the border: "
+              "outside the image), boxes = its GT boxes, one colour per class, the class name beside the point")
+    return save_sheet(cells, title, legend, path)
+
+def figure_icons_coco(args, path, n=12, cell=256):
+    """Fig. I: COCO-AB icon placements (the final "add" of each class, the paper's point) on random COCO train
+    images, the class name beside each icon."""
+    from PIL import ImageDraw
+    root = Path(args.coco)
+    inst = byproducts.read_coco_instances(root / "annotations" / f"instances_{args.coco_train_split}.json")
+    records = byproducts.read_coco_ab(args.coco_ab)
+    ids = [i for i in inst.image_ids if i in records and byproducts.coco_points(records[i])]
+    if not ids:
+        raise SystemExit(f"--coco-ab {args.coco_ab}: no record with an icon matches an image of "
+                         f"instances_{args.coco_train_split}.json; give the COCO-AB file of that split")
+    names = {c["id"]: c["name"] for c in inst.categories}
+    cells = []
+    for i in [ids[j] for j in _pick(len(ids), n)]:
+        with Image.open(root / args.coco_train_split / inst.images[i]["file_name"]) as im:
+            c = im.convert("RGB").resize((cell, cell), Image.BILINEAR)
+        d = ImageDraw.Draw(c)
+        for j, (cid, (x, y)) in enumerate(sorted(byproducts.coco_points(records[i]).items())):
+            colour = CLASS_COLOURS[j % len(CLASS_COLOURS)]
+            d.ellipse([x * cell - 6, y * cell - 6, x * cell + 6, y * cell + 6], fill=colour, outline=(255, 255, 255))
+            d.text((x * cell + 9, y * cell - 8), names.get(cid, str(cid)), fill=colour)
+        cells.append(c)
+    title = f"Fig. I: COCO-AB icon placements on {len(cells)} random COCO {args.coco_train_split} images"
+    legend = ("dot = where the annotator dropped the class icon (the last 'add' of the class, the paper's point), "
+              "class name beside it; images resized to square cells")
+    return save_sheet(cells, title, legend, path)
+
+def click_accuracy_maps(records, grid=8):
+    """Fig. D (right): click localisation accuracy by location. records: byproducts.imagenet_records() with
+    boxes. Returns (by_box [grid, grid], by_click [grid, grid]) of (hits, images): images binned by the centre of
+    their largest GT box, and by their click; a hit = the click inside any GT box (byproducts' +-1 px rule)."""
+    out = np.zeros((2, 2, grid, grid), np.int64)  # [by box | by click, hits | images, row y, col x]
+    for r in records:
+        if r["click"] is None or r["boxes"] is None:
+            continue
+        W, H = r["size"]
+        b = r["boxes"][np.argmax((r["boxes"][:, 2] - r["boxes"][:, 0]) * (r["boxes"][:, 3] - r["boxes"][:, 1]))]
+        hit = int(byproducts._hits(r["click"], r["boxes"], W, H))
+        for k, (x, y) in enumerate((((b[0] + b[2]) / 2 / W, (b[1] + b[3]) / 2 / H), r["click"])):
+            row, col = (min(max(int(v * grid), 0), grid - 1) for v in (y, x))
+            out[k, :, row, col] += (hit, 1)
+    return out[0], out[1]
+
+def figure_click_accuracy(args, path, grid=8, cell=56):
+    """Fig. D (right column) as two accuracy maps side by side, each cell coloured and labelled with its %."""
+    from PIL import ImageDraw
+    records, _ = byproducts.imagenet_records(args.imagenet_ab_xml, args.imagenet_train_boxes)
+    maps = click_accuracy_maps(records, grid)
+    if maps[0][1].sum() == 0:
+        raise SystemExit(f"--imagenet-ab-xml {args.imagenet_ab_xml}: no image has both a click and a GT box; give "
+                         "--imagenet-train-boxes (the ILSVRC train box XMLs)")
+    panels = []
+    for (hits, n), name in zip(maps, ("by GT box centre", "by click location")):
+        p = Image.new("RGB", (grid * cell, grid * cell + 20), (255, 255, 255))
+        d = ImageDraw.Draw(p)
+        d.text((4, 3), f"accuracy {name}", fill=(0, 0, 0))
+        for row in range(grid):
+            for col in range(grid):
+                box = [col * cell, 20 + row * cell, (col + 1) * cell - 1, 20 + (row + 1) * cell - 1]
+                if n[row, col] == 0:
+                    d.rectangle(box, fill=(200, 200, 200))
+                    continue
+                a = hits[row, col] / n[row, col]
+                d.rectangle(box, fill=(int(255 * (1 - a)), int(200 * a), 60))  # red (0 %) -> green (100 %)
+                d.text((box[0] + 4, box[1] + 4), f"{100 * a:.0f}%", fill=(255, 255, 255))
+                d.text((box[0] + 4, box[1] + 20), f"n={n[row, col]}", fill=(255, 255, 255))
+        panels.append(p)
+    title = (f"Fig. D (right): click localisation accuracy per location, {int(maps[0][1].sum())} clicked images "
+             f"with GT boxes, overall {100 * maps[0][0].sum() / maps[0][1].sum():.1f}%")
+    legend = (f"the image split into {grid}x{grid} cells (x right, y down); left: images binned by the centre of "
+              "their largest GT box, right: by where the click is; colour and number = % of those clicks inside a "
+              "GT box (red 0% .. green 100%), n = images; grey = no image")
+    return save_sheet(panels, title, legend, path, ncol=2)
+
+def draw_figures(model, args):
+    """Every picture whose inputs are given, into --figures DIR. -> list of paths written."""
+    out = Path(args.figures)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if model is not None and not getattr(model, "point_head", None):
+        raise SystemExit(f"--checkpoint {args.checkpoint} has no point head: Figures M and N draw predicted points")
+    if model is not None and args.imagenet_val:
+        written.append(figure_points_imagenet(model, args, out / "fig_m_points_imagenet_val.png", args.figures_n))
+    if model is not None and args.coco:
+        written.append(figure_points_coco(model, args, out / "fig_n_points_coco_val.png", args.figures_n))
+    if args.coco_ab:
+        written.append(figure_icons_coco(args, out / "fig_i_icons_coco.png", args.figures_n))
+    if args.imagenet_ab_xml:
+        written.append(figure_click_accuracy(args, out / "fig_d_click_accuracy_maps.png"))
+    return written
 
 # -----------------------------------------------------------------------------
 # the paper-style table
 
-# (JSON key, header, higher is better); the IN-O, ObjNet and context columns follow --ino-metric,
-# --objnet-protocol and --ctx-metric
+# (JSON key, header, higher is better; None: no arrow, no difference); the IN-Real, IN-O, ObjNet and context
+# columns follow --real-denominator, --ino-metric, --objnet-protocol and --ctx-metric; Params = meta.params_m
 TABLE_COLUMNS = [
-    ("in1k", "IN-1k", True), ("inv2", "IN-V2", True), ("inreal", "IN-Real", True), ("ina", "IN-A", True),
+    ("params", "Params", None), ("in1k", "IN-1k", True), ("inv2", "IN-V2", True), ("inreal", "IN-Real", True), ("ina", "IN-A", True),
     ("inc_acc", "IN-C", True), ("ino", "IN-O", True), ("sketch", "Sketch", True), ("inr", "IN-R", True),
     ("cocc", "Cocc", True), ("objnet", "ObjNet", True), ("si_size", "SI-size", True), ("si_loc", "SI-loc", True),
     ("si_rot", "SI-rot", True), ("bgc_gap", "BGC-gap", False), ("bgc_acc", "BGC-acc", True),
@@ -1260,17 +1626,19 @@ TABLE_COLUMNS = [
 ]
 
 def table_value(results, key, args):
+    ctx = "" if args.ctx_metric == "diff" else f"_{args.ctx_metric}"
     alias = {"ino": f"ino_{args.ino_metric}", "objnet": f"objnet_{args.objnet_protocol}",
-             "ctx_random": "ctx_random" + ("_drop" if args.ctx_metric == "drop" else ""),
-             "ctx_worst": "ctx_worst" + ("_drop" if args.ctx_metric == "drop" else "")}
-    v = results.get(alias.get(key, key))
+             "inreal": "inreal" + ("_all" if args.real_denominator == "all" else ""),
+             "ctx_random": "ctx_random" + ctx, "ctx_worst": "ctx_worst" + ctx}
+    v = results.get("meta", {}).get("params_m") if key == "params" else results.get(alias.get(key, key))
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 def format_table(rows, args):
     """rows: list of (name, results dict) -> the table as a string. Row 1 is the reference; later rows show
     their difference to it in brackets. Columns nobody has are left out."""
     cols = [c for c in TABLE_COLUMNS if any(table_value(r, c[0], args) is not None for _, r in rows)]
-    header = ["Model"] + [f"{h}{'↑' if up else '↓'}" for _, h, up in cols]
+    names = {"inreal": "IN-Real(50k)"} if args.real_denominator == "all" else {}
+    header = ["Model"] + [names.get(k, h) + ("" if up is None else "↑" if up else "↓") for k, h, up in cols]
     lines = []
     for j, (name, r) in enumerate(rows):
         cells = [name]
@@ -1279,6 +1647,8 @@ def format_table(rows, args):
             ref = table_value(rows[0][1], key, args)
             if v is None:
                 cells.append("-")
+            elif up is None:
+                cells.append(f"{v:.1f}M")
             elif j == 0 or ref is None:
                 cells.append(f"{v:.1f}")
             else:
@@ -1299,48 +1669,137 @@ def print_table(paths, args):
 # -----------------------------------------------------------------------------
 # model, run, main
 
+def read_checkpoint(path):
+    """A checkpoint file -> (state dict, meta dict, saved args dict), read with weights_only=True (a file that
+    pickles anything but tensors and plain containers is refused). Our checkpoints carry "meta" (model,
+    num_classes, num_points, img_size, val_resize, interpolation, classes, ...; train_imagenet.fit) and "args";
+    older ones only "args"; a torchvision / DeiT file is a bare state dict (or {"model": state dict})."""
+    if not Path(path).is_file():
+        raise SystemExit(f"--checkpoint {path}: no such file; give the checkpoint.pt a training run wrote "
+                         "(or a torchvision / DeiT state dict)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a torch file, truncated, or a pickle that would run code
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise SystemExit(f"--checkpoint {path}: refused by torch.load(weights_only=True) ({type(e).__name__}: "
+                         f"{first}); evaluate only files holding tensors, e.g. torch.save(model.state_dict(), ...)")
+    meta = ckpt.get("meta") if isinstance(ckpt, dict) and isinstance(ckpt.get("meta"), dict) else {}
+    saved = ckpt.get("args") if isinstance(ckpt, dict) and isinstance(ckpt.get("args"), dict) else {}
+    sd = ckpt["model"] if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict) else ckpt
+    if not isinstance(sd, dict) or not sd or not all(torch.is_tensor(v) for v in sd.values()):
+        raise SystemExit(f"--checkpoint {path}: holds no state dict (str -> tensor, or one under 'model')")
+    return sd, meta, saved
+
+def _head_rows(sd, suffixes):
+    rows = [v.shape[0] for k, v in sd.items() if k.endswith(suffixes) and "point_head" not in k]
+    return rows[0] if rows else None
+
+def resolve_eval_geometry(args, meta=None):
+    """Unset geometry flags <- the checkpoint's meta (the geometry its training validated with), else the
+    benchmarks' defaults: img_size 224, resize = img_size / 0.875 (256), bilinear; COCO input = img_size."""
+    meta = meta or {}
+    args.img_size = args.img_size or meta.get("img_size") or 224
+    args.resize = args.resize or meta.get("val_resize") or int(round(args.img_size / 0.875))
+    args.interpolation = args.interpolation or meta.get("interpolation") or "bilinear"
+    args.coco_size = args.coco_size or meta.get("img_size") or 224
+    return args
+
 def load_model(args):
-    """create_model + load_pretrained (our {"model", "args"} checkpoints, torchvision or DeiT files). The model
-    name, class count and point head default to what the checkpoint says."""
+    """The model a checkpoint describes: name, classes, point heads and eval geometry from its meta (flags
+    override; older files fall back to their args and the state dict's shapes; a bare torchvision / DeiT state
+    dict needs --model). Every mismatch is a one-line SystemExit naming the file and the fix."""
     import models
-    ckpt = None
-    if args.checkpoint:
-        ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-        saved = ckpt.get("args", {}) if isinstance(ckpt, dict) and isinstance(ckpt.get("args"), dict) else {}
-        sd = ckpt["model"] if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict) else ckpt
-        args.model = args.model or saved.get("model")
-        head = [v for k, v in sd.items() if k.endswith("point_head.weight")]
-        if args.num_points is None:
-            args.num_points = head[0].shape[0] // 2 if head else 0
-        if args.num_classes is None:
-            fc = [v for k, v in sd.items() if k.endswith(("fc.weight", "heads.head.weight", "head.weight"))
-                  and "point_head" not in k]
-            args.num_classes = fc[0].shape[0] if fc else 1000
-    args.model = args.model or "resnet50"
-    args.num_points = args.num_points or 0
-    args.num_classes = args.num_classes or 1000
-    model = models.create_model(args.model, num_classes=args.num_classes, num_points=args.num_points,
-                                img_size=args.img_size)
-    if ckpt is not None:
-        for note in models.load_pretrained(model, ckpt) or []:
-            log(f"note: {note}")
-    else:
-        log("warning: no --checkpoint, evaluating a randomly initialised model")
+    sd, meta, saved = read_checkpoint(args.checkpoint)
+    args.model = args.model or meta.get("model") or saved.get("model")
+    if args.model is None:
+        raise SystemExit(f"--checkpoint {args.checkpoint} does not say which architecture it holds (no meta): pass "
+                         f"--model ({', '.join(models.MODEL_NAMES)})")
+    if args.model not in models.MODEL_NAMES:
+        raise SystemExit(f"--model {args.model}: unknown; choose from {', '.join(models.MODEL_NAMES)}")
+    if args.num_points is None:
+        head = [v.shape[0] // 2 for k, v in sd.items() if k.endswith("point_head.weight")]
+        args.num_points = meta.get("num_points", head[0] if head else 0)
+    if args.num_classes is None:
+        args.num_classes = meta.get("num_classes") or _head_rows(sd, ("fc.weight", "heads.head.weight",
+                                                                      "head.weight")) or 1000
+    args.classes = meta.get("classes")
+    resolve_eval_geometry(args, meta or {k: saved.get(k) for k in ("img_size", "val_resize", "interpolation")})
+    try:
+        model = models.create_model(args.model, num_classes=args.num_classes, num_points=args.num_points,
+                                    img_size=args.img_size)
+        notes = models.load_pretrained(model, sd) or []
+    except ValueError as e:
+        raise SystemExit(f"--checkpoint {args.checkpoint} does not fit --model {args.model} ({args.num_classes} "
+                         f"classes, {args.num_points} points): {str(e)[:300]}; pass the --model (and "
+                         "--num-classes) it was trained with")
+    fresh = [note for note in notes if "fresh initialisation" in note and "point_head" not in note]
+    if fresh:
+        raise SystemExit(f"--checkpoint {args.checkpoint} has no classifier weights ({fresh[0]}): it is a backbone "
+                         "only; evaluate the checkpoint of a trained classifier")
+    for note in notes:
+        log(f"note: {note}")
     return model
 
-# (flag attribute, runner, the class count the model must have)
+# (flag attribute, runner, label space it needs: "imagenet" = the 1000 classes or a class subset of them,
+# "1k" = exactly the 1000 ImageNet classes, None = the runner checks (COCO: the instances file's categories))
 BENCHMARKS = [
-    ("imagenet_val", eval_imagenet_val, 1000), ("imagenet_v2", eval_imagenet_v2, 1000),
-    ("imagenet_a", eval_imagenet_a, 1000), ("imagenet_r", eval_imagenet_r, 1000),
-    ("imagenet_c", eval_imagenet_c, 1000), ("imagenet_o", eval_imagenet_o, 1000),
-    ("imagenet_sketch", eval_sketch, 1000), ("objectnet", eval_objectnet, 1000), ("si_score", eval_si_score, 1000),
-    ("bg_challenge", eval_bg_challenge, 1000), ("wsol_metadata", eval_wsol, 1000),
-    ("coco", eval_coco, None),  # checks the model against the instances file's categories (80 for COCO)
+    ("imagenet_val", eval_imagenet_val, "imagenet"), ("imagenet_v2", eval_imagenet_v2, "imagenet"),
+    ("imagenet_a", eval_imagenet_a, "1k"), ("imagenet_r", eval_imagenet_r, "1k"),
+    ("imagenet_c", eval_imagenet_c, "1k"), ("imagenet_o", eval_imagenet_o, "1k"),
+    ("imagenet_sketch", eval_sketch, "imagenet"), ("objectnet", eval_objectnet, "1k"),
+    ("si_score", eval_si_score, "1k"), ("bg_challenge", eval_bg_challenge, "1k"), ("wsol_metadata", eval_wsol, "1k"),
+    ("coco", eval_coco, None),
 ]
+# inputs that are files or folders of fixed files rather than image trees
+_FILE_INPUTS = {"imagenet_real": (), "wsol_metadata": ("image_ids.txt", "class_labels.txt", "image_sizes.txt",
+                                                       "localization.txt"),
+                "coco": ()}
+
+def _has_image(root):
+    for _, _, names in os.walk(root, followlinks=True):
+        if any(n.lower().endswith(IMG_EXTENSIONS) and not n.startswith(".") for n in names):
+            return True
+    return False
+
+def check_inputs(args):
+    """Every root flag that is given must exist and hold what it names: a one-line SystemExit otherwise
+    (naming the flag, the path and where to look), before any model runs."""
+    flags = [f for f, _, _ in BENCHMARKS] + ["imagenet_real", "imagenet_boxes", "wsol_images", "coco_ab",
+                                              "imagenet_ab_xml", "imagenet_train_boxes"]
+    for flag in flags:
+        root = getattr(args, flag, None)
+        if not root:
+            continue
+        name = f"--{flag.replace('_', '-')}"
+        if not Path(root).exists():
+            raise SystemExit(f"{name} {root}: no such file or directory (the expected layout is in --help)")
+        if flag in ("coco_ab", "imagenet_ab_xml", "imagenet_train_boxes"):
+            continue  # read by the pictures, which say what they miss
+        if flag == "imagenet_real":
+            if not Path(root).is_file():
+                raise SystemExit(f"{name} {root}: not a file; give real.json of google-research/reassessed-imagenet")
+        elif flag == "wsol_metadata":
+            missing = [f for f in _FILE_INPUTS[flag] if not (Path(root) / f).is_file()]
+            if missing:
+                raise SystemExit(f"{name} {root}: missing {', '.join(missing)}; give wsolevaluation's "
+                                 "metadata/ILSVRC/<split>/ folder")
+        elif flag == "coco":
+            inst = Path(root) / "annotations" / f"instances_{args.coco_split}.json"
+            if not inst.is_file() or not (Path(root) / args.coco_split).is_dir():
+                raise SystemExit(f"{name} {root}: needs {args.coco_split}/ and annotations/{inst.name}; give the "
+                                 "COCO root (or set --coco-split)")
+        elif flag == "imagenet_boxes":
+            if not any(n.endswith(".xml") for _, _, ns in os.walk(root) for n in ns):
+                raise SystemExit(f"{name} {root}: no .xml file; give the ILSVRC box XMLs of the val images")
+        elif not _has_image(root):
+            raise SystemExit(f"{name} {root}: holds no image ({', '.join(IMG_EXTENSIONS)}); give the folder "
+                             "with the layout --help describes")
 
 def evaluate_all(model, args):
     """Every benchmark whose root flag is set. -> the results dict that --out writes (same on every rank)."""
     model.eval()
+    check_inputs(args)
+    resolve_eval_geometry(args)
     args.device = torch.device(args.device) if isinstance(args.device, str) else args.device
     args.channels_last = args.device.type == "cuda" and not getattr(model, "is_vit", False)
     if args.channels_last:
@@ -1349,27 +1808,30 @@ def evaluate_all(model, args):
     args.bgc_batch_size = args.bgc_batch_size or args.batch_size
     args._ino_in_scores = None
     num_classes = model.classifier.out_features
+    args.label_space = label_space(getattr(args, "classes", None), num_classes)
     name = args.name or (Path(args.checkpoint).stem if args.checkpoint else args.model) or type(model).__name__
     results = {"meta": {"name": name,
                         "model": args.model, "checkpoint": args.checkpoint, "num_classes": num_classes,
+                        # the paper's Params column: the classifier without the point head (dropped at inference)
+                        "params_m": sum(p.numel() for k, p in model.named_parameters()
+                                        if not k.startswith("point_head.")) / 1e6,
                         "point_head": args.has_points, "world_size": _dist_world(), "amp_bf16": _amp_on(args),
+                        "img_size": args.img_size, "resize": args.resize, "interpolation": args.interpolation,
                         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S")},
                "protocol": {}, "counts": {}, "skipped": {}, "seconds": {}}
-    for flag, run, classes in BENCHMARKS:
+    for flag, run, needs in BENCHMARKS:
         root = getattr(args, flag)
         if not root:
             results["skipped"][flag] = f"--{flag.replace('_', '-')} not given"
             continue
-        if not Path(root).exists():
-            results["skipped"][flag] = f"{root} does not exist"
-            log(f"warning: skipping {flag}: {root} does not exist")
-            continue
-        if classes is not None and num_classes != classes:
-            results["skipped"][flag] = f"needs a {classes}-class model, this one has {num_classes}"
-            log(f"warning: skipping {flag}: {results['skipped'][flag]}")
-            continue
         t0 = time.time()
-        out = run(model, args)
+        if needs and args.label_space == {}:
+            out = None, f"the model's {num_classes} classes are not ImageNet classes (no wnid class names in the " \
+                        "checkpoint)"
+        elif needs == "1k" and args.label_space is not None:
+            out = None, f"needs the 1000 ImageNet classes; this model has {num_classes} of them"
+        else:
+            out = run(model, args)
         if out[0] is None:
             results["skipped"][flag] = out[1]
             log(f"warning: skipping {flag}: {out[1]}")
@@ -1380,6 +1842,8 @@ def evaluate_all(model, args):
         results["counts"].update(counts)
         results["seconds"][flag] = round(time.time() - t0, 1)
         log(f"{flag}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items() if isinstance(v, float)))
+    if args.imagenet_real and "inreal" not in results:
+        results["skipped"]["imagenet_real"] = "needs --imagenet-val and the 1000 ImageNet classes"
     return results
 
 def _amp_on(args):
@@ -1390,24 +1854,30 @@ def get_args_parser():
     p.add_argument("--table", nargs="+", metavar="JSON", help="print the paper-style table of these results and exit")
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None, help="resnet18/50/101/152, vit_tiny/small/base (default: the "
-                   "checkpoint's args, else resnet50)")
-    g.add_argument("--checkpoint", default=None, help="our training checkpoint, or a torchvision / DeiT file")
-    g.add_argument("--num-classes", type=int, default=None, help="default: from the checkpoint (1000 or 80)")
+                   "checkpoint's meta; needed for a bare torchvision / DeiT state dict)")
+    g.add_argument("--checkpoint", default=None, help="required: our training checkpoint (it describes itself: "
+                   "model, classes, point heads, image size), or a torchvision / DeiT file")
+    g.add_argument("--num-classes", type=int, default=None, help="default: from the checkpoint")
     g.add_argument("--num-points", type=int, default=None, help="point-head size; default: from the checkpoint")
     g.add_argument("--name", default=None, help="row name in the table (default: the checkpoint's file name)")
     g = p.add_argument_group("run")
     g.add_argument("--batch-size", type=int, default=128, help="per process")
-    g.add_argument("--workers", type=int, default=8, help="data-loading workers per process")
+    g.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="data-loading workers per process (default: min(8, CPU count))")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--no-amp", dest="amp", action="store_false", help="disable bf16 autocast on CUDA")
-    g.add_argument("--img-size", type=int, default=224, help="network input (the crop)")
-    g.add_argument("--resize", type=int, default=256, help="shorter side before the centre crop")
-    g.add_argument("--interpolation", default="bilinear", choices=["bilinear", "bicubic"],
-                   help="resize interpolation (bilinear: the benchmarks' reference code; DeiT trains with bicubic)")
+    g.add_argument("--img-size", type=int, default=None,
+                   help="network input (the crop); default: the checkpoint's, else 224")
+    g.add_argument("--resize", type=int, default=None,
+                   help="shorter side before the centre crop; default: the checkpoint's val_resize, else 256")
+    g.add_argument("--interpolation", default=None, choices=["bilinear", "bicubic"],
+                   help="resize interpolation; default: the checkpoint's, else bilinear (the benchmarks' code)")
     g.add_argument("--out", default=None, help="write the results JSON here")
     g = p.add_argument_group("benchmark roots (a benchmark runs only if its root is given)")
     g.add_argument("--imagenet-val", help="val/<wnid>/*.JPEG (IN-1k, ReaL, Cocc, IN-O's in-distribution side)")
     g.add_argument("--imagenet-real", help="real.json (needs --imagenet-val)")
+    g.add_argument("--imagenet-boxes", help="ILSVRC box XMLs of the val images (<stem>.xml or <wnid>/<stem>.xml) for "
+                   "the point head's accuracy; default: boxes/val/ beside val/, or ILSVRC/Annotations/CLS-LOC/val")
     g.add_argument("--imagenet-v2", help="imagenetv2-matched-frequency-format-val/<k>/*.jpeg")
     g.add_argument("--imagenet-a", help="imagenet-a/<wnid>/*.jpg")
     g.add_argument("--imagenet-r", help="imagenet-r/<wnid>/*.jpg")
@@ -1434,16 +1904,30 @@ def get_args_parser():
     g.add_argument("--cam-curve-interval", type=float, default=0.001, help="CAM threshold step (MaxBoxAcc, PxAP)")
     g.add_argument("--iou-thresholds", type=int, nargs="+", default=[30, 50, 70], help="MaxBoxAccV2 deltas")
     g.add_argument("--coco-split", default="val2014")
-    g.add_argument("--coco-size", type=int, default=224, help="COCO input: Resize((S, S)), no crop")
+    g.add_argument("--coco-size", type=int, default=None,
+                   help="COCO input: Resize((S, S)), no crop; default: the checkpoint's img_size, else 224")
     g.add_argument("--no-coco-pxap", dest="coco_pxap", action="store_false")
     g.add_argument("--no-coco-context", dest="coco_context", action="store_false")
     g.add_argument("--ctx-thr", type=float, default=0.5, help="context bias: a class counts if its sigmoid > thr")
     g.add_argument("--ctx-fill", default="mean", choices=["mean", "black"], help="fill of erased pixels")
     g.add_argument("--ctx-seed", type=int, default=0, help="seed of the random erased class")
+    g = p.add_argument_group("pictures (appendix Figures M, N, I, D right), instead of the benchmarks")
+    g.add_argument("--figures", metavar="DIR", help="write the pictures whose inputs are given into DIR: Fig. M "
+                   "(--checkpoint, --imagenet-val), Fig. N (--checkpoint, --coco), Fig. I (--coco, --coco-ab), "
+                   "Fig. D right (--imagenet-ab-xml, --imagenet-train-boxes)")
+    g.add_argument("--figures-n", type=int, default=16, help="images per picture")
+    g.add_argument("--coco-ab", help="COCO-AB JSON (Fig. I), with the images of --coco-train-split under --coco")
+    g.add_argument("--coco-train-split", default="train2014")
+    g.add_argument("--imagenet-ab-xml", help="ImageNet-AB train_xml/ (Fig. D)")
+    g.add_argument("--imagenet-train-boxes", help="ILSVRC train box XMLs (Fig. D; default: the boxes in the AB XML)")
     g = p.add_argument_group("table")
     g.add_argument("--ino-metric", default="auroc", choices=["auroc", "aupr"], help="what the IN-O column shows")
     g.add_argument("--objnet-protocol", default="A", choices=["A", "B"], help="what the ObjNet column shows")
-    g.add_argument("--ctx-metric", default="flip", choices=["flip", "drop"], help="what the context columns show")
+    g.add_argument("--ctx-metric", default="diff", choices=["diff", "flip", "drop"],
+                   help="context columns: diff = s_c(other erased) - s_c(c erased) (default), flip = %% pairs "
+                   "flipped below --ctx-thr, drop = clean - other erased")
+    g.add_argument("--real-denominator", default="labelled", choices=["labelled", "all"],
+                   help="IN-Real column: over the 46,837 labelled images (Table 1) or all 50,000 (appendix tables)")
     return p
 
 def setup_distributed(args):
@@ -1458,10 +1942,18 @@ def setup_distributed(args):
             dist.init_process_group("gloo")
 
 def main(argv=None):
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
     if args.table:
         print_table(args.table, args)
         return
+    if args.figures:
+        return main_figures(parser, args)
+    if not args.checkpoint:
+        parser.error("--checkpoint is required (or --table JSON ... to print results)")
+    if not any(getattr(args, flag) for flag, _, _ in BENCHMARKS):
+        parser.error("give at least one benchmark root, e.g. --imagenet-val DIR or --coco DIR")
+    check_inputs(args)  # before the model is built: a wrong path fails in a second
     setup_distributed(args)
     args.device = torch.device(args.device)
     if args.device.type == "cuda":
@@ -1469,6 +1961,9 @@ def main(argv=None):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     model = load_model(args).to(args.device)
     results = evaluate_all(model, args)
+    if not results["protocol"]:
+        raise SystemExit("nothing was evaluated: " + "; ".join(f"--{k.replace('_', '-')}: {v}" for k, v in
+                                                                results["skipped"].items() if "not given" not in v))
     if _rank() == 0:
         text = json.dumps(results, indent=1, default=float)
         if args.out:
@@ -1477,6 +1972,16 @@ def main(argv=None):
         print(format_table([(results["meta"]["name"], results)], args))
     if dist.is_initialized():
         dist.destroy_process_group()
+
+def main_figures(parser, args):
+    if not (args.checkpoint or args.coco_ab or args.imagenet_ab_xml):
+        parser.error("--figures needs --checkpoint (with --imagenet-val / --coco), --coco-ab or --imagenet-ab-xml")
+    check_inputs(args)
+    args.device = torch.device(args.device)
+    model = load_model(args).to(args.device).eval() if args.checkpoint else None
+    resolve_eval_geometry(args)
+    args.label_space = label_space(getattr(args, "classes", None), model.classifier.out_features) if model else None
+    print("wrote " + " ".join(str(p) for p in draw_figures(model, args)))
 
 if __name__ == "__main__":
     main()

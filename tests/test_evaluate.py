@@ -184,8 +184,10 @@ def make_fixtures(root):
     save(f"{root}/objectnet-1.0/images/not_in_imagenet/x.png", COLOUR["teal"])
     # SI-Score: size (area/) with koala and zebra, location with one image, no rotation folder
     save(f"{root}/si/area/koala/1.jpg", COLOUR["peach"])
-    save(f"{root}/si/area/zebra/1.jpg", COLOUR["sky"])
-    save(f"{root}/si/area/zebra/2.jpg", COLOUR["peach"])
+    save(f"{root}/si/area/zebra/2.jpg", COLOUR["sky"])
+    save(f"{root}/si/area/zebra/3.jpg", COLOUR["peach"])
+    # unbalanced levels: image 1 alone at area 0.2, images 2 and 3 at 0.5 (image 7 is not in the folder)
+    open(f"{root}/si/area/metadata.csv", "w").write("image_id,area\n1,0.2\n2,0.5\n3,0.5\n7,0.2\n")
     save(f"{root}/si/location20_area02_min0pc/koala/1.jpg", COLOUR["peach"])
     make_bg_challenge(f"{root}/bgc")
     make_wsol(root)
@@ -321,9 +323,11 @@ def test_nan_logits_count_as_wrong():
 
 def test_real_accuracy_spec_example():
     # evaluation.md section 3: real.json [[0], [], [1, 2]], predictions (0, x, 2) -> 100 % over 2 images
-    acc, n = E.real_accuracy([0, 7, 2], [0, 1, 2], [[0], [], [1, 2]])
-    assert (acc, n) == (100.0, 2)
-    assert E.real_accuracy([1, 7, 0], [0, 1, 2], [[0], [], [1, 2]]) == (0.0, 2)
+    # the official denominator counts the 2 labelled images; "all" divides the same 2 hits by all 3 images
+    assert E.real_accuracy([0, 7, 2], [0, 1, 2], [[0], [], [1, 2]]) == {"labelled": 100.0, "all": 200 / 3,
+                                                                          "n_labelled": 2}
+    assert E.real_accuracy([1, 7, 0], [0, 1, 2], [[0], [], [1, 2]]) == {"labelled": 0.0, "all": 0.0,
+                                                                          "n_labelled": 2}
     assert E.imagenet_val_index("/x/n01440764/ILSVRC2012_val_00000003.JPEG") == 2
 
 
@@ -414,9 +418,21 @@ def test_average_precision_matches_asl_and_groups_ties():
 
 
 def test_context_bias():
-    out = E.context_bias([0.9, 0.8, 0.7, 0.6], [0.2, 0.85, 0.5, 0.6], thr=0.5)
+    # 4 pairs: clean s_c, s_c with another class erased, s_c with c itself erased
+    clean, other, own = [0.9, 0.8, 0.7, 0.6], [0.2, 0.85, 0.5, 0.6], [0.1, 0.05, 0.4, 0.3]
+    out = E.context_bias(clean, other, own, thr=0.5)
     assert out["flip"] == pytest.approx(50.0)  # 0.2 and 0.5 (<= thr) flipped
     assert out["drop"] == pytest.approx(100 * (0.7 - 0.05 + 0.2 + 0.0) / 4)
+    assert out["diff"] == pytest.approx(100 * (0.1 + 0.8 + 0.1 + 0.3) / 4)  # other - own, per pair
+
+
+def test_context_diff_orders_worst_below_random_flip_does_not():
+    # one pair, two other classes: erasing B leaves s_c 0.8, erasing D leaves 0.3 (the worst case); erasing c
+    # itself leaves 0.2. diff: random (B drawn) 0.8 - 0.2 = 60, worst 0.3 - 0.2 = 10 -> worst <= random, as in
+    # the paper's Tables 6-7 (R50: 47.6 vs 25.0). flip: worst 100 >= random 0, the opposite order.
+    rand, worst = E.context_bias([0.9], [0.8], [0.2]), E.context_bias([0.9], [0.3], [0.2])
+    assert (rand["diff"], worst["diff"]) == pytest.approx((60.0, 10.0))
+    assert (rand["flip"], worst["flip"]) == (0.0, 100.0)
 
 
 def test_occlude_center_hole_location():
@@ -562,6 +578,7 @@ def test_imagenet_val_real_cocc_and_point_acc(results):
     assert results["in1k"] == pytest.approx(80.0) and results["in1k_top5"] == pytest.approx(80.0)
     # ReaL [[1], [], [51, 3], [7], [0]]: image 2 excluded; 1, 51, 7 right, 2 wrong -> 75 % of 4
     assert results["inreal"] == pytest.approx(75.0) and results["counts"]["inreal"] == 4
+    assert results["inreal_all"] == pytest.approx(60.0)  # the same 3 hits over all 5 val images
     # Cocc: the 112 px hole filled with the mean pixel makes the centre grey = class 2: only image 5 right
     assert results["cocc"] == pytest.approx(20.0)
     assert results["cocc_params"] == {"hole": 112, "fill": "mean", "input": 224}
@@ -577,8 +594,8 @@ def test_cocc_black_fill(fixture_root):
 
 def _prepared(args):
     args.device, args.channels_last, args.has_points = torch.device("cpu"), False, False
-    args._ino_in_scores = None
-    return args
+    args._ino_in_scores, args.label_space = None, None
+    return E.resolve_eval_geometry(args)
 
 
 def test_imagenet_v2_numeric_folders(fixture_root, results):
@@ -622,8 +639,25 @@ def test_objectnet(fixture_root, results):
 
 
 def test_si_score(results):
-    assert results["si_size"] == pytest.approx(200 / 3)  # koala right; zebra 1 right, zebra 2 (koala colour) wrong
-    assert results["si_loc"] == 100.0 and "si_rot" not in results
+    # area/: koala 1 right (level 0.2), zebra 2 right and zebra 3 (koala colour) wrong (both level 0.5):
+    # pooled 2 of 3; official per-level mean (100 + 50) / 2 = 75
+    assert results["si_size_pooled"] == pytest.approx(200 / 3)
+    assert results["si_size"] == pytest.approx(75.0)
+    assert results["si_size_per_level"] == {"0.2": 100.0, "0.5": 50.0} and results["counts"]["si_size_levels"] == 2
+    # location without metadata.csv: the pooled value, marked as not the official aggregation
+    assert results["si_loc"] == 100.0 and "NOT the official" in results["protocol"]["si_loc"]
+    assert "si_rot" not in results
+
+
+def test_si_score_levels_formats_like_robustness_metrics(tmp_path):
+    csv_path = tmp_path / "metadata.csv"
+    csv_path.write_text("image_id,x_coord,y_coord\n4,0.05,0.1\n9,0.5,0.25\n")
+    assert E.si_score_levels(csv_path, ["a/koala/9.jpg", "a/zebra/4.jpg"], ("x_coord", "y_coord")) == \
+        ["(0.50,0.25)", "(0.05,0.10)"]
+    assert E.si_score_levels(tmp_path / "none.csv", ["a/k/1.jpg"], ("area",)) is None
+    with pytest.raises(SystemExit, match="has no row"):
+        E.si_score_levels(csv_path, ["a/koala/5.jpg"], ("x_coord", "y_coord"))
+    assert E.per_level_top1([True, False, True, True], ["a", "a", "b", "b"]) == (75.0, {"a": 50.0, "b": 100.0})
 
 
 def test_bg_challenge(fixture_root, results):
@@ -674,10 +708,12 @@ def test_coco(coco_results):
     # A: image 10 (+5) > image 20 (-5): AP 1. B: both -5, a tie group with 1 of 2 positive: AP 1/2. C: AP 1
     assert r["coco_map"] == pytest.approx(100 * 2.5 / 3)
     # only (image 10, A) qualifies (B's score is below .5, image 20 has one class): erasing B removes all green
-    assert r["ctx_random"] == 100.0 and r["ctx_worst"] == 100.0 and r["counts"]["ctx_pairs"] == 1
+    # (s_A = sigmoid(-5)); erasing A itself leaves the green square (s_A = sigmoid(5))
+    assert r["ctx_random_flip"] == 100.0 and r["ctx_worst_flip"] == 100.0 and r["counts"]["ctx_pairs"] == 1
     drop = 100 * (torch.sigmoid(torch.tensor(5.0)) - torch.sigmoid(torch.tensor(-5.0))).item()
     assert r["ctx_random_drop"] == pytest.approx(drop, rel=1e-5)
     assert r["ctx_worst_drop"] == pytest.approx(drop, rel=1e-5)
+    assert r["ctx_random"] == pytest.approx(-drop, rel=1e-5) and r["ctx_worst"] == pytest.approx(-drop, rel=1e-5)
     # CAMs equal the masks; C's crowd region is also blue but ignored -> 100 for every class
     assert r["pxap"] == pytest.approx(100.0) and r["pxap_pooled"] == pytest.approx(100.0)
     assert r["counts"]["pxap_classes"] == 3
@@ -697,13 +733,127 @@ def test_coco_masks_and_targets(fixture_root):
     assert (m == 1).sum() == 60 * 60 and (m[30:90, 30:90] == 1).all()  # square (30, 30)-(90, 90): 60 x 60 px
 
 
-def test_missing_roots_are_skipped(tmp_path):
-    args = E.get_args_parser().parse_args(["--imagenet-a", str(tmp_path / "nope"), "--device", "cpu", "--workers", "0"])
-    res = E.evaluate_all(PaletteModel(), args)
-    assert "ina" not in res and "does not exist" in res["skipped"]["imagenet_a"]
+def _exit_message(argv_or_call):
+    with pytest.raises(SystemExit) as e:
+        argv_or_call()
+    return str(e.value.code)
+
+
+def test_bad_roots_are_one_line_errors(fixture_root, tmp_path):
+    parse = lambda *a: E.get_args_parser().parse_args([*a, "--device", "cpu", "--workers", "0"])
+    msg = _exit_message(lambda: E.evaluate_all(PaletteModel(), parse("--imagenet-a", str(tmp_path / "nope"))))
+    assert msg == f"--imagenet-a {tmp_path / 'nope'}: no such file or directory (the expected layout is in --help)"
+    (tmp_path / "empty" / W[1]).mkdir(parents=True)
+    msg = _exit_message(lambda: E.evaluate_all(PaletteModel(), parse("--imagenet-val", str(tmp_path / "empty"))))
+    assert msg.startswith(f"--imagenet-val {tmp_path / 'empty'}: holds no image") and "\n" not in msg
+    msg = _exit_message(lambda: E.evaluate_all(PaletteModel(), parse("--coco", f"{fixture_root}/val")))
+    assert "needs val2014/ and annotations/instances_val2014.json" in msg
+    res = E.evaluate_all(PaletteModel(), parse("--imagenet-o", f"{fixture_root}/imagenet-o"))
+    assert "needs --imagenet-val" in res["skipped"]["imagenet_o"]
     assert res["skipped"]["imagenet_v2"] == "--imagenet-v2 not given"
-    args = E.get_args_parser().parse_args(["--imagenet-o", str(tmp_path), "--device", "cpu", "--workers", "0"])
-    assert "imagenet_o" in E.evaluate_all(PaletteModel(), args)["skipped"]  # needs --imagenet-val
+
+
+def test_usage_errors(capsys):
+    # nothing at all (no random-model run any more), and a checkpoint without any benchmark: argparse errors
+    for argv, why in (([], "--checkpoint is required"), (["--checkpoint", "x.pt"], "at least one benchmark root")):
+        with pytest.raises(SystemExit) as e:
+            E.main(argv)
+        assert e.value.code == 2 and why in capsys.readouterr().err.splitlines()[-1]
+    assert E.get_args_parser().parse_args([]).workers == min(8, os.cpu_count() or 1)
+
+
+class _Exploit:
+    """A pickle whose loading would call os.system: weights_only=True must refuse it."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_checkpoint_errors_are_one_line(fixture_root, tmp_path):
+    models = pytest.importorskip("models")
+    val = ["--imagenet-val", f"{fixture_root}/val", "--device", "cpu", "--workers", "0"]
+    msg = _exit_message(lambda: E.main(["--checkpoint", str(tmp_path / "none.pt"), *val]))
+    assert msg.startswith(f"--checkpoint {tmp_path / 'none.pt'}: no such file")
+    torch.save({"model": _Exploit()}, tmp_path / "evil.pt")
+    msg = _exit_message(lambda: E.main(["--checkpoint", str(tmp_path / "evil.pt"), *val]))
+    assert msg.startswith(f"--checkpoint {tmp_path / 'evil.pt'}: refused by torch.load(weights_only=True)")
+    assert "\n" not in msg
+    net = models.create_model("resnet18", num_classes=1000)
+    torch.save(net.state_dict(), tmp_path / "bare.pt")  # a torchvision-style file: names no architecture
+    msg = _exit_message(lambda: E.main(["--checkpoint", str(tmp_path / "bare.pt"), *val]))
+    assert msg.startswith(f"--checkpoint {tmp_path / 'bare.pt'} does not say which architecture") and "--model" in msg
+    msg = _exit_message(lambda: E.main(["--checkpoint", str(tmp_path / "bare.pt"), "--model", "resnet5", *val]))
+    assert msg.startswith("--model resnet5: unknown; choose from resnet18")
+    msg = _exit_message(lambda: E.main(["--checkpoint", str(tmp_path / "bare.pt"), "--model", "resnet50", *val]))
+    assert msg.startswith(f"--checkpoint {tmp_path / 'bare.pt'} does not fit --model resnet50 (1000 classes, 0 "
+                          "points): checkpoint does not fit ResNet") and msg.endswith("it was trained with")
+    sd = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    torch.save(sd, tmp_path / "backbone.pt")
+    msg = _exit_message(lambda: E.main(["--checkpoint", str(tmp_path / "backbone.pt"), "--model", "resnet18", *val]))
+    assert "has no classifier weights" in msg
+    # a COCO model (its classes are category names) given only ImageNet benchmarks: nothing can be scored
+    coco = models.create_model("resnet18", num_classes=3)
+    torch.save({"model": coco.state_dict(), "meta": {"model": "resnet18", "num_classes": 3, "num_points": 0,
+                                                     "classes": ["person", "car", "dog"], "img_size": 32}},
+               tmp_path / "coco.pt")
+    msg = _exit_message(lambda: E.main(["--checkpoint", str(tmp_path / "coco.pt"), *val]))
+    assert msg == ("nothing was evaluated: --imagenet-val: the model's 3 classes are not ImageNet classes (no wnid "
+                   "class names in the checkpoint)")
+
+
+def test_checkpoint_meta_sets_model_classes_and_geometry(fixture_root, tmp_path):
+    models = pytest.importorskip("models")
+    net = models.create_model("resnet18", num_classes=2, num_points=1)
+    meta = {"model": "resnet18", "num_classes": 2, "num_points": 1, "img_size": 32, "val_resize": 37,
+            "interpolation": "bicubic", "classes": [W[51], W[1]], "points": "clicks"}
+    torch.save({"model": net.state_dict(), "args": {"model": "resnet50"}, "meta": meta}, tmp_path / "c.pt")
+    E.main(["--checkpoint", str(tmp_path / "c.pt"), "--imagenet-val", f"{fixture_root}/val", "--device", "cpu",
+            "--workers", "0", "--out", str(tmp_path / "r.json")])
+    res = json.loads((tmp_path / "r.json").read_text())  # meta wins over args; W[2]'s image is not scored
+    assert (res["meta"]["model"], res["meta"]["num_classes"], res["meta"]["point_head"]) == ("resnet18", 2, True)
+    assert (res["meta"]["img_size"], res["meta"]["resize"], res["meta"]["interpolation"]) == (32, 37, "bicubic")
+    assert res["counts"]["in1k"] == 4 and "Resize(37, bicubic)+CenterCrop(32)" in res["protocol"]["in1k"]
+    E.main(["--checkpoint", str(tmp_path / "c.pt"), "--imagenet-val", f"{fixture_root}/val", "--img-size", "48",
+            "--device", "cpu", "--workers", "0", "--out", str(tmp_path / "r.json")])
+    res = json.loads((tmp_path / "r.json").read_text())  # a flag overrides the checkpoint
+    assert (res["meta"]["img_size"], res["meta"]["resize"]) == (48, 37)
+
+
+def test_val_boxes_found_beside_the_val_tree(tmp_path):
+    for d in ("a/val", "a/boxes/val", "ILSVRC/Data/CLS-LOC/val", "ILSVRC/Annotations/CLS-LOC/val", "b/val"):
+        (tmp_path / d).mkdir(parents=True)
+    assert E.find_val_boxes(tmp_path / "a" / "val") == tmp_path / "a" / "boxes" / "val"
+    assert E.find_val_boxes(tmp_path / "ILSVRC/Data/CLS-LOC/val") == tmp_path / "ILSVRC/Annotations/CLS-LOC/val"
+    assert E.find_val_boxes(tmp_path / "b" / "val") is None
+
+
+class SubsetPalette(PaletteModel):
+    """A 2-class model trained on the wnids (W[51], W[1]), in that order: the palette's logits of those classes."""
+
+    classes = [W[51], W[1]]
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return super().forward(x)[:, [51, 1]]
+
+
+def test_class_subset_model_on_the_matching_subset(fixture_root):
+    args = E.get_args_parser().parse_args(["--imagenet-val", f"{fixture_root}/val", "--imagenet-real",
+                                           f"{fixture_root}/real.json", "--imagenet-a", f"{fixture_root}/imagenet-a",
+                                           "--device", "cpu", "--workers", "0", "--batch-size", "2"])
+    args.classes = SubsetPalette.classes
+    res = E.evaluate_all(SubsetPalette(), args)
+    # W[2]'s grey image is skipped; red x2 -> W[1] (output 1) right, green -> W[51] (output 0) right, and the
+    # blue image in W[51]'s folder has both logits 0 -> output 0 = W[51]: right among the model's own classes
+    assert res["in1k"] == 100.0 and res["counts"]["in1k"] == 4
+    assert "class-subset model: top-1 over its own 2 classes" in res["protocol"]["in1k"]
+    assert "inreal" not in res and "1000 ImageNet classes" in res["skipped"]["imagenet_real"]  # a 1000-way metric
+    assert res["skipped"]["imagenet_a"] == "needs the 1000 ImageNet classes; this model has 2 of them"
+    assert E.label_space(None, 1000) is None and E.label_space(E.IMAGENET_WNIDS, 1000) is None
+    assert E.label_space(["person", "car"], 2) == {} and E.label_space([W[3], W[0]], 2) == {W[3]: 0, W[0]: 1}
 
 
 def test_table(tmp_path, capsys):
@@ -723,6 +873,26 @@ def test_table(tmp_path, capsys):
                                                        "5.6 (-0.7)"]
     E.main(["--table", str(pa), "--ino-metric", "aupr", "--objnet-protocol", "B"])
     assert "16.0" in capsys.readouterr().out.splitlines()[2].split("|")[2]
+
+def test_table_params_real_denominator_and_context_metric(tmp_path, capsys):
+    r = {"meta": {"name": "R50", "params_m": 25.557032}, "inreal": 86.6, "inreal_all": 81.1, "ctx_random": 47.6,
+         "ctx_random_flip": 3.0}
+    (tmp_path / "r.json").write_text(json.dumps(r))
+    E.main(["--table", str(tmp_path / "r.json")])
+    out = capsys.readouterr().out.splitlines()
+    assert [c.strip() for c in out[0].split("|")] == ["Model", "Params", "IN-Real↑", "Ctx-rand↓"]
+    assert [c.strip() for c in out[2].split("|")] == ["R50", "25.6M", "86.6", "47.6"]
+    E.main(["--table", str(tmp_path / "r.json"), "--real-denominator", "all", "--ctx-metric", "flip"])
+    out = capsys.readouterr().out.splitlines()
+    assert [c.strip() for c in out[0].split("|")] == ["Model", "Params", "IN-Real(50k)↑", "Ctx-rand↓"]
+    assert [c.strip() for c in out[2].split("|")] == ["R50", "25.6M", "81.1", "3.0"]
+
+
+def test_params_count_leaves_out_the_point_head(tmp_path):
+    models = pytest.importorskip("models")
+    args = E.get_args_parser().parse_args(["--device", "cpu", "--workers", "0"])
+    res = E.evaluate_all(models.create_model("resnet50", num_points=1), args)
+    assert res["meta"]["params_m"] == 25.557032  # torchvision's resnet50: 25,557,032 (Table 1: 25.6M)
 
 # -----------------------------------------------------------------------------
 # exact distributed evaluation: 2 gloo processes give the single-process numbers
@@ -798,7 +968,7 @@ def test_resnet18_checkpoint_end_to_end(tmp_path):
                 "rng": {"torch": torch.get_rng_state(), "python": __import__("random").getstate()},
                 "args": {"model": "resnet18", "img_size": 224, "luab": True}}, ckpt)
     # an IN-val tree filed by the network's own predictions, image 5 misfiled: IN-1k must be exactly 80 %
-    args = E.get_args_parser().parse_args(["--img-size", "64", "--resize", "72"])
+    args = E.resolve_eval_geometry(E.get_args_parser().parse_args(["--img-size", "64", "--resize", "72"]))
     rng = np.random.default_rng(0)
     staged = []
     for i in range(1, 6):
@@ -824,3 +994,93 @@ def test_resnet18_checkpoint_end_to_end(tmp_path):
     # Cocc by hand: the same network on the same inputs with a 32 px centre hole
     assert res["cocc"] == pytest.approx(100.0 * np.mean(np.array(occluded) == np.array(labels)))
     assert res["counts"]["in1k"] == 5 and "Resize(72, bilinear)+CenterCrop(64)" in res["protocol"]["in1k"]
+
+# -----------------------------------------------------------------------------
+# parity with the training scripts: evaluate.py on a freshly trained synthetic checkpoint reports exactly what
+# the training run's own validation logged for it, with no geometry or class flag (the checkpoint says them)
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    byproducts.synth(str(root), seed=0)
+    return root
+
+
+def _last_log_line(out):
+    return json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_imagenet_checkpoint_matches_training_validation(synth_root, tmp_path):
+    import train_imagenet
+    out = tmp_path / "run"
+    train_imagenet.main(train_imagenet.get_args_parser().parse_args([
+        "--data-dir", str(synth_root / "imagenet"), "--byproducts", str(synth_root / "imagenet_ab" / "train_xml"),
+        "--val-boxes", str(synth_root / "imagenet" / "boxes" / "val"), "--luab", "--model", "resnet18",
+        "--img-size", "40", "--batch-size", "16", "--epochs", "1", "--lr", "0.05", "--workers", "0",
+        "--print-freq", "1000", "--device", "cpu", "--output-dir", str(out)]))
+    logged = _last_log_line(out)
+    E.main(["--checkpoint", str(out / "checkpoint.pt"), "--imagenet-val", str(synth_root / "imagenet" / "val"),
+            "--device", "cpu", "--workers", "0", "--out", str(tmp_path / "r.json")])
+    res = json.loads((tmp_path / "r.json").read_text())
+    # 10 synthetic classes of the 1000: the subset protocol; 40 px input, Resize(46) as the training validated
+    assert res["meta"]["num_classes"] == 10 and res["counts"]["in1k"] == 100
+    assert (res["meta"]["img_size"], res["meta"]["resize"]) == (40, 46)
+    assert (res["in1k"], res["in1k_top5"], res["point_acc"]) == \
+        (logged["val_top1"], logged["val_top5"], logged["val_point_acc"])
+    assert "boxes" in res["protocol"]["point_acc"]  # found beside val/ (boxes/val), as the demo's data has them
+
+
+@pytest.mark.slow
+def test_coco_checkpoint_matches_training_validation(synth_root, tmp_path):
+    import train_coco
+    out, coco = tmp_path / "run", synth_root / "coco"
+    train_coco.main(train_coco.get_args_parser().parse_args([
+        "--coco-dir", str(coco), "--coco-ab", str(coco / "coco_ab_v1_0.json"), "--luab", "--model", "resnet18",
+        "--img-size", "40", "--batch-size", "16", "--epochs", "1", "--workers", "0", "--print-freq", "1000",
+        "--device", "cpu", "--output-dir", str(out)]))
+    logged = _last_log_line(out)
+    E.main(["--checkpoint", str(out / "checkpoint.pt"), "--coco", str(coco), "--no-coco-pxap", "--no-coco-context",
+            "--device", "cpu", "--workers", "0", "--out", str(tmp_path / "r.json")])
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["meta"]["img_size"] == 40 and "Resize((40, 40))" in res["protocol"]["coco_map"]
+    assert res["coco_map"] == pytest.approx(logged["val_map"], abs=1e-9)
+    assert res["coco_point_acc"] == logged["val_point_acc"]
+
+# -----------------------------------------------------------------------------
+# pictures
+
+def test_click_accuracy_maps_hand_computed():
+    box = np.array([[10.0, 10.0, 40.0, 40.0]])  # centre (25, 25) of a 100 x 100 image: cell (row 0, col 0) of 2x2
+    recs = [{"click": (0.2, 0.2), "size": (100, 100), "boxes": box},   # hit; click in cell (0, 0)
+            {"click": (0.8, 0.3), "size": (100, 100), "boxes": box},   # miss; click in cell (0, 1)
+            {"click": (0.9, 0.9), "size": (100, 100),                  # largest box centre (75, 75): cell (1, 1)
+             "boxes": np.array([[60.0, 60.0, 90.0, 90.0], [0.0, 0.0, 5.0, 5.0]])},  # hit
+            {"click": None, "size": (100, 100), "boxes": box},          # no click: not counted
+            {"click": (0.5, 0.5), "size": None, "boxes": None}]         # no box: not counted
+    by_box, by_click = E.click_accuracy_maps(recs, grid=2)
+    assert by_box[0].tolist() == [[1, 0], [0, 1]] and by_box[1].tolist() == [[2, 0], [0, 1]]
+    assert by_click[0].tolist() == [[1, 0], [0, 1]] and by_click[1].tolist() == [[1, 1], [0, 1]]
+
+
+def test_figures_are_written_with_title_and_legend(fixture_root, tmp_path):
+    (tmp_path / "ab.json").write_text(json.dumps([{"image_id": 10, "actionHistories": [
+        {"actionType": "add", "iconType": "person", "pointTo": {"x": 0.25, "y": 0.2}}]}]))
+
+    def draw(model, *flags):
+        args = E.get_args_parser().parse_args(["--figures", str(tmp_path / "fig"), "--figures-n", "3",
+                                               "--device", "cpu", *flags])
+        E.resolve_eval_geometry(args)
+        args.device, args.label_space, args.model = torch.device("cpu"), None, "fake"
+        return E.draw_figures(model, args)
+
+    m = draw(PaletteModel(num_points=1), "--imagenet-val", f"{fixture_root}/val", "--wsol-metadata",
+             f"{fixture_root}/wsol_meta")
+    coco = ["--coco", f"{fixture_root}/coco", "--coco-ab", str(tmp_path / "ab.json"), "--coco-train-split", "val2014"]
+    n_i = draw(CocoFake(), *coco)
+    assert [p.name for p in m + n_i] == ["fig_m_points_imagenet_val.png", "fig_n_points_coco_val.png",
+                                         "fig_i_icons_coco.png"]
+    with Image.open(m[0]) as im:  # one row of 3 cells (4 px gutters) plus the title and legend bands
+        assert im.width == 3 * 192 + 4 * 4 and im.height > 192 + 4 * 17
+    msg = _exit_message(lambda: draw(PaletteModel(num_points=1), *coco))  # an ImageNet model on COCO
+    assert "Fig. N needs one point head per category (3)" in msg
