@@ -622,25 +622,26 @@ def describe_default(args):
 
 class ImageList(Dataset):
     """Image files -> (normalised tensor, dataset index). Labels stay with the caller. `border` crops that many
-    pixels off every side first (ObjectNet's red frame). Every image goes through .convert("RGB"): Sketch,
-    IN-R and ObjectNet hold gray, CMYK and RGBA files."""
+    pixels off every side first (ObjectNet's red frame). Every image goes through byproducts.read_image (Sketch,
+    IN-R and ObjectNet hold gray, CMYK and RGBA files); a broken one becomes a NaN tensor, which every metric
+    counts wrong, and is counted in the JSON (byproducts.ImageReader)."""
 
     def __init__(self, paths, transform, border=0):
         self.paths, self.transform, self.border = list(paths), transform, border
+        self.reader = byproducts.ImageReader(len(self.paths), broken="nan")
 
     def __len__(self):
         return len(self.paths)
 
     def load(self, i):
-        with Image.open(self.paths[i]) as im:
-            img = im.convert("RGB")
+        img = self.reader.read(i, self.paths[i])
         if self.border:
             w, h = img.size
             img = img.crop((self.border, self.border, w - self.border, h - self.border))
         return img
 
     def __getitem__(self, i):
-        return self.transform(self.load(i)), i
+        return self.reader.finish(i, self.transform(self.load(i))), i
 
 # -----------------------------------------------------------------------------
 # COCO val for evaluation (instances parsed and masks decoded by byproducts.py, without pycocotools)
@@ -663,6 +664,7 @@ class CocoEvalSet(Dataset):
         self.image_dir, self.size, self.masks = Path(image_dir), size, masks
         self.transform = T.Compose([T.Resize((size, size), interpolation=T.InterpolationMode(interpolation)),
                                     T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        self.reader = byproducts.ImageReader(len(self.images), broken="nan")  # broken: NaN, counted wrong
 
     def __len__(self):
         return len(self.images)
@@ -689,8 +691,7 @@ class CocoEvalSet(Dataset):
         return torch.tensor(classes, dtype=torch.long), torch.from_numpy(out)
 
     def __getitem__(self, i):
-        with Image.open(self.image_dir / self.images[i]["file_name"]) as im:
-            x = self.transform(im.convert("RGB"))
+        x = self.reader.finish(i, self.transform(self.reader.read(i, self.image_dir / self.images[i]["file_name"])))
         if not self.masks:
             return x, i
         return (x, i) + self.class_masks(i)
@@ -958,9 +959,9 @@ def bgc_vulnerability(model, args, fg_paths, mask_paths, labels, bg_paths, in_to
     map9 = None if in_to_in9 is None else torch.as_tensor(np.asarray(in_to_in9), device=args.device)
     mine = list(UnpaddedDistributedSampler(len(fg_paths)))
     vulnerable, progress = [], Progress("BGC-acc foregrounds", len(fg_paths))
+    fg_reader = byproducts.ImageReader(len(fg_paths), broken="nan")  # a broken foreground: NaN, "vulnerable"
     for i in mine:
-        with Image.open(fg_paths[i]) as im:
-            fg = to_tensor(im.convert("RGB")).to(args.device)[None]
+        fg = fg_reader.finish(i, to_tensor(fg_reader.read(i, fg_paths[i]))).to(args.device)[None]
         m = np.load(mask_paths[i]).astype(np.float32)
         if m.ndim == 3:  # an [H, W, 1|3] or [1|3, H, W] mask: any channel marks the foreground
             m = m.max(-1) if m.shape[-1] in (1, 3) else m.max(0)
@@ -1305,7 +1306,10 @@ def load_model(args):
     import models
     ckpt = None
     if args.checkpoint:
-        ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        try:
+            ckpt = models.read_checkpoint(args.checkpoint)  # weights_only=True: a checkpoint must not run code
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"--checkpoint: {e}")
         saved = ckpt.get("args", {}) if isinstance(ckpt, dict) and isinstance(ckpt.get("args"), dict) else {}
         sd = ckpt["model"] if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict) else ckpt
         args.model = args.model or saved.get("model")
@@ -1369,6 +1373,7 @@ def evaluate_all(model, args):
             log(f"warning: skipping {flag}: {results['skipped'][flag]}")
             continue
         t0 = time.time()
+        readers = len(byproducts.ImageReader.instances)  # the datasets this benchmark makes come after
         out = run(model, args)
         if out[0] is None:
             results["skipped"][flag] = out[1]
@@ -1378,6 +1383,8 @@ def evaluate_all(model, args):
         results.update(res)
         results["protocol"].update(proto)
         results["counts"].update(counts)
+        results["counts"][f"{flag}_broken_images"] = sum(  # counted wrong (NaN input), named in a warning
+            r.counts(all_ranks=True)["broken_images"] for r in byproducts.ImageReader.instances[readers:])
         results["seconds"][flag] = round(time.time() - t0, 1)
         log(f"{flag}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items() if isinstance(v, float)))
     return results

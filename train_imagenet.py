@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import byproducts
 import evaluate
-from models import create_model, load_pretrained, param_groups
+from models import create_model, load_pretrained, param_groups, read_checkpoint
 
 # -----------------------------------------------------------------------------
 # Recipes. Every value is a flag default; any flag given on the command line wins.
@@ -59,6 +59,8 @@ def get_args_parser(add_help=True):
     g.add_argument("--byproducts", help="ImageNet-AB index file (byproducts.py index-imagenet) or XML root")
     g.add_argument("--val-boxes", help="ILSVRC box XMLs of the val images (<stem>.xml or <wnid>/<stem>.xml): "
                                        "enables the point head's localisation accuracy")
+    g.add_argument("--allow-empty-classes", action="store_true",
+                   help="keep class folders without images as classes (default: refuse them)")
     add_training_args(p, recipes=RECIPES, default_model="resnet50")
     return p
 
@@ -242,11 +244,18 @@ def build_datasets(args):
         size=args.img_size, hflip=0.5, interpolation=args.interpolation,
         randaugment=None if args.randaugment in (None, "none") else args.randaugment, re_prob=args.re_prob)
     val_tf = byproducts.EvalTransform(size=args.img_size, resize=args.val_resize, interpolation=args.interpolation)
-    train = byproducts.ImageNetAB(os.path.join(args.data_dir, "train"),
-                                  clicks=args.byproducts if args.points == "clicks" else None,
-                                  points=args.points, transform=train_tf, data_fraction=args.data_fraction,
-                                  seed=args.seed, strict=args.strict_data)
-    val = byproducts.ImageNetAB(os.path.join(args.data_dir, "val"), points="none", transform=val_tf)
+    try:  # a refused index, an empty class folder, --strict-data: one line naming the file
+        train = byproducts.ImageNetAB(os.path.join(args.data_dir, "train"),
+                                      clicks=args.byproducts if args.points == "clicks" else None,
+                                      points=args.points, transform=train_tf, data_fraction=args.data_fraction,
+                                      seed=args.seed, strict=args.strict_data,
+                                      allow_empty_classes=args.allow_empty_classes)
+        # validation counts a broken image wrong (a NaN input), as evaluate.py does
+        val = byproducts.ImageNetAB(os.path.join(args.data_dir, "val"), points="none", transform=val_tf,
+                                    strict=args.strict_data, allow_empty_classes=args.allow_empty_classes,
+                                    broken="nan")
+    except byproducts.BadInput as e:
+        raise SystemExit(f"error: {e}")
     if train.classes != val.classes:
         raise SystemExit("train/ and val/ have different class folders")
     if args.points == "clicks" and train.num_points == 0:
@@ -260,15 +269,22 @@ def val_point_boxes(args, val):
     if not args.val_boxes:
         return None
     from PIL import Image
-    boxes = byproducts.load_boxes(args.val_boxes)
+    try:
+        boxes = byproducts.load_boxes(args.val_boxes)
+    except byproducts.BadInput as e:
+        raise SystemExit(f"--val-boxes: {e}")
     out = []
     for key, (path, _) in zip(val.keys, val.samples):
         rec = boxes.get(key) or boxes.get(key.split("/")[-1])
         if rec is None:
             out.append(None)
             continue
-        with Image.open(path) as im:  # header only: the geometry of the eval crop needs the JPEG's size
-            size = im.size
+        try:
+            with Image.open(path) as im:  # header only: the geometry of the eval crop needs the JPEG's size
+                size = im.size
+        except OSError:  # unreadable: the val set counts it (as wrong); no point-accuracy sample
+            out.append(None)
+            continue
         w, h = rec["size"] or size  # boxes are in the XML's <size> frame, which may differ from the JPEG
         out.append((rec["boxes"] / np.array([w, h, w, h], dtype=np.float64), size))
     if not any(o is not None for o in out):
@@ -401,7 +417,10 @@ def set_rng_state(state):
 
 
 def load_checkpoint(path, args):
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = read_checkpoint(path)  # weights_only=True: a checkpoint must not run code
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--resume: {e}")
     saved = ckpt.get("args", {})
     for k in ("model", "points"):
         if saved.get(k) != getattr(args, k):
@@ -477,9 +496,10 @@ def train_one_epoch(args, model, loader, optimizer, peak_lr, epoch, loss_fn, mix
             t_last = now
     all_reduce_sum(sums)
     elapsed = time.perf_counter() - t_epoch
+    problems = loader.dataset.dataset.problem_counts(all_ranks=True)  # found so far, by every worker and rank
     return {"train_loss": (sums[0] / sums[2]).item(), "train_point_loss": (sums[1] / sums[2]).item(),
             "img_per_s": steps * args.batch_size / elapsed, "data_wait": data_wait / elapsed,
-            "epoch_time_s": elapsed}
+            "epoch_time_s": elapsed, **{f"train_{k}": v for k, v in problems.items()}}
 
 
 @torch.no_grad()
@@ -509,6 +529,7 @@ def evaluate_imagenet(args, model, loader, boxes=None):
         sizes = np.array([boxes[i][1] for i in keep], dtype=np.float64)
         px = evaluate.eval_points_to_original(pts[keep], sizes, resize=args.val_resize, crop=args.img_size)
         stats["val_point_acc"] = evaluate.point_in_box_accuracy(px / sizes, [boxes[i][0] for i in keep])
+    stats["val_broken_images"] = dataset.reader.counts(all_ranks=True)["broken_images"]  # counted wrong above
     return stats
 
 
@@ -558,7 +579,7 @@ def fit(args, train_set, val_set, num_classes, num_points, loss_fn, mix, evaluat
     if args.pretrained:
         try:
             load_pretrained(model, args.pretrained)
-        except ValueError as e:
+        except (OSError, ValueError) as e:
             raise SystemExit(f"--pretrained {args.pretrained}: {e}")
     if args.sync_bn and args.distributed:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -664,4 +685,7 @@ def saveable_args(args):
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    try:
+        main(get_args_parser().parse_args())
+    except byproducts.BadInput as e:  # --strict-data: one line, also when a DataLoader worker raised it
+        raise SystemExit(f"error: {byproducts.error_line(e)}")
