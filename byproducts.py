@@ -9,7 +9,7 @@ and carries it through the training augmentations. Top to bottom:
     index          build_imagenet_index / load_imagenet_index (1.27 M XML files -> one .npz)
     COCO           read_coco_ab, coco_points, read_coco_instances (+ RLE / polygon masks without pycocotools)
     transforms     TrainTransform, EvalTransform, RandAugment (point-aware)
-    datasets       ImageNetAB, CocoAB
+    datasets       read_image, ImageReader (the bad-image policy), ImageNetAB, CocoAB
     mixing         mix_batch (Mixup / CutMix with point targets)
     synthetic data synth
     analyses       imagenet_stats, coco_stats, heatmap_png, click_grid_png (appendix E)
@@ -22,12 +22,14 @@ regression loss); K = 1 for ImageNet and K = 80 for COCO (contiguous index = ran
 sorted 80 ids). The traps of the released files are in ../shared/spec/formats.md; comments below name them.
 
 Bad input (corrupt XML/JSON, NaN / non-numeric / out-of-range coordinates, XML without an image, COCO-AB records
-for unknown images, unknown icons, unreadable JPEGs) is counted and reported in one summary line (a
-BadInputWarning naming the files); the affected sample gets weight 0 or is skipped. strict=True (--strict) turns
-any of it into a BadInput error.
+for unknown images, unknown icons) is counted and reported in one summary line (a BadInputWarning naming the
+files); the affected sample gets weight 0 or is skipped. Images are read by read_image (modes converted or refused
+by name) under ImageReader's policy: a broken file is counted, named once, and replaced by the mean pixel (NaN
+for evaluation). strict=True (--strict, --strict-data) turns any of it into a BadInput error.
 """
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -1177,7 +1179,7 @@ class ImageReader:
     mean-pixel image (training). flags uint8[N] is in shared memory: what workers find, the main process sees.
     """
 
-    instances = []  # every reader of this process: evaluate.py counts those its benchmarks created
+    _collecting = []  # the lists collect() handed out; every reader made meanwhile joins them
 
     def __init__(self, n, strict=False, broken="mean", fallback_size=32):
         if broken not in ("mean", "nan"):
@@ -1185,7 +1187,21 @@ class ImageReader:
         self.flags = torch.zeros(n, dtype=torch.uint8).share_memory_()
         self._view = self.flags.numpy()  # same memory; indexing it costs ~0.1 us, a tensor's ~2 us
         self.strict, self.broken, self.fallback_size = strict, broken, fallback_size
-        ImageReader.instances.append(self)
+        for made in ImageReader._collecting:
+            made.append(self)
+
+    @classmethod
+    @contextlib.contextmanager
+    def collect(cls):
+        """`with ImageReader.collect() as made:` made lists the readers created inside the block, so a caller can
+        count the broken images of datasets it did not build (evaluate.py, per benchmark). Kept only as long
+        as `made`: each reader holds a shared-memory segment (a file descriptor)."""
+        made = []
+        cls._collecting.append(made)
+        try:
+            yield made
+        finally:
+            cls._collecting.remove(made)
 
     def __getstate__(self):  # spawned workers get the shared tensor (a handle), and rebuild the view on it
         return {k: v for k, v in self.__dict__.items() if k != "_view"}

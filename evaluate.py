@@ -1373,8 +1373,8 @@ def evaluate_all(model, args):
             log(f"warning: skipping {flag}: {results['skipped'][flag]}")
             continue
         t0 = time.time()
-        readers = len(byproducts.ImageReader.instances)  # the datasets this benchmark makes come after
-        out = run(model, args)
+        with byproducts.ImageReader.collect() as readers:  # those of the datasets this benchmark makes
+            out = run(model, args)
         if out[0] is None:
             results["skipped"][flag] = out[1]
             log(f"warning: skipping {flag}: {out[1]}")
@@ -1384,7 +1384,7 @@ def evaluate_all(model, args):
         results["protocol"].update(proto)
         results["counts"].update(counts)
         results["counts"][f"{flag}_broken_images"] = sum(  # counted wrong (NaN input), named in a warning
-            r.counts(all_ranks=True)["broken_images"] for r in byproducts.ImageReader.instances[readers:])
+            r.counts(all_ranks=True)["broken_images"] for r in readers)
         results["seconds"][flag] = round(time.time() - t0, 1)
         log(f"{flag}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items() if isinstance(v, float)))
     return results

@@ -196,6 +196,7 @@ def build_datasets(args):
         raise SystemExit(f"--coco-ab {args.coco_ab!r} has no record for any train image (wrong file?)")
     val = evaluate.CocoEvalSet(paths["val2014"], paths["annotations/instances_val2014.json"], size=args.img_size,
                                interpolation=args.interpolation)
+    val.reader.strict = args.strict_data  # a broken val image: an error, not a NaN counted wrong
     if train.instances.cat_ids != val.category_ids:
         raise SystemExit("instances_train2014.json and instances_val2014.json have different categories")
     return train, val

@@ -76,7 +76,7 @@ def add_training_args(p, recipes, default_model, optimizers=("sgd", "adamw")):
     g.add_argument("--img-size", type=int, default=224)
     g.add_argument("--val-resize", type=int, default=None, help="default: img_size / 0.875")
     g.add_argument("--workers", type=int, default=8, help="data loader workers per process")
-    g.add_argument("--strict-data", action="store_true", help="bad byproduct records are errors, not skips")
+    g.add_argument("--strict-data", action="store_true", help="bad byproduct records, broken images and size mismatches are errors, not counted skips")
     g = p.add_argument_group("LUAB")
     g.add_argument("--luab", action="store_true", help="regress the annotators' clicks (the paper's method)")
     g.add_argument("--rand-points", action="store_true",
