@@ -9,7 +9,7 @@ and carries it through the training augmentations. Top to bottom:
     index          build_imagenet_index / load_imagenet_index (1.27 M XML files -> one .npz)
     COCO           read_coco_ab, coco_points, read_coco_instances (+ RLE / polygon masks without pycocotools)
     transforms     TrainTransform, EvalTransform, RandAugment (point-aware)
-    datasets       ImageNetAB, CocoAB
+    datasets       read_image, ImageReader (the bad-image policy), ImageNetAB, CocoAB
     mixing         mix_batch (Mixup / CutMix with point targets)
     synthetic data synth
     analyses       imagenet_stats, coco_stats, heatmap_png, click_grid_png (appendix E)
@@ -22,12 +22,14 @@ regression loss); K = 1 for ImageNet and K = 80 for COCO (contiguous index = ran
 sorted 80 ids). The traps of the released files are in docs/formats.md; comments below name them.
 
 Bad input (corrupt XML/JSON, NaN / non-numeric / out-of-range coordinates, XML without an image, COCO-AB records
-for unknown images, unknown icons, unreadable JPEGs) is counted and reported in one summary line (a
-BadInputWarning naming the files); the affected sample gets weight 0 or is skipped. strict=True (--strict) turns
-any of it into a BadInput error.
+for unknown images, unknown icons) is counted and reported in one summary line (a BadInputWarning naming the
+files); the affected sample gets weight 0 or is skipped. Images are read by read_image (modes converted or refused
+by name) under ImageReader's policy: a broken file is counted, named once, and replaced by the mean pixel (NaN
+for evaluation). strict=True (--strict, --strict-data) turns any of it into a BadInput error.
 """
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -88,15 +90,30 @@ class BadInput(ValueError):
         self.kind, self.detail = kind, detail
 
 
+class BadImage(BadInput):
+    """An image file read_image refuses: kind "unreadable-image" (zero bytes, truncated, not an image) or
+    "unsupported-mode" (a pixel format with no faithful RGB form). size is the header's (W, H), or None."""
+
+    def __init__(self, kind, detail="", size=None):
+        super().__init__(kind, detail)
+        self.size = size
+
+
 class BadInputWarning(UserWarning):
     pass
+
+
+def error_line(e):
+    """One line for a BadInput, also when a DataLoader re-raised it with the worker's traceback in its text."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return re.sub(r"^[\w.]*Bad(Input|Image): ", "", lines[-1]) if lines else type(e).__name__
 
 
 class Problems:
     """Counts bad input by kind, keeps the first few file names, and reports everything in one line."""
 
-    # documented quirks of the release, or harmless repeats: reported, never fatal, even when strict
-    NOTES = {"duplicate-image-id", "duplicate-xml"}
+    # documented quirks of the release, harmless repeats, or what a flag accepted: reported, never fatal
+    NOTES = {"duplicate-image-id", "duplicate-xml", "empty-class"}
 
     def __init__(self, what="byproducts"):
         self.what, self.counts, self.examples = what, Counter(), {}
@@ -194,7 +211,7 @@ def _float(t):
     try:
         return float(t)
     except (TypeError, ValueError):
-        return math.nan  # non-numeric text: kept as NaN so imagenet_click reports it instead of crashing
+        return t  # non-numeric text stays text, so the bad-coordinate report shows what the file holds
 
 
 def _bool(t):
@@ -209,7 +226,8 @@ _AB_RECORD = {"time": _int, "x": _float, "y": _float}
 _AB_NESTED = {"selectedRecord": _AB_RECORD, "mouseTracking": _AB_RECORD,
               "hoveredRecord": {"action": _str, "time": _int}, "imagePosition": {"x": _int, "y": _int}}
 _AB_LIST = ("hoveredRecord", "mouseTracking", "selectedRecord")  # repeated sibling tags; absent = empty list
-_CLICK_FIELDS = frozenset({"selected", "selectedRecord"})  # all the index needs
+# all the index needs: the click, and the size of the image it was made on (to catch an index of other images)
+_CLICK_FIELDS = frozenset({"selected", "selectedRecord", "originalImageWidth", "originalImageHeight"})
 
 
 def _metadata_dict(md, fields=None):
@@ -262,6 +280,7 @@ def read_imagenet_ab_xml(path, with_voc=False, fields=None):
     Returns a list with one dict per <metadata> block (0..n of them), every field typed: bools from
     "True"/"False", ints, floats, and lists of dicts for the repeated tags selectedRecord / mouseTracking /
     hoveredRecord ({"time": epoch ms, "x": float, "y": float} / {"action", "time"}); unknown tags as strings.
+    A coordinate that is not a number keeps its text (imagenet_click reports it as a bad-coordinate).
     With with_voc=True returns (entries, voc) where voc = {"folder", "filename", "size": (W, H) | None,
     "names": [N], "boxes": float32[N, 4] x0, y0, x1, y1 pixels of <size>}.
     AppleDouble "._*" files are not XML (macOS junk in the tar): they read as no entries.
@@ -305,7 +324,10 @@ def _xml_key(path):
 
 
 def _list_xml(root):
-    """All *.xml files under root (sorted), skipping AppleDouble '._*'. Returns (paths, n_appledouble)."""
+    """All *.xml files under root (sorted), skipping AppleDouble '._*'. Returns (paths, n_appledouble).
+    Raises BadInput (missing-path) when root is not a folder: an empty scan would look like "no matches"."""
+    if not os.path.isdir(root):
+        raise BadInput("missing-path", f"{root} does not exist or is not a folder")
     paths, n_apple = [], 0
     for d, dirs, files in os.walk(root, followlinks=True):
         dirs.sort()
@@ -408,11 +430,22 @@ def _default_workers(n_files):
 # index: one compact .npz instead of 1.27 M XML files
 
 NO_CLICK, CLICK, BAD = 0, 1, 2  # index status codes
+INDEX_FORMAT = "luab-imagenet-ab-index-v2"  # v2 added sizes; a v1 file loads with a warning (no size check)
 _FAILED = object()
 
 
+def _original_size(entries):
+    """(W, H) of the image the annotator saw (originalImageWidth/Height of the first entry that has both), or
+    (0, 0) when unknown."""
+    for e in entries:
+        w, h = e.get("originalImageWidth"), e.get("originalImageHeight")
+        if isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0:
+            return w, h
+    return 0, 0
+
+
 def _index_chunk(paths):
-    keys, pts, status, n_sel, n_ent, problems = [], [], [], [], [], []
+    keys, pts, status, n_sel, n_ent, sizes, problems = [], [], [], [], [], [], []
     for p in paths:
         keys.append(_xml_key(p))
         try:
@@ -427,6 +460,7 @@ def _index_chunk(paths):
             problems.append(("unreadable-file", p, str(e)))
             click, entries = _FAILED, []
         n_ent.append(min(len(entries), 255))
+        sizes.append(_original_size(entries))
         n_sel.append(min(sum(1 for e in entries if e.get("selected") is True and e.get("selectedRecord")), 255))
         if click is _FAILED:
             status.append(BAD)
@@ -437,7 +471,7 @@ def _index_chunk(paths):
         else:
             status.append(CLICK)
             pts.append(click)
-    return len(paths), (keys, pts, status, n_sel, n_ent, problems)
+    return len(paths), (keys, pts, status, n_sel, n_ent, sizes, problems)
 
 
 class ClickIndex(Mapping):
@@ -447,11 +481,14 @@ class ClickIndex(Mapping):
     work like the dict of the interface), plus vectorised lookup(keys) for datasets. Arrays (N = images with
     an XML file, sorted by key): keys bytes[N], points float32[N, 2] (0 where there is no click), status
     uint8[N] (NO_CLICK = unselected / no select click, CLICK, BAD = unreadable or bad XML), n_selected and
-    n_entries uint8[N] (entries averaged / metadata blocks). Numpy arrays are shared copy-on-write by
-    DataLoader workers, unlike a dict of 1.27 M tuples.
+    n_entries uint8[N] (entries averaged / metadata blocks), sizes int32[N, 2]: (W, H) of the image the click
+    was made on (originalImageWidth/Height; 0 = unknown), which the dataset compares with the image it opens,
+    so an index of other images with the same file names cannot pass silently. has_sizes is False for an
+    index written before sizes were recorded (format v1). Numpy arrays are shared copy-on-write by DataLoader
+    workers, unlike a dict of 1.27 M tuples.
     """
 
-    def __init__(self, keys, points, status, n_selected=None, n_entries=None):
+    def __init__(self, keys, points, status, n_selected=None, n_entries=None, sizes=None):
         keys = np.asarray(keys) if len(keys) else np.zeros(0, "S1")
         if keys.dtype.kind == "U":
             keys = np.char.encode(keys, "utf-8")
@@ -465,6 +502,8 @@ class ClickIndex(Mapping):
         n = len(self.keys)
         self.n_selected = (np.zeros(n, np.uint8) if n_selected is None else np.asarray(n_selected, np.uint8)[order])
         self.n_entries = (np.zeros(n, np.uint8) if n_entries is None else np.asarray(n_entries, np.uint8)[order])
+        self.has_sizes = sizes is not None
+        self.sizes = np.zeros((n, 2), np.int32) if sizes is None else np.asarray(sizes, np.int32).reshape(-1, 2)[order]
         self._n_click = int((self.status == CLICK).sum())
 
     def _find(self, key):
@@ -486,22 +525,24 @@ class ClickIndex(Mapping):
     def __len__(self):
         return self._n_click
 
-    def lookup(self, keys):
-        """keys: list of "wnid/stem" -> (points float32[n, 2], status int8[n] with -1 = no XML file)."""
+    def lookup(self, keys, with_sizes=False):
+        """keys: list of "wnid/stem" -> (points float32[n, 2], status int8[n] with -1 = no XML file)
+        [, sizes int32[n, 2] (W, H), 0 = unknown]."""
         q = np.array([k.encode() for k in keys]) if len(keys) else np.zeros(0, "S1")
         pts, st = np.zeros((len(q), 2), np.float32), np.full(len(q), -1, np.int8)
+        sizes = np.zeros((len(q), 2), np.int32)
         if len(self.keys) and len(q):
             i = np.minimum(np.searchsorted(self.keys, q), len(self.keys) - 1)
             # equality on the untruncated query: a key longer than the index's dtype can never match by prefix
             hit = self.keys[i] == q
-            pts[hit], st[hit] = self.points[i[hit]], self.status[i[hit]]
-        return pts, st
+            pts[hit], st[hit], sizes[hit] = self.points[i[hit]], self.status[i[hit]], self.sizes[i[hit]]
+        return (pts, st, sizes) if with_sizes else (pts, st)
 
     def save(self, path):
         tmp = f"{path}.tmp{os.getpid()}"
         with open(tmp, "wb") as f:  # a file object: np.savez(str) would append ".npz" to the name
-            np.savez(f, format=np.array("luab-imagenet-ab-index-v1"), keys=self.keys, points=self.points,
-                     status=self.status, n_selected=self.n_selected, n_entries=self.n_entries)
+            np.savez(f, format=np.array(INDEX_FORMAT), keys=self.keys, points=self.points, status=self.status,
+                     n_selected=self.n_selected, n_entries=self.n_entries, sizes=self.sizes)
         os.replace(tmp, path)
 
     @classmethod
@@ -511,13 +552,13 @@ class ClickIndex(Mapping):
         workers = _default_workers(len(paths)) if workers is None else workers
         chunk = max(64, min(1024, len(paths) // (workers * 8) + 1))
         chunks = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
-        cols, problems = ([], [], [], [], []), []
+        cols, problems = ([], [], [], [], [], []), []
         for res in _parallel(_index_chunk, chunks, workers, progress, len(paths)):
-            for col, part in zip(cols, res[:5]):
+            for col, part in zip(cols, res[:6]):
                 col.extend(part)
-            problems.extend(res[5])
-        keys, pts, status, n_sel, n_ent = cols
-        index = cls(keys, np.array(pts, np.float32).reshape(-1, 2), status, n_sel, n_ent)
+            problems.extend(res[6])
+        keys, pts, status, n_sel, n_ent, sizes = cols
+        index = cls(keys, np.array(pts, np.float32).reshape(-1, 2), status, n_sel, n_ent, sizes)
         if len(index.keys) < len(keys):
             seen = set()
             for p, k in zip(paths, keys):
@@ -549,12 +590,41 @@ def build_imagenet_index(xml_root, out_path, workers=None, strict=False, progres
     return stats
 
 
+def _looks_like(path):
+    """What a file that is not a click index seems to be, from its first bytes (for the error message)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64).lstrip()
+    except OSError as e:
+        return f"unreadable ({e.strerror})"
+    if head[:1] in (b"[", b"{"):
+        return "a JSON file (a COCO-AB file? that one goes to train_coco.py --coco-ab)"
+    if head[:1] == b"<":
+        return "an XML file (pass the train_xml/ folder, or an index built from it)"
+    return "empty" if not head else "not an ImageNet-AB click index"
+
+
 def load_imagenet_index(path):
-    """Load an index written by build_imagenet_index -> ClickIndex (a Mapping "wnid/stem" -> (x, y))."""
-    with np.load(path, allow_pickle=False) as z:
-        if "keys" not in z or "points" not in z or "status" not in z:
-            raise BadInput("corrupt-index", f"{path} is not an ImageNet-AB index")
-        return ClickIndex(z["keys"], z["points"], z["status"], z.get("n_selected"), z.get("n_entries"))
+    """Load an index written by build_imagenet_index -> ClickIndex (a Mapping "wnid/stem" -> (x, y)).
+
+    Anything else (a COCO-AB JSON, an XML file, a truncated .npz) raises BadInput (not-an-index) saying what the
+    file seems to be. An index written before image sizes were recorded (v1) loads with one warning: it still
+    works, but the dataset cannot check that it belongs to the images (rebuild it to get the check)."""
+    hint = f"expected the .npz that `byproducts.py index-imagenet --xml-root train_xml/ --out {path}` writes"
+    try:
+        z = np.load(path, allow_pickle=False)  # never unpickle: an index holds plain arrays only
+    except Exception:  # ValueError (pickled or unknown data), OSError, EOFError, BadZipFile ...
+        raise BadInput("not-an-index", f"{path} is {_looks_like(path)}; {hint}") from None
+    if not isinstance(z, np.lib.npyio.NpzFile) or not {"keys", "points", "status"} <= set(z.files):
+        raise BadInput("not-an-index", f"{path} is a numpy file without the index arrays; {hint}")
+    with z:
+        fmt = str(z["format"]) if "format" in z.files else "?"
+        if "sizes" not in z.files:
+            warnings.warn(f"{path} is an old click index ({fmt}) without image sizes: the clicks are used, but "
+                          "nothing checks that the index belongs to these images; rebuild it with "
+                          "`byproducts.py index-imagenet` to get that check", BadInputWarning, stacklevel=2)
+        return ClickIndex(z["keys"], z["points"], z["status"], z.get("n_selected"), z.get("n_entries"),
+                          z.get("sizes"))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1042,10 +1112,151 @@ class EvalTransform:
 # ----------------------------------------------------------------------------------------------------------------
 # datasets
 
-def _pil_loader(path):
-    with open(path, "rb") as f:  # exactly torchvision's pil_loader, so decoding costs the same
-        img = Image.open(f)
+MEAN_RGB = tuple(round(255 * m) for m in IMAGENET_MEAN)  # (124, 116, 104): 0 after Normalize
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _to_rgb(img):
+    """A decoded PIL image -> RGB without losing what it shows; raises BadImage (unsupported-mode) otherwise.
+
+    16-bit gray (I;16*, and I, the 32-bit mode 16-bit PNG / TIFF files open as): scaled to 8 bits (v / 257,
+    rounded), where PIL's convert("RGB") clips every value above 255 to white. Alpha (RGBA, LA, PA, P with a
+    transparent colour): composited over the mean pixel, not dropped (PIL would show whatever colour hides
+    under transparent pixels). CMYK, palette, 1-bit, L, YCbCr: PIL's conversion. F (float) and values of I
+    outside 0..65535 have no agreed 8-bit form: refused by name.
+    """
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in _SIXTEEN_BIT:
+        a = np.asarray(img).astype(np.int64)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise BadImage("unsupported-mode", f"mode {mode} with values {a.min()}..{a.max()} (not 16-bit)")
+        return Image.fromarray(((a + 128) // 257).astype(np.uint8), "L").convert("RGB")
+    if "A" in mode or "a" in mode or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", img.size, MEAN_RGB + (255,)), rgba).convert("RGB")
+    if mode == "F":
+        raise BadImage("unsupported-mode", "mode F (32-bit float pixels)")
+    try:
         return img.convert("RGB")
+    except ValueError as e:  # e.g. LAB / HSV without a colour-management conversion
+        raise BadImage("unsupported-mode", f"mode {mode}: {e}") from None
+
+
+def read_image(path):
+    """The one image reader of every dataset (training, validation, evaluate.py, COCO): path -> PIL RGB image.
+
+    Decodes the whole file (a truncated JPEG fails here, not later in a transform) and converts its mode with
+    _to_rgb. Raises BadImage: unreadable-image (missing, zero bytes, truncated, not an image; .size holds the
+    header's (W, H) when the header was readable) or unsupported-mode. Datasets apply the policy through
+    ImageReader.
+    """
+    size = None
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            size = img.size
+            img.load()
+    except Exception as e:  # OSError (truncated, unidentified), SyntaxError, ValueError, DecompressionBombError
+        raise BadImage("unreadable-image", f"{path}: {type(e).__name__}: {e}", size) from None
+    try:
+        return _to_rgb(img)
+    except BadImage as e:
+        raise BadImage(e.kind, f"{path}: {e.detail}", size) from None
+
+
+BROKEN_IMAGE, SIZE_MISMATCH = 1, 2  # ImageReader flag bits
+
+
+class ImageReader:
+    """The bad-image policy, one reader per dataset: reader.read(i, path, size=None) -> PIL RGB image.
+
+    A file read_image refuses becomes a mean-pixel image (MEAN_RGB, 0 after Normalize) of the header's size
+    (32 x 32 when even the header is unreadable), so no DataLoader worker dies and the batch keeps its shape.
+    Given size (W, H) (what an annotation says the image measures), an image of another size is a bad record:
+    the annotation belongs to other images. Either way sample i is flagged, named once in a BadInputWarning
+    (once per dataset, whichever worker meets it) and counted; strict=True raises BadImage / BadInput instead.
+    failed(i): sample i is flagged (its dataset gives it point weight 0). finish(i, x): for broken="nan" (the
+    evaluation policy) the tensor of a broken image becomes all NaN, so every metric counts it wrong (NaN
+    logits are a wrong answer for safe_argmax / topk_accuracy, the last rank for AP); broken="mean" keeps the
+    mean-pixel image (training). flags uint8[N] is in shared memory: what workers find, the main process sees.
+    """
+
+    _collecting = []  # the lists collect() handed out; every reader made meanwhile joins them
+
+    def __init__(self, n, strict=False, broken="mean", fallback_size=32):
+        if broken not in ("mean", "nan"):
+            raise ValueError(f"broken must be 'mean' or 'nan', not {broken!r}")
+        self.flags = torch.zeros(n, dtype=torch.uint8).share_memory_()
+        self._view = self.flags.numpy()  # same memory; indexing it costs ~0.1 us, a tensor's ~2 us
+        self.strict, self.broken, self.fallback_size = strict, broken, fallback_size
+        for made in ImageReader._collecting:
+            made.append(self)
+
+    @classmethod
+    @contextlib.contextmanager
+    def collect(cls):
+        """`with ImageReader.collect() as made:` made lists the readers created inside the block, so a caller can
+        count the broken images of datasets it did not build (evaluate.py, per benchmark). Kept only as long
+        as `made`: each reader holds a shared-memory segment (a file descriptor)."""
+        made = []
+        cls._collecting.append(made)
+        try:
+            yield made
+        finally:
+            cls._collecting.remove(made)
+
+    def __getstate__(self):  # spawned workers get the shared tensor (a handle), and rebuild the view on it
+        return {k: v for k, v in self.__dict__.items() if k != "_view"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._view = self.flags.numpy()
+
+    def _flag(self, i, bit, message):
+        """Set a flag bit of sample i; warn the first time it is set."""
+        first = not self._view[i] & bit
+        self._view[i] |= bit
+        if first:
+            warnings.warn(message, BadInputWarning, stacklevel=3)
+
+    def read(self, i, path, size=None):
+        try:
+            img = read_image(path)
+        except BadImage as e:
+            if self.strict:
+                raise
+            self._flag(i, BROKEN_IMAGE, f"{e.kind}: {e.detail}; using a mean-pixel image, label kept, point "
+                                        "weight 0 (evaluation: counted wrong)")
+            return Image.new("RGB", e.size or (self.fallback_size,) * 2, MEAN_RGB)
+        if size is not None and size[0] > 0 and tuple(img.size) != (int(size[0]), int(size[1])):
+            detail = (f"{path} is {img.size[0]}x{img.size[1]} but its annotation was made on a "
+                      f"{int(size[0])}x{int(size[1])} image (an index of other images?)")
+            if self.strict:
+                raise BadInput("size-mismatch", detail)
+            self._flag(i, SIZE_MISMATCH, f"size-mismatch: {detail}; point weight 0")
+        return img
+
+    def failed(self, i):
+        return bool(self._view[i])
+
+    def finish(self, i, x):
+        if self.broken == "nan" and self._view[i] & BROKEN_IMAGE and x.is_floating_point():
+            return torch.full_like(x, float("nan"))
+        return x
+
+    def counts(self, all_ranks=False):
+        """{"broken_images", "size_mismatches"}: samples flagged so far. all_ranks=True (a collective call)
+        merges the flags of every process first, so an image met on several ranks counts once."""
+        f = self.flags
+        if all_ranks and torch.distributed.is_available() and torch.distributed.is_initialized():
+            nccl = torch.distributed.get_backend() == "nccl"
+            f = f.to(f"cuda:{torch.cuda.current_device()}" if nccl else "cpu", copy=True)
+            torch.distributed.all_reduce(f, op=torch.distributed.ReduceOp.MAX)
+            f = f.cpu()
+        return {"broken_images": int((f & BROKEN_IMAGE).count_nonzero()),
+                "size_mismatches": int((f & SIZE_MISMATCH).count_nonzero())}
 
 
 def _hash_uniform(seed, keys):
@@ -1082,22 +1293,16 @@ def _fraction_subset(groups, fraction, seed):
     return np.concatenate(keep) if keep else np.zeros(0, np.int64)
 
 
-class _BadImageMixin:
-    def _load(self, path):
-        try:
-            return _pil_loader(path), True
-        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
-            if self.strict:
-                raise BadInput("unreadable-image", f"{path}: {e}") from e
-            # Policy: a black image, label kept, point weight 0, so no worker dies and the batch keeps its
-            # shape. Counted per process (self.unreadable) and warned with the file name.
-            self.unreadable.append(path)
-            warnings.warn(f"unreadable image {path} ({type(e).__name__}: {e}): using a black image, label kept, "
-                          "point weight 0", BadInputWarning, stacklevel=3)
-            return Image.new("RGB", (self.fallback_size, self.fallback_size)), False
+class _CountsProblems:
+    def problem_counts(self, all_ranks=False):
+        """{"broken_images": files ImageReader flagged so far, "bad_records": bad byproduct records found when
+        the dataset was built + size mismatches found while loading}. Works with DataLoader workers (shared
+        flags); all_ranks=True is a collective call that merges every process's flags."""
+        c = self.reader.counts(all_ranks)
+        return {"broken_images": c["broken_images"], "bad_records": self.problems.n_bad + c["size_mismatches"]}
 
 
-class ImageNetAB(_BadImageMixin, Dataset):
+class ImageNetAB(_CountsProblems, Dataset):
     """ImageNet (ImageFolder tree root/<wnid>/*.JPEG) with the ImageNet-AB click as a point target.
 
     ds[i] -> (image, label: int, points: FloatTensor[1, 2], weights: FloatTensor[1]); with transform=None the
@@ -1108,19 +1313,21 @@ class ImageNetAB(_BadImageMixin, Dataset):
                 path to an XML root (scanned here).
       "random": the paper's baseline, a uniform point fixed per image (hash of seed and key), weight 1 for all.
       "none":   points 0, weight 0.
+    A click index that records image sizes (ClickIndex.sizes) is checked against each image opened: another
+    size is a counted bad record, weight 0 (ImageReader). Broken images follow ImageReader's policy (broken=
+    "mean" for training, "nan" for validation). A class folder without images is refused (BadInput
+    empty-class) unless allow_empty_classes=True, which keeps it as a class and reports it once.
     data_fraction keeps round(fraction * n) images of every class (seeded, stratified). Samples, classes and
     order are those of torchvision's ImageFolder (AppleDouble "._*" files skipped). Attributes: samples
-    [(path, label)], classes (wnids), keys ["wnid/stem"], targets, problems (Problems), unreadable (paths).
+    [(path, label)], classes (wnids), keys ["wnid/stem"], targets, problems (Problems), reader (ImageReader);
+    problem_counts() -> {"broken_images", "bad_records"}.
     """
 
-    fallback_size = 32
-
     def __init__(self, root, clicks=None, points="clicks", transform=None, data_fraction=1.0, seed=0,
-                 strict=False):
+                 strict=False, allow_empty_classes=False, broken="mean"):
         if points not in ("clicks", "random", "none"):
             raise ValueError(f"points must be 'clicks', 'random' or 'none', not {points!r}")
         self.root, self.transform, self.strict, self.points_mode = root, transform, strict, points
-        self.unreadable = []
         self.problems = problems = Problems(f"ImageNetAB({root})")
         self.classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
@@ -1132,17 +1339,25 @@ class ImageNetAB(_BadImageMixin, Dataset):
                     if name.lower().endswith(IMG_EXTENSIONS) and not name.startswith("._"):
                         g.append((os.path.join(d, name), label, f"{wnid}/{os.path.splitext(name)[0]}"))
             groups.append(g)
+        empty = [wnid for wnid, g in zip(self.classes, groups) if not g]
+        if empty and not allow_empty_classes:  # a silent empty class would give a model with a dead output
+            raise BadInput("empty-class", f"{root}: {len(empty)} class folder(s) without images: "
+                           f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}; remove them, or pass "
+                           "--allow-empty-classes to keep them as classes without images")
+        for wnid in empty:
+            problems.add("empty-class", wnid, "no images; kept as a class (--allow-empty-classes)")
         flat = [s for g in groups for s in g]
         keys = [k for _, _, k in flat]
 
         n = len(flat)
         pts, w = np.zeros((n, 2), np.float32), np.zeros(n, np.float32)
+        sizes = np.zeros((n, 2), np.int32)  # (W, H) the click was made on; 0 = nothing to check
         if points == "random":
             pts, w = _hash_uniform(seed, keys), np.ones(n, np.float32)
         elif points == "clicks":
             if clicks is None:
                 raise ValueError("points='clicks' needs clicks (an index, a dict, or a path)")
-            pts, w = self._resolve_clicks(clicks, keys, problems)
+            pts, w, sizes = self._resolve_clicks(clicks, keys, problems)
         problems.finish(strict)
 
         keep = _fraction_subset(groups, data_fraction, seed)
@@ -1152,7 +1367,9 @@ class ImageNetAB(_BadImageMixin, Dataset):
         # Tensors built once: __getitem__ is a list lookup and two tensor views on top of decoding.
         self._points = torch.from_numpy(np.ascontiguousarray(pts[keep], np.float32)).view(-1, 1, 2)
         self._weights = torch.from_numpy(np.ascontiguousarray(w[keep], np.float32)).view(-1, 1)
+        self._sizes = np.where(w[keep, None] > 0, sizes[keep], 0)  # only a click that counts needs the check
         self.num_points = int((self._weights > 0).sum())  # images whose point target counts
+        self.reader = ImageReader(len(self.samples), strict, broken)
 
     def _resolve_clicks(self, clicks, keys, problems):
         report_index_bad = True
@@ -1164,8 +1381,9 @@ class ImageNetAB(_BadImageMixin, Dataset):
             else:
                 clicks = load_imagenet_index(clicks)
         key_set, wnids = set(keys), set(self.classes)
+        sizes = np.zeros((len(keys), 2), np.int32)
         if isinstance(clicks, ClickIndex):
-            pts, status = clicks.lookup(keys)
+            pts, status, sizes = clicks.lookup(keys, with_sizes=True)
             w = (status == CLICK).astype(np.float32)
             if report_index_bad:
                 for i in np.flatnonzero(status == BAD):
@@ -1186,24 +1404,24 @@ class ImageNetAB(_BadImageMixin, Dataset):
         for k in index_keys:  # an XML for an image that is not in the image folder (only for our classes)
             if k not in key_set and k.split("/", 1)[0] in wnids:
                 problems.add("xml-without-image", k)
-        return pts, w
+        return pts, w, sizes
 
     def __len__(self):
         return len(self.samples)
 
     def __getitem__(self, i):
         path, label = self.samples[i]
-        img, ok = self._load(path)
+        img = self.reader.read(i, path, self._sizes[i])
         pts, w = self._points[i], self._weights[i]
-        if not ok:
+        if self.reader.failed(i):
             w = torch.zeros_like(w)
         if self.transform is None:
             return img, label, pts, w
         img, pts, w = self.transform(img, pts, w)
-        return img, label, pts, w
+        return self.reader.finish(i, img), label, pts, w
 
 
-class CocoAB(_BadImageMixin, Dataset):
+class CocoAB(_CountsProblems, Dataset):
     """COCO 2014 (images + instances) with COCO-AB icon positions as per-class point targets.
 
     ds[i] -> (image, target: FloatTensor[80] multi-hot, points: FloatTensor[80, 2], weights: FloatTensor[80]).
@@ -1212,17 +1430,15 @@ class CocoAB(_BadImageMixin, Dataset):
     points "clicks": coco_points(record, point_source) for the classes present in the ground truth (an icon for
     a class the ground truth lacks gets no weight); "random": a uniform point fixed per (seed, image, class) for
     every present class, weight 1; "none": zeros, weight 0. COCO-AB records for image ids the instances file
-    lacks are counted; images without a record get weight 0. Attribute image_ids (in dataset order).
+    lacks are counted; images without a record get weight 0. Broken images: ImageReader's policy (every
+    weight 0, labels kept). Attributes image_ids (in dataset order), reader; problem_counts() as ImageNetAB.
     """
-
-    fallback_size = 32
 
     def __init__(self, image_dir, instances_json, coco_ab_json=None, points="clicks", point_source="final-add",
                  transform=None, data_fraction=1.0, seed=0, strict=False):
         if points not in ("clicks", "random", "none"):
             raise ValueError(f"points must be 'clicks', 'random' or 'none', not {points!r}")
         self.image_dir, self.transform, self.strict, self.points_mode = image_dir, transform, strict, points
-        self.unreadable = []
         inst = instances_json if isinstance(instances_json, CocoInstances) else read_coco_instances(instances_json)
         self.instances = inst
         problems = self.problems = Problems(f"CocoAB({image_dir})")
@@ -1257,14 +1473,15 @@ class CocoAB(_BadImageMixin, Dataset):
         self.files = [os.path.join(image_dir, inst.images[i]["file_name"]) for i in self.image_ids]
         self._targets = torch.from_numpy(targets)
         self._points, self._weights = torch.from_numpy(pts), torch.from_numpy(w)
+        self.reader = ImageReader(n, strict)
 
     def __len__(self):
         return len(self.image_ids)
 
     def __getitem__(self, i):
-        img, ok = self._load(self.files[i])
+        img = self.reader.read(i, self.files[i])
         pts, w = self._points[i], self._weights[i]
-        if not ok:
+        if self.reader.failed(i):
             w = torch.zeros_like(w)
         if self.transform is None:
             return img, self._targets[i], pts, w
@@ -1827,8 +2044,9 @@ def _trace(entry):
     t_click = entry["selectedRecord"][-1].get("time") if click else None
     if t_click is None:
         return None
-    tr = [(m.get("time"), m.get("x", math.nan), m.get("y", math.nan)) for m in entry.get("mouseTracking", [])]
-    tr = sorted(r for r in tr if r[0] is not None and r[0] <= t_click and not math.isnan(r[1] + r[2]))
+    tr = [(m.get("time"), m.get("x"), m.get("y")) for m in entry.get("mouseTracking", [])]
+    tr = sorted(r for r in tr if r[0] is not None and r[0] <= t_click
+                and all(isinstance(v, float) and not math.isnan(v) for v in r[1:]))  # drop NaN / text
     out = np.array(tr + [(t_click, *click)], np.float64)
     out[:, 1:] = out[:, 1:].clip(0, 1)  # [ALD] masked trace points outside [0, 1]; we clamp them (formats.md §1)
     return out
@@ -2062,7 +2280,7 @@ def click_grid_png(records, image_root, path, n=16, cell=160, model=None):
     tf = EvalTransform()
     for i, k in enumerate(keys):
         r, p = paths[k]
-        img = _pil_loader(p)
+        img = read_image(p)
         corners = r["boxes"].reshape(-1, 2) / r["size"] if r["boxes"] is not None else np.zeros((0, 2))
         pts = torch.tensor(np.concatenate([[r["click"]], corners]), dtype=torch.float32)
         pred = None
@@ -2101,7 +2319,10 @@ def _count_images(root):
 
 def _load_model(name, checkpoint):
     import models  # here, not at the top: models is only needed to draw predictions
-    sd = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    try:
+        sd = models.read_checkpoint(checkpoint)  # weights_only=True: a checkpoint must not run code
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--checkpoint: {e}")
     sd = sd.get("model", sd)
     n_cls = next(v.shape[0] for k, v in sd.items() if k.endswith(("fc.weight", "heads.head.weight")))
     model = models.create_model(name, num_classes=n_cls, num_points=1)
@@ -2130,6 +2351,8 @@ def _add_analysis_parsers(sub):
 
 
 def _analysis_main(args):
+    # the checkpoint first: a file it refuses should not cost a scan of the XML tree
+    model = _load_model(args.model, args.checkpoint) if getattr(args, "checkpoint", None) else None
     if args.dataset == "imagenet":
         records, counts = imagenet_records(args.xml_root, args.boxes)
         figures, arrays = imagenet_stats(records, counts, n_images=_count_images(args.images))
@@ -2153,7 +2376,6 @@ def _analysis_main(args):
                            box=True, title=f"{what} around the nearest box centre (n = {n['offsets']})",
                            labels=("u (box widths, right)", "v (box heights, down)"))]
     if args.dataset == "imagenet" and args.images:
-        model = _load_model(args.model, args.checkpoint) if args.checkpoint else None
         written.append(click_grid_png(records, args.images, os.path.join(args.out, "grid.png"), n=args.n, model=model))
     print("wrote " + " ".join(written))
     return 0
@@ -2185,7 +2407,11 @@ def main(argv=None):
     _add_analysis_parsers(sub)  # stats / draw (appendix E)
     args = ap.parse_args(argv)
     if args.cmd in ("stats", "draw"):
-        return _analysis_main(args)
+        try:
+            return _analysis_main(args)
+        except BadInput as e:
+            print(f"error: {error_line(e)}", file=sys.stderr)
+            return 1
 
     if args.cmd == "synth":
         t0 = time.perf_counter()

@@ -681,25 +681,26 @@ def describe_default(args):
 
 class ImageList(Dataset):
     """Image files -> (normalised tensor, dataset index). Labels stay with the caller. `border` crops that many
-    pixels off every side first (ObjectNet's red frame). Every image goes through .convert("RGB"): Sketch,
-    IN-R and ObjectNet hold gray, CMYK and RGBA files."""
+    pixels off every side first (ObjectNet's red frame). Every image goes through byproducts.read_image (Sketch,
+    IN-R and ObjectNet hold gray, CMYK and RGBA files); a broken one becomes a NaN tensor, which every metric
+    counts wrong, and is counted in the JSON (byproducts.ImageReader)."""
 
     def __init__(self, paths, transform, border=0):
         self.paths, self.transform, self.border = list(paths), transform, border
+        self.reader = byproducts.ImageReader(len(self.paths), broken="nan")
 
     def __len__(self):
         return len(self.paths)
 
     def load(self, i):
-        with Image.open(self.paths[i]) as im:
-            img = im.convert("RGB")
+        img = self.reader.read(i, self.paths[i])
         if self.border:
             w, h = img.size
             img = img.crop((self.border, self.border, w - self.border, h - self.border))
         return img
 
     def __getitem__(self, i):
-        return self.transform(self.load(i)), i
+        return self.reader.finish(i, self.transform(self.load(i))), i
 
 # -----------------------------------------------------------------------------
 # COCO val for evaluation (instances parsed and masks decoded by byproducts.py, without pycocotools)
@@ -722,6 +723,7 @@ class CocoEvalSet(Dataset):
         self.image_dir, self.size, self.masks = Path(image_dir), size, masks
         self.transform = T.Compose([T.Resize((size, size), interpolation=T.InterpolationMode(interpolation)),
                                     T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        self.reader = byproducts.ImageReader(len(self.images), broken="nan")  # broken: NaN, counted wrong
 
     def __len__(self):
         return len(self.images)
@@ -748,8 +750,7 @@ class CocoEvalSet(Dataset):
         return torch.tensor(classes, dtype=torch.long), torch.from_numpy(out)
 
     def __getitem__(self, i):
-        with Image.open(self.image_dir / self.images[i]["file_name"]) as im:
-            x = self.transform(im.convert("RGB"))
+        x = self.reader.finish(i, self.transform(self.reader.read(i, self.image_dir / self.images[i]["file_name"])))
         if not self.masks:
             return x, i
         return (x, i) + self.class_masks(i)
@@ -1104,9 +1105,9 @@ def bgc_vulnerability(model, args, fg_paths, mask_paths, labels, bg_paths, in_to
     map9 = None if in_to_in9 is None else torch.as_tensor(np.asarray(in_to_in9), device=args.device)
     mine = list(UnpaddedDistributedSampler(len(fg_paths)))
     vulnerable, progress = [], Progress("BGC-acc foregrounds", len(fg_paths))
+    fg_reader = byproducts.ImageReader(len(fg_paths), broken="nan")  # a broken foreground: NaN, "vulnerable"
     for i in mine:
-        with Image.open(fg_paths[i]) as im:
-            fg = to_tensor(im.convert("RGB")).to(args.device)[None]
+        fg = fg_reader.finish(i, to_tensor(fg_reader.read(i, fg_paths[i]))).to(args.device)[None]
         m = np.load(mask_paths[i]).astype(np.float32)
         if m.ndim == 3:  # an [H, W, 1|3] or [1|3, H, W] mask: any channel marks the foreground
             m = m.max(-1) if m.shape[-1] in (1, 3) else m.max(0)
@@ -1674,15 +1675,15 @@ def read_checkpoint(path):
     pickles anything but tensors and plain containers is refused). Our checkpoints carry "meta" (model,
     num_classes, num_points, img_size, val_resize, interpolation, classes, ...; train_imagenet.fit) and "args";
     older ones only "args"; a torchvision / DeiT file is a bare state dict (or {"model": state dict})."""
+    import models
     if not Path(path).is_file():
         raise SystemExit(f"--checkpoint {path}: no such file; give the checkpoint.pt a training run wrote "
                          "(or a torchvision / DeiT state dict)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # not a torch file, truncated, or a pickle that would run code
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise SystemExit(f"--checkpoint {path}: refused by torch.load(weights_only=True) ({type(e).__name__}: "
-                         f"{first}); evaluate only files holding tensors, e.g. torch.save(model.state_dict(), ...)")
+        ckpt = models.read_checkpoint(path)  # weights_only=True: a checkpoint must not run code
+    except ValueError as e:  # not a torch file, truncated, or a pickle that would run code
+        raise SystemExit(f"--checkpoint: {e}; evaluate only files holding tensors, e.g. "
+                         "torch.save(model.state_dict(), ...)")
     meta = ckpt.get("meta") if isinstance(ckpt, dict) and isinstance(ckpt.get("meta"), dict) else {}
     saved = ckpt.get("args") if isinstance(ckpt, dict) and isinstance(ckpt.get("args"), dict) else {}
     sd = ckpt["model"] if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict) else ckpt
@@ -1825,13 +1826,14 @@ def evaluate_all(model, args):
             results["skipped"][flag] = f"--{flag.replace('_', '-')} not given"
             continue
         t0 = time.time()
-        if needs and args.label_space == {}:
-            out = None, f"the model's {num_classes} classes are not ImageNet classes (no wnid class names in the " \
-                        "checkpoint)"
-        elif needs == "1k" and args.label_space is not None:
-            out = None, f"needs the 1000 ImageNet classes; this model has {num_classes} of them"
-        else:
-            out = run(model, args)
+        with byproducts.ImageReader.collect() as readers:  # those of the datasets this benchmark makes
+            if needs and args.label_space == {}:
+                out = None, f"the model's {num_classes} classes are not ImageNet classes (no wnid class names in " \
+                            "the checkpoint)"
+            elif needs == "1k" and args.label_space is not None:
+                out = None, f"needs the 1000 ImageNet classes; this model has {num_classes} of them"
+            else:
+                out = run(model, args)
         if out[0] is None:
             results["skipped"][flag] = out[1]
             log(f"warning: skipping {flag}: {out[1]}")
@@ -1840,6 +1842,8 @@ def evaluate_all(model, args):
         results.update(res)
         results["protocol"].update(proto)
         results["counts"].update(counts)
+        results["counts"][f"{flag}_broken_images"] = sum(  # counted wrong (NaN input), named in a warning
+            r.counts(all_ranks=True)["broken_images"] for r in readers)
         results["seconds"][flag] = round(time.time() - t0, 1)
         log(f"{flag}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items() if isinstance(v, float)))
     if args.imagenet_real and "inreal" not in results:

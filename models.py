@@ -11,6 +11,7 @@ The seven backbones of the LUAB paper, hand-written in plain PyTorch, with an op
 
 import math
 import os
+import pickle
 import re
 from collections import OrderedDict
 
@@ -324,14 +325,28 @@ _VIT_RENAMES = [  # DeiT/timm -> torchvision (recipes.md §2); q/k/v row order a
     (r"\.mlp\.linear_2\.", ".mlp.3."),
 ]
 
-def _read_checkpoint(path):
+def read_checkpoint(path):
+    """torch.load(path, weights_only=True) on the CPU: the one checkpoint reader of every entry point.
+
+    A missing file raises FileNotFoundError; a corrupt or truncated file, or one that pickles more than tensors
+    and plain containers (its unpickling could run code: refused, never retried unsafely), raises a ValueError
+    whose message is one line naming the file."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt, truncated, not a torch file, or pickles more than tensors
-        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):  # garbage bytes fail with "invalid load key" etc.
+            raise ValueError(f"cannot read checkpoint {path}: not a torch checkpoint ({str(e).splitlines()[0]})") \
+                from None
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f" ({found.group(1)})" if found else ""
+        raise ValueError(f"refused {path}: it pickles Python objects{what} besides tensors, and unpickling them "
+                         "could run code; only plain weight checkpoints are loaded") from None
+    except Exception as e:  # corrupt, truncated, not a torch file
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {first}") from None
 
 def _strip_prefixes(key):
     while key.startswith(_WRAPPER_PREFIXES):
@@ -348,7 +363,7 @@ def load_pretrained(model, state_dict_or_path, drop_mismatched_heads=False):
     else that does not match exactly (unknown key, missing key, shape) raises a ValueError naming the key."""
     sd = state_dict_or_path
     if isinstance(sd, (str, os.PathLike)):
-        sd = _read_checkpoint(sd)
+        sd = read_checkpoint(sd)
     if isinstance(sd, dict) and isinstance(sd.get("model"), dict):
         sd = sd["model"]  # DeiT's and our training checkpoints
     if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 import byproducts
 import evaluate
 import train_imagenet
-from models import param_groups
+from models import param_groups, read_checkpoint
 from train_imagenet import add_training_args, autocast, demo_data_dir, fit, init_distributed, log, point_loss, \
     resolve_args, to_device
 
@@ -187,21 +187,28 @@ def build_datasets(args):
         if not args.coco_ab or not os.path.isfile(args.coco_ab):
             raise SystemExit(f"{'--luab' if args.points == 'clicks' else '--rand-points-on clicked'} needs --coco-ab, "
                              f"the COCO-AB JSON (got {args.coco_ab!r})")
-        records = byproducts.read_coco_ab(args.coco_ab, strict=args.strict_data)
+        try:
+            records = byproducts.read_coco_ab(args.coco_ab, strict=args.strict_data)
+        except byproducts.BadInput as e:
+            raise SystemExit(f"error: {e}")
     train_tf = byproducts.TrainTransform(
         size=args.img_size, scale=(args.min_scale, 1.0), hflip=0.5, interpolation=args.interpolation,
         randaugment=None if args.randaugment in (None, "none") else args.randaugment,
         color_jitter=args.color_jitter, re_prob=args.re_prob)
-    train = byproducts.CocoAB(paths["train2014"], paths["annotations/instances_train2014.json"], records,
-                              points="clicks" if clicked_only else args.points, point_source=args.point_source,
-                              transform=train_tf, data_fraction=args.data_fraction, seed=args.seed,
-                              strict=args.strict_data)
+    try:
+        train = byproducts.CocoAB(paths["train2014"], paths["annotations/instances_train2014.json"], records,
+                                  points="clicks" if clicked_only else args.points, point_source=args.point_source,
+                                  transform=train_tf, data_fraction=args.data_fraction, seed=args.seed,
+                                  strict=args.strict_data)
+    except byproducts.BadInput as e:
+        raise SystemExit(f"error: {e}")
     if clicked_only:
         byproducts.random_points_where_clicked(train, args.seed)
     if records is not None and not set(records) & set(train.image_ids):
         raise SystemExit(f"--coco-ab {args.coco_ab!r} has no record for any train image (wrong file?)")
     val = evaluate.CocoEvalSet(paths["val2014"], paths["annotations/instances_val2014.json"], size=args.img_size,
                                interpolation=args.interpolation)
+    val.reader.strict = args.strict_data  # a broken val image: an error, not a NaN counted wrong
     if train.instances.cat_ids != val.category_ids:
         raise SystemExit("instances_train2014.json and instances_val2014.json have different categories")
     return train, val
@@ -277,9 +284,11 @@ def evaluate_coco(args, model, loader, geometry=None):
             points.append(out[1].float().cpu())
     with_points = geometry is not None
     gathered = evaluate.gather_by_index(torch.cat(idx), torch.cat(logits), *[torch.cat(points)] * with_points)
+    # a broken val image is a NaN input, so its logits rank last for every class (counted wrong)
+    broken = {"val_broken_images": loader.dataset.reader.counts(all_ranks=True)["broken_images"]}
     if not with_points:
-        return coco_metrics(gathered[0].numpy(), loader.dataset.targets)
-    return coco_metrics(gathered[0].numpy(), loader.dataset.targets, gathered[1].numpy(), *geometry)
+        return {**coco_metrics(gathered[0].numpy(), loader.dataset.targets), **broken}
+    return {**coco_metrics(gathered[0].numpy(), loader.dataset.targets, gathered[1].numpy(), *geometry), **broken}
 
 
 # -----------------------------------------------------------------------------
@@ -327,4 +336,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    try:
+        main(get_args_parser().parse_args())
+    except byproducts.BadInput as e:  # --strict-data: one line, also when a DataLoader worker raised it
+        raise SystemExit(f"error: {byproducts.error_line(e)}")

@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import byproducts
 import evaluate
-from models import MODEL_NAMES, create_model, load_pretrained, param_groups
+from models import MODEL_NAMES, create_model, load_pretrained, param_groups, read_checkpoint
 
 # -----------------------------------------------------------------------------
 # Recipes. Every value is a flag default; any flag given on the command line wins.
@@ -88,6 +88,8 @@ def get_args_parser(add_help=True):
     g.add_argument("--byproducts", help="ImageNet-AB index file (byproducts.py index-imagenet) or XML root")
     g.add_argument("--val-boxes", help="ILSVRC box XMLs of the val images (<stem>.xml or <wnid>/<stem>.xml): "
                                        "enables the point head's localisation accuracy")
+    g.add_argument("--allow-empty-classes", action="store_true",
+                   help="keep class folders without images as classes (default: refuse them)")
     add_training_args(p, recipes=RECIPES, defaults=DEFAULTS)
     return p
 
@@ -134,7 +136,8 @@ def add_training_args(p, recipes, defaults, optimizers=("sgd", "adamw")):
     g.add_argument("--val-resize", type=int, default=None, help="default: img_size / 0.875")
     g.add_argument("--workers", type=int,
                    help=f"data loader workers per process (default: min(8, cores per process) = {default_workers()})")
-    g.add_argument("--strict-data", action="store_true", help="bad byproduct records are errors, not skips")
+    g.add_argument("--strict-data", action="store_true",
+                   help="bad byproduct records, broken images and size mismatches are errors, not counted skips")
     g = p.add_argument_group("LUAB")
     g.add_argument("--points", choices=["clicks", "random", "none"], action=PointsAction,
                    help="the point targets: the annotators' byproducts (clicks = --luab), uniform random points "
@@ -349,13 +352,20 @@ def build_datasets(args):
         randaugment=None if args.randaugment in (None, "none") else args.randaugment,
         color_jitter=args.color_jitter, re_prob=args.re_prob)
     val_tf = byproducts.EvalTransform(size=args.img_size, resize=args.val_resize, interpolation=args.interpolation)
-    train = byproducts.ImageNetAB(os.path.join(args.data_dir, "train"),
-                                  clicks=args.byproducts if args.points == "clicks" or clicked_only else None,
-                                  points="clicks" if clicked_only else args.points, transform=train_tf,
-                                  data_fraction=args.data_fraction, seed=args.seed, strict=args.strict_data)
+    try:  # a refused index, an empty class folder, --strict-data: one line naming the file
+        train = byproducts.ImageNetAB(os.path.join(args.data_dir, "train"),
+                                      clicks=args.byproducts if args.points == "clicks" or clicked_only else None,
+                                      points="clicks" if clicked_only else args.points, transform=train_tf,
+                                      data_fraction=args.data_fraction, seed=args.seed, strict=args.strict_data,
+                                      allow_empty_classes=args.allow_empty_classes)
+        # validation counts a broken image wrong (a NaN input), as evaluate.py does
+        val = byproducts.ImageNetAB(os.path.join(args.data_dir, "val"), points="none", transform=val_tf,
+                                    strict=args.strict_data, allow_empty_classes=args.allow_empty_classes,
+                                    broken="nan")
+    except byproducts.BadInput as e:
+        raise SystemExit(f"error: {e}")
     if clicked_only:
         byproducts.random_points_where_clicked(train, args.seed)
-    val = byproducts.ImageNetAB(os.path.join(args.data_dir, "val"), points="none", transform=val_tf)
     if train.classes != val.classes:
         raise SystemExit("train/ and val/ have different class folders")
     if (args.points == "clicks" or clicked_only) and train.num_points == 0:
@@ -369,15 +379,22 @@ def val_point_boxes(args, val):
     if not args.val_boxes:
         return None
     from PIL import Image
-    boxes = byproducts.load_boxes(args.val_boxes)
+    try:
+        boxes = byproducts.load_boxes(args.val_boxes)
+    except byproducts.BadInput as e:
+        raise SystemExit(f"--val-boxes: {e}")
     out = []
     for key, (path, _) in zip(val.keys, val.samples):
         rec = boxes.get(key) or boxes.get(key.split("/")[-1])
         if rec is None:
             out.append(None)
             continue
-        with Image.open(path) as im:  # header only: the geometry of the eval crop needs the JPEG's size
-            size = im.size
+        try:
+            with Image.open(path) as im:  # header only: the geometry of the eval crop needs the JPEG's size
+                size = im.size
+        except OSError:  # unreadable: the val set counts it (as wrong); no point-accuracy sample
+            out.append(None)
+            continue
         w, h = rec["size"] or size  # boxes are in the XML's <size> frame, which may differ from the JPEG
         out.append((rec["boxes"] / np.array([w, h, w, h], dtype=np.float64), size))
     if not any(o is not None for o in out):
@@ -560,10 +577,9 @@ def set_rng_state(state):
 
 def load_checkpoint(path, args):
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickled code, a torn file from another program, not a torch file
-        raise SystemExit(f"cannot read {path} ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                         "move it away to start the run again") from None
+        ckpt = read_checkpoint(path)  # weights_only=True: a checkpoint must not run code
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--resume: {e}; move it away to start the run again") from None
     saved = ckpt.get("args", {})
     for k in ("model", "points"):
         if saved.get(k) != getattr(args, k):
@@ -710,9 +726,10 @@ def train_one_epoch(args, model, loader, optimizer, peak_lr, epoch, loss_fn, mix
             t_last = now
     all_reduce_sum(sums)
     elapsed = time.perf_counter() - t_epoch
+    problems = loader.dataset.dataset.problem_counts(all_ranks=True)  # found so far, by every worker and rank
     return {"train_loss": (sums[0] / sums[2]).item(), "train_point_loss": (sums[1] / sums[2]).item(),
             "img_per_s": steps * args.batch_size / elapsed, "data_wait": data_wait / elapsed,
-            "epoch_time_s": elapsed}
+            "epoch_time_s": elapsed, **{f"train_{k}": v for k, v in problems.items()}}
 
 
 @torch.no_grad()
@@ -742,6 +759,7 @@ def evaluate_imagenet(args, model, loader, boxes=None):
         sizes = np.array([boxes[i][1] for i in keep], dtype=np.float64)
         px = evaluate.eval_points_to_original(pts[keep], sizes, resize=args.val_resize, crop=args.img_size)
         stats["val_point_acc"] = evaluate.point_in_box_accuracy(px / sizes, [boxes[i][0] for i in keep])
+    stats["val_broken_images"] = dataset.reader.counts(all_ranks=True)["broken_images"]  # counted wrong above
     return stats
 
 
@@ -789,7 +807,7 @@ def fit(args, train_set, val_set, num_classes, num_points, loss_fn, mix, evaluat
     if args.pretrained:  # fine-tuning: a classifier / point head of another size keeps its fresh initialisation
         try:
             notes = load_pretrained(model, args.pretrained, drop_mismatched_heads=True)
-        except (ValueError, FileNotFoundError) as e:
+        except (OSError, ValueError) as e:
             raise SystemExit(f"--pretrained {args.pretrained}: {e}")
         log(args, f"initialised from {args.pretrained}" + (f" ({'; '.join(notes)})" if notes else ""))
         if args.eval_only and model.point_head is not None and any(
@@ -964,4 +982,7 @@ def saveable_args(args):
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    try:
+        main(get_args_parser().parse_args())
+    except byproducts.BadInput as e:  # --strict-data: one line, also when a DataLoader worker raised it
+        raise SystemExit(f"error: {byproducts.error_line(e)}")

@@ -86,7 +86,7 @@ class V2KeyPoints(Dataset):
 
     def __getitem__(self, i):
         path, label = self.ab.samples[i]
-        img = bp._pil_loader(path)
+        img = bp.read_image(path)
         W, H = img.size
         kp = self.KeyPoints(self.ab._points[i] * torch.tensor([W, H]), canvas_size=(H, W))
         img, kp = self.tf(img, kp)
@@ -107,7 +107,7 @@ class PlainCoco(Dataset):
         return len(self.files)
 
     def __getitem__(self, i):
-        return self.tf(bp._pil_loader(self.files[i])), self.targets[i]
+        return self.tf(bp.read_image(self.files[i])), self.targets[i]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -217,7 +217,7 @@ def stubbed_overhead(root, ab, coco_args, inst, repeats=7):
     random draws + point maths, so what is left is exactly what a byproduct dataset adds to a plain one."""
     from PIL import Image
     img = Image.new("RGB", (120, 100))
-    real_loader, bp._pil_loader = bp._pil_loader, (lambda path: img)
+    real_loader, bp.read_image = bp.read_image, (lambda path: img)
     try:
         stub = _CropOnly(ab.transform)
         folder = ImageFolder(root, loader=lambda path: img, transform=stub)
@@ -231,7 +231,7 @@ def stubbed_overhead(root, ab, coco_args, inst, repeats=7):
         return getitem_loop({"ImageFolder": folder, "ImageNetAB clicks": ab_s, "plain COCO": plain,
                              "CocoAB clicks": coco_s}, repeats)
     finally:
-        bp._pil_loader = real_loader
+        bp.read_image = real_loader
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -221,7 +221,7 @@ def test_xml_without_image_is_reported(tmp_path):
 def test_dataset_reports_xml_problems_from_a_scan_or_an_index_file(tmp_path):
     jpeg(str(tmp_path / "img" / "n1" / "n1_0.JPEG"))
     jpeg(str(tmp_path / "img" / "n1" / "n1_1.JPEG"))
-    ab_file(tmp_path / "xml" / "n1" / "n1_0.xml", meta(clicks=((0.5, 0.25),)))
+    ab_file(tmp_path / "xml" / "n1" / "n1_0.xml", meta(clicks=((0.5, 0.25),), orig=(40, 30)))  # jpeg()'s size
     ab_file(tmp_path / "xml" / "n1" / "n1_gone.xml", meta())
     (tmp_path / "xml" / "n1" / "n1_1.xml").write_text("<annotation><metadata><selected>True")
     with pytest.warns(bp.BadInputWarning) as rec:
@@ -247,7 +247,7 @@ def test_bad_click_values_in_a_dict_give_weight_zero(tmp_path):
     assert ds[0][2].tolist() == [[0.5, 0.25]]
 
 
-def test_unreadable_jpeg_black_image_label_kept(tmp_path):
+def test_unreadable_jpeg_mean_pixel_image_label_kept(tmp_path):
     jpeg(str(tmp_path / "n1" / "n1_0.JPEG"))
     jpeg(str(tmp_path / "n2" / "n2_0.JPEG"))
     good = open(tmp_path / "n2" / "n2_0.JPEG", "rb").read()
@@ -258,12 +258,13 @@ def test_unreadable_jpeg_black_image_label_kept(tmp_path):
     with pytest.warns(bp.BadInputWarning, match="n2_2.JPEG"):
         img, label, pts, w = ds[3]
     assert label == 1 and w.item() == 0.0 and img.shape == (3, 16, 16)
-    black = (torch.zeros(3) - torch.tensor(bp.IMAGENET_MEAN)) / torch.tensor(bp.IMAGENET_STD)
-    assert torch.allclose(img.mean((1, 2)), black, atol=1e-5)
+    # the mean pixel (124, 116, 104) normalises to (124/255 - 0.485) / 0.229 = 0.0073, -0.0051, 0.0015
+    mean = (torch.tensor(bp.MEAN_RGB) / 255 - torch.tensor(bp.IMAGENET_MEAN)) / torch.tensor(bp.IMAGENET_STD)
+    assert torch.allclose(img, mean[:, None, None].expand(3, 16, 16), atol=1e-6)
     with pytest.warns(bp.BadInputWarning, match="n2_1.JPEG"):
         _, label, _, w = ds[2]
     assert w.item() == 0.0 and label == 1
-    assert ds.unreadable == [str(tmp_path / "n2" / "n2_2.JPEG"), str(tmp_path / "n2" / "n2_1.JPEG")]
+    assert ds.problem_counts() == {"broken_images": 2, "bad_records": 0}
     # no worker crash: a 2-worker DataLoader goes through the whole set
     batches = list(DataLoader(ds, batch_size=2, num_workers=2))
     assert torch.cat([b[3] for b in batches]).flatten().tolist() == [1.0, 0.0, 0.0, 0.0]
@@ -432,7 +433,7 @@ def test_coco_dataset_keeps_labels_when_point_leaves_crop(tmp_path):
     assert w[bike] == 0 and target[bike] == 0  # an icon for a class the ground truth lacks: no supervision
     assert ds[0][3].sum() == 0  # image 9 has no COCO-AB record
     with open(os.path.join(img_dir, "COCO_train2014_000000296169.jpg"), "r+b") as f:
-        f.truncate(100)  # now unreadable: black image, targets kept, every weight 0, named in a warning
+        f.truncate(100)  # now unreadable: mean-pixel image, targets kept, every weight 0, named in a warning
     with pytest.warns(bp.BadInputWarning, match="COCO_train2014_000000296169.jpg"):
         img, target2, _, w = ds[1]
     assert torch.equal(target2, target) and w.sum() == 0 and img.shape == (3, 100, 100)

@@ -248,7 +248,8 @@ def test_distributed_validation_equals_single_process(coco, tmp_path):
     res = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     two = json.loads(res.stdout.strip().splitlines()[-1])
-    assert two == pytest.approx(one, rel=1e-6) and set(two) == {"val_map", "val_map_present", "val_point_acc"}
+    assert two == pytest.approx(one, rel=1e-6) and set(two) == {"val_map", "val_map_present", "val_point_acc",
+                                                             "val_broken_images"}
 
 
 def test_clear_errors(coco, tmp_path):
