@@ -1682,8 +1682,8 @@ def read_checkpoint(path):
     try:
         ckpt = models.read_checkpoint(path)  # weights_only=True: a checkpoint must not run code
     except ValueError as e:  # not a torch file, truncated, or a pickle that would run code
-        raise SystemExit(f"--checkpoint: {e}; evaluate only files holding tensors, e.g. "
-                         "torch.save(model.state_dict(), ...)")
+        raise SystemExit(f"--checkpoint {path}: refused by torch.load(weights_only=True) ({e}); evaluate only "
+                         "files holding tensors, e.g. torch.save(model.state_dict(), ...)")
     meta = ckpt.get("meta") if isinstance(ckpt, dict) and isinstance(ckpt.get("meta"), dict) else {}
     saved = ckpt.get("args") if isinstance(ckpt, dict) and isinstance(ckpt.get("args"), dict) else {}
     sd = ckpt["model"] if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict) else ckpt

@@ -374,7 +374,8 @@ def _entry_points(synth, out, evil):
             parse_in(["--data-dir", inet, "--pretrained", evil, *tiny])),
         "train_imagenet --resume": lambda: train_imagenet.main(parse_in(["--data-dir", inet, "--resume", *tiny])),
         "train_coco --pretrained": lambda: train_coco.main(parse_co(["--coco-dir", coco, "--pretrained", evil, *tiny])),
-        "evaluate --checkpoint": lambda: E.main(["--checkpoint", evil, "--device", "cpu"]),
+        "evaluate --checkpoint": lambda: E.main(["--checkpoint", evil, "--device", "cpu", "--imagenet-val",
+                                                 inet + "/val"]),
         "byproducts draw --checkpoint": lambda: bp.main(
             ["draw", "imagenet", "--xml-root", str(synth / "imagenet_ab"), "--images", inet + "/train", "--out",
              str(out / "pics"), "--model", "resnet18", "--checkpoint", evil]),
