@@ -1303,12 +1303,13 @@ def load_model(args):
     """create_model + load_pretrained (our {"model", "args"} checkpoints, torchvision or DeiT files). The model
     name, class count and point head default to what the checkpoint says."""
     import models
-    ckpt = None
+    ckpt, point_head = None, "normed"
     if args.checkpoint:
         ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
         saved = ckpt.get("args", {}) if isinstance(ckpt, dict) and isinstance(ckpt.get("args"), dict) else {}
         sd = ckpt["model"] if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict) else ckpt
         args.model = args.model or saved.get("model")
+        point_head = saved.get("point_head", point_head)  # what the point head reads (models.POINT_HEADS)
         head = [v for k, v in sd.items() if k.endswith("point_head.weight")]
         if args.num_points is None:
             args.num_points = head[0].shape[0] // 2 if head else 0
@@ -1320,7 +1321,7 @@ def load_model(args):
     args.num_points = args.num_points or 0
     args.num_classes = args.num_classes or 1000
     model = models.create_model(args.model, num_classes=args.num_classes, num_points=args.num_points,
-                                img_size=args.img_size)
+                                img_size=args.img_size, point_head=point_head)
     if ckpt is not None:
         for note in models.load_pretrained(model, ckpt) or []:
             log(f"note: {note}")

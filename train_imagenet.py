@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import byproducts
 import evaluate
-from models import create_model, load_pretrained, param_groups
+from models import POINT_HEADS, create_model, load_pretrained, param_groups
 
 # -----------------------------------------------------------------------------
 # Recipes. Every value is a flag default; any flag given on the command line wins.
@@ -42,12 +42,12 @@ RECIPES = {
     "resnet": dict(epochs=100, batch_size=256, opt="sgd", lr=0.1, lr_base_batch=256, momentum=0.9,
                    weight_decay=1e-4, sched="step", lr_step=30, warmup_epochs=0, min_lr=0.0,
                    label_smoothing=0.0, randaugment="none", mixup=0.0, cutmix=0.0, re_prob=0.0,
-                   drop_path=0.0, repeated_aug=1, interpolation="bilinear"),
+                   drop_path=0.0, repeated_aug=1, interpolation="bilinear", point_weight=20.0),
     # DeiT's main.py defaults (paper appendix F): AdamW 5e-4 x bs/512, cosine, 5 warm-up epochs, 300 epochs.
     "deit": dict(epochs=300, batch_size=1024, opt="adamw", lr=5e-4, lr_base_batch=512, momentum=0.9,
                  weight_decay=0.05, sched="cosine", lr_step=30, warmup_epochs=5, min_lr=1e-5,
                  label_smoothing=0.1, randaugment="rand-m9-mstd0.5", mixup=0.8, cutmix=1.0, re_prob=0.25,
-                 drop_path=0.1, repeated_aug=3, interpolation="bicubic"),
+                 drop_path=0.1, repeated_aug=3, interpolation="bicubic", point_weight=20.0),
 }
 
 
@@ -79,7 +79,12 @@ def add_training_args(p, recipes, default_model, optimizers=("sgd", "adamw")):
     g.add_argument("--luab", action="store_true", help="regress the annotators' clicks (the paper's method)")
     g.add_argument("--rand-points", action="store_true",
                    help="regress a uniform random point fixed per image (the paper's control)")
-    g.add_argument("--point-weight", type=float, default=1.0, help="lambda, weight of the point loss")
+    g.add_argument("--point-weight", type=float,
+                   help="lambda, weight of the point loss (default: the recipe's point_weight)")
+    g.add_argument("--point-head", choices=list(POINT_HEADS), default="normed",
+                   help="what the point head reads: normed = the L2-normalised features (default; one SGD step "
+                        "moves a point by 2 lr lambda dL/dpoint), plain = the raw features (the paper's Linear, "
+                        "default init; unstable under the ResNet SGD recipe)")
     g.add_argument("--point-loss", choices=["smoothl1", "mse"], default="smoothl1")
     g = p.add_argument_group("optimisation (defaults come from --recipe)")
     g.add_argument("--epochs", type=int)
@@ -426,11 +431,41 @@ def to_device(args, batch):
     return [images] + [t.to(args.device, non_blocking=True) for t in rest]
 
 
+# A LUAB run warns when, from this epoch on, its point loss is still above this fraction of the centre baseline.
+IDLE_HEAD_EPOCHS, IDLE_HEAD_RATIO = 3, 0.9
+
+
+def centre_point_loss(args, loss_fn, outputs, batch):
+    """The point loss that always predicting the image centre would get on this batch's targets: the level an
+    idle point head stays at. 0 for a plain run."""
+    if not isinstance(outputs, tuple):
+        return torch.zeros((), device=args.device)
+    return loss_fn(args, (outputs[0].detach(), torch.full_like(outputs[1].detach(), 0.5)), batch)[1]
+
+
+def point_grad_share(args, loss_cls, loss_pt):
+    """LUAB at work, measured on one batch: ||d(lambda x point loss)/d backbone|| / ||d(task loss)/d backbone||,
+    the norms over all backbone parameters (classifier and point head excluded), on this process's batch (no
+    all-reduce). Two extra backward passes through the graph the training step then backpropagates."""
+    m = args.model_without_ddp
+    heads = {id(p) for p in [*m.classifier.parameters(), *m.point_head.parameters()]}
+    params = [p for p in m.parameters() if p.requires_grad and id(p) not in heads]
+
+    def norm(loss):
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        return torch.sqrt(sum(g.float().pow(2).sum() for g in grads if g is not None))
+    return (norm(args.point_weight * loss_pt) / norm(loss_cls).clamp(min=1e-12)).item()
+
+
 def train_one_epoch(args, model, loader, optimizer, peak_lr, epoch, loss_fn, mix=None, ema=None, scaler=None):
-    """One pass over `loader`; returns the mean losses, throughput and data-wait fraction of the epoch."""
+    """One pass over `loader`; returns the mean losses, throughput and data-wait fraction of the epoch.
+    LUAB runs also log the point loss of always predicting the image centre on the same targets
+    ("train_point_centre_loss", the level an idle head stays at), their ratio, and point_grad_share of
+    the epoch's first batch ("point_grad_share")."""
     model.train()
     steps = len(loader) if not args.max_steps_per_epoch else min(len(loader), args.max_steps_per_epoch)
-    sums = torch.zeros(3, device=args.device)  # loss, point loss, number of steps
+    sums = torch.zeros(4, device=args.device)  # loss, point loss, centre-baseline point loss, number of steps
+    grad_share = None
     t_epoch = t_last = time.perf_counter()
     data_wait = 0.0
     it = iter(loader)
@@ -448,6 +483,9 @@ def train_one_epoch(args, model, loader, optimizer, peak_lr, epoch, loss_fn, mix
             outputs = model(batch[0])
         loss_cls, loss_pt = loss_fn(args, outputs, batch)
         loss = loss_cls + args.point_weight * loss_pt  # LUAB: the whole change to the objective
+        loss_centre = centre_point_loss(args, loss_fn, outputs, batch)  # LUAB evidence: better than the centre?
+        if i == 0 and isinstance(outputs, tuple):
+            grad_share = point_grad_share(args, loss_cls, loss_pt)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -464,28 +502,38 @@ def train_one_epoch(args, model, loader, optimizer, peak_lr, epoch, loss_fn, mix
         if ema is not None:
             ema.update(args.model_without_ddp)
         sums += torch.stack([loss_cls.detach() + args.point_weight * loss_pt.detach(), loss_pt.detach(),
-                             torch.ones((), device=args.device)])
+                             loss_centre, torch.ones((), device=args.device)])
         if is_main(args) and ((i + 1) % args.print_freq == 0 or i + 1 == steps):
             now = time.perf_counter()
             done = (i + 1) / steps
             n = min(args.print_freq, (i % args.print_freq) + 1)
             ips = n * args.batch_size / max(now - t_last, 1e-9)
             eta = (now - t_epoch) / done * (1 - done) + (now - t_epoch) / done * (args.epochs - epoch - 1)
-            print(f"epoch {epoch} [{i + 1}/{steps}] loss {loss.item():.4f} point {loss_pt.item():.4f} "
+            vs = f" ({loss_pt.item() / max(loss_centre.item(), 1e-12):.2f} x centre)" if grad_share is not None else ""
+            print(f"epoch {epoch} [{i + 1}/{steps}] loss {loss.item():.4f} point {loss_pt.item():.4f}{vs} "
                   f"lr {optimizer.param_groups[0]['lr']:.3g} {ips:.0f} img/s "
                   f"data {100 * data_wait / (now - t_epoch):.0f}% eta {eta / 60:.1f} min", flush=True)
             t_last = now
     all_reduce_sum(sums)
     elapsed = time.perf_counter() - t_epoch
-    return {"train_loss": (sums[0] / sums[2]).item(), "train_point_loss": (sums[1] / sums[2]).item(),
-            "img_per_s": steps * args.batch_size / elapsed, "data_wait": data_wait / elapsed,
+    loss, loss_pt, loss_centre = (sums[:3] / sums[3]).tolist()
+    stats = {"train_loss": loss, "train_point_loss": loss_pt}
+    if grad_share is not None:
+        stats.update(train_point_centre_loss=loss_centre, train_point_vs_centre=loss_pt / max(loss_centre, 1e-12),
+                     point_grad_share=grad_share)
+        if args.points == "clicks" and epoch >= IDLE_HEAD_EPOCHS and stats["train_point_vs_centre"] > IDLE_HEAD_RATIO:
+            log(args, f"warning: epoch {epoch}: the point head is still at the centre baseline (point loss "
+                      f"{stats['train_point_vs_centre']:.2f} x centre, gradient share {grad_share:.3f}): LUAB "
+                      f"acts like plain training; raise --point-weight")
+    return {**stats, "img_per_s": steps * args.batch_size / elapsed, "data_wait": data_wait / elapsed,
             "epoch_time_s": elapsed}
 
 
 @torch.no_grad()
 def evaluate_imagenet(args, model, loader, boxes=None):
     """Exact top-1/top-5 over the whole val set (an unpadded sampler: every image counted once), and,
-    given boxes, the point head's localisation accuracy (predicted point inside any GT box)."""
+    given boxes, the point head's localisation accuracy (predicted point inside any GT box) and, as the level to
+    beat, the accuracy of always answering the centre of the eval crop ("val_point_acc_centre")."""
     model.eval()
     dataset = loader.dataset
     logits_all, points_all = [], []
@@ -507,8 +555,9 @@ def evaluate_imagenet(args, model, loader, boxes=None):
         pts = gathered[1].cpu().numpy()
         keep = [i for i, b in enumerate(boxes) if b is not None]
         sizes = np.array([boxes[i][1] for i in keep], dtype=np.float64)
-        px = evaluate.eval_points_to_original(pts[keep], sizes, resize=args.val_resize, crop=args.img_size)
-        stats["val_point_acc"] = evaluate.point_in_box_accuracy(px / sizes, [boxes[i][0] for i in keep])
+        for name, p in (("val_point_acc", pts[keep]), ("val_point_acc_centre", np.full_like(pts[keep], 0.5))):
+            px = evaluate.eval_points_to_original(p, sizes, resize=args.val_resize, crop=args.img_size)
+            stats[name] = evaluate.point_in_box_accuracy(px / sizes, [boxes[i][0] for i in keep])
     return stats
 
 
@@ -532,7 +581,7 @@ def apply_demo_defaults(args):
     root = demo_data_dir()
     demo = dict(data_dir=os.path.join(root, "imagenet"), byproducts=os.path.join(root, "imagenet_ab", "train_xml"),
                 val_boxes=os.path.join(root, "imagenet", "boxes", "val"), model="resnet18", recipe="resnet",
-                img_size=48, epochs=16, batch_size=32, lr=0.2, lr_step=12, weight_decay=5e-4, point_weight=5.0, workers=2,
+                img_size=48, epochs=16, batch_size=32, lr=0.2, lr_step=12, weight_decay=5e-4, workers=2,
                 print_freq=10, output_dir="runs/demo")
     for k, v in demo.items():
         if getattr(args, k) in (None, get_args_parser().get_default(k)):
@@ -554,7 +603,7 @@ def fit(args, train_set, val_set, num_classes, num_points, loss_fn, mix, evaluat
               f"points={args.points}, recipe={args.recipe}, world={args.world_size}")
     # LUAB: the model gets a point head (K points) on the penultimate features; 0 = a plain classifier
     model = create_model(args.model, num_classes=num_classes, num_points=num_points if args.points != "none" else 0,
-                         drop_path=args.drop_path, img_size=args.img_size)
+                         drop_path=args.drop_path, img_size=args.img_size, point_head=args.point_head)
     if args.pretrained:
         try:
             load_pretrained(model, args.pretrained)
@@ -614,6 +663,7 @@ def fit(args, train_set, val_set, num_classes, num_points, loss_fn, mix, evaluat
     meta = {"model": args.model, "num_classes": num_classes, "num_points": num_points if args.points != "none" else 0,
             "img_size": args.img_size, "val_resize": args.val_resize, "interpolation": args.interpolation,
             "classes": list(class_names) if class_names is not None else None, "points": args.points,
+            "point_head": args.point_head,
             "torch": str(torch.__version__)}
     stats = {}
     for epoch in range(start_epoch, args.epochs):
@@ -651,7 +701,8 @@ def main(args):
                     class_names=train_set.classes)
         if args.demo:
             log(args, f"demo done: val top-1 {stats['val_top1']:.1f}% (chance {100 / num_classes:.0f}%), point head "
-                      f"inside the object box for {stats['val_point_acc']:.1f}% of val images; "
+                      f"inside the object box for {stats['val_point_acc']:.1f}% of val images (always the centre: "
+                      f"{stats['val_point_acc_centre']:.1f}%); "
                       f"checkpoint and log.jsonl in {args.output_dir}")
         return stats
     finally:
