@@ -42,12 +42,14 @@ RECIPES = {
     "resnet": dict(epochs=100, batch_size=256, opt="sgd", lr=0.1, lr_base_batch=256, momentum=0.9,
                    weight_decay=1e-4, sched="step", lr_step=30, warmup_epochs=0, min_lr=0.0,
                    label_smoothing=0.0, randaugment="none", mixup=0.0, cutmix=0.0, re_prob=0.0,
-                   drop_path=0.0, repeated_aug=1, interpolation="bilinear", point_weight=20.0),
+                   drop_path=0.0, repeated_aug=1, interpolation="bilinear", point_weight=20.0,
+                   point_lr=1.0),
     # DeiT's main.py defaults (paper appendix F): AdamW 5e-4 x bs/512, cosine, 5 warm-up epochs, 300 epochs.
     "deit": dict(epochs=300, batch_size=1024, opt="adamw", lr=5e-4, lr_base_batch=512, momentum=0.9,
                  weight_decay=0.05, sched="cosine", lr_step=30, warmup_epochs=5, min_lr=1e-5,
                  label_smoothing=0.1, randaugment="rand-m9-mstd0.5", mixup=0.8, cutmix=1.0, re_prob=0.25,
-                 drop_path=0.1, repeated_aug=3, interpolation="bicubic", point_weight=20.0),
+                 drop_path=0.1, repeated_aug=3, interpolation="bicubic", point_weight=20.0,
+                 point_lr=10.0),
 }
 
 
@@ -85,6 +87,9 @@ def add_training_args(p, recipes, default_model, optimizers=("sgd", "adamw")):
                    help="what the point head reads: normed = the L2-normalised features (default; one SGD step "
                         "moves a point by 2 lr lambda dL/dpoint), plain = the raw features (the paper's Linear, "
                         "default init; unstable under the ResNet SGD recipe)")
+    g.add_argument("--point-lr", type=float,
+                   help="the point head's learning rate as a multiple of the scheduled LR (default: the recipe's "
+                        "point_lr: 1 for SGD, where lambda x lr already sets the head's step, 10 for the Adam family)")
     g.add_argument("--point-loss", choices=["smoothl1", "mse"], default="smoothl1")
     g = p.add_argument_group("optimisation (defaults come from --recipe)")
     g.add_argument("--epochs", type=int)
@@ -340,12 +345,30 @@ def imagenet_mix(args, num_classes):
 # -----------------------------------------------------------------------------
 # Optimiser, LR as a pure function of the step (so resume needs no scheduler state), EMA
 
+def optimizer_groups(args, model):
+    """Parameter groups: DeiT's no-decay rule for the Adam family (models.param_groups); for SGD one group,
+    torchvision's ResNet recipe decays every parameter (BN and biases included). LUAB: the point head's
+    parameters go into groups of their own with "lr_scale" = --point-lr (train_one_epoch multiplies the
+    scheduled LR by it): under Adam every weight moves by about lr per step whatever its gradient's size, so
+    lambda cannot speed the head up there, and at the backbone's lr the head barely leaves the centre."""
+    groups = param_groups(model, args.weight_decay) if args.opt != "sgd" else \
+        [{"params": list(model.parameters()), "weight_decay": args.weight_decay}]
+    point_head = getattr(model, "point_head", None)
+    head = {id(p) for p in point_head.parameters()} if point_head is not None else set()
+    out = []
+    for g in groups:
+        for in_head in (False, True):
+            params = [p for p in g["params"] if (id(p) in head) == in_head]
+            if params:
+                out.append({**g, "params": params, "lr_scale": args.point_lr if in_head else 1.0})
+    return out
+
+
 def build_optimizer(args, model):
     lr = args.lr * args.batch_size / args.lr_base_batch
-    groups = param_groups(model, args.weight_decay) if args.opt == "adamw" else model.parameters()
+    groups = optimizer_groups(args, model)
     fused = {"fused": True} if args.device.startswith("cuda") else {}
     if args.opt == "sgd":
-        # torchvision's ResNet recipe decays every parameter (BN and biases included)
         opt = torch.optim.SGD(groups, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay, **fused)
     else:
         opt = torch.optim.AdamW(groups, lr=lr, weight_decay=args.weight_decay, **fused)
@@ -475,7 +498,7 @@ def train_one_epoch(args, model, loader, optimizer, peak_lr, epoch, loss_fn, mix
         data_wait += time.perf_counter() - t0
         step = epoch * args.steps_per_epoch + i
         for g in optimizer.param_groups:
-            g["lr"] = lr_at(args, peak_lr, step, args.steps_per_epoch)
+            g["lr"] = lr_at(args, peak_lr, step, args.steps_per_epoch) * g["lr_scale"]
         if mix is not None:  # a CPU generator (mix_batch draws on the CPU), seeded by step and rank: resumable
             gen = torch.Generator().manual_seed(args.seed * 7919 + step * 131 + args.rank)
             batch = list(mix(*batch, generator=gen))

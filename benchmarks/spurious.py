@@ -2,7 +2,7 @@
 Does LUAB reduce reliance on a spurious background? A CPU-scale Background Challenge (paper Table 2).
 
     python benchmarks/spurious.py                       # the README's study: 5 seeds x 3 methods + a lambda curve
-    python benchmarks/spurious.py --seeds 0 --epochs 3 --methods plain --lambdas   # smoke run
+    python benchmarks/spurious.py --seeds 0 --epochs 3 --methods plain --lambdas --out /tmp/smoke   # smoke run
 
 1. Writes (once, into --data) `byproducts.synth_spurious`: the label is the object's shape; each class also owns
    a background that agrees with the label in training with probability --p; clicks mark the object. The object
@@ -19,7 +19,8 @@ Does LUAB reduce reliance on a spurious background? A CPU-scale Background Chall
    distance to the object's centre (% of the side), each next to what always answering the centre scores.
 
 Every run writes <out>/<run>.json, {"run", "points", "point_weight", "seed", "metrics": {...}}, and is skipped
-when that file exists, so an interrupted study continues where it stopped. At the end: <out>/summary.json
+when that file exists, so an interrupted study continues where it stopped (<out>/settings.json records the
+settings the runs were made with; other settings need another --out). At the end: <out>/summary.json
 (mean +- std per method and per lambda, Welch's t-tests of the BG-gap) and the tables, printed.
 """
 
@@ -40,8 +41,9 @@ import evaluate  # noqa: E402
 import train_imagenet  # noqa: E402
 from models import create_model  # noqa: E402
 
-METHODS = {"plain": ("none", []), "random points": ("random", ["--rand-points"]), "LUAB (clicks)": ("clicks", ["--luab"])}
-TABLE = ("val_top1", "mixed_same", "mixed_rand", "bg_gap", "point_acc", "point_dist")
+METHODS = {"plain": ("none", []), "random points": ("random", ["--rand-points"]),
+           "LUAB (clicks)": ("clicks", ["--luab"])}  # table row -> (points, train_imagenet.py flags)
+TABLE = ("val_top1", "mixed_same", "mixed_rand", "bg_gap")
 
 
 def get_args_parser():
@@ -195,15 +197,36 @@ def mean_std(rows, key):
 
 
 def table(title, labelled_rows):
-    cells = lambda ms: "–" if ms is None else f"{ms[0]:.1f} ± {ms[1]:.1f}"  # noqa: E731
-    lines = [title, "| " + " | ".join(["run", "seeds", "val (p)", "mixed_same", "mixed_rand", "BG-gap ↓",
-                                          "point in box (centre)", "point dist % (centre)"]) + " |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    """A markdown table, mean +- std over the runs of each row; a point head's scores next to the centre's."""
+    def cell(rows, k, digits=1):
+        ms = mean_std(rows, k)
+        return "–" if ms is None else f"{ms[0]:.{digits}f} ± {ms[1]:.{digits}f}"
+    lines = [title, "| run | seeds | val (p) | mixed_same | mixed_rand | BG-gap ↓ | point in box % (centre) | "
+                    "point dist % (centre) | point loss / centre | grad share |", "|---|" + "---:|" * 9]
     for label, rows in labelled_rows:
-        s = {k: mean_std(rows, k) for k in TABLE + ("point_acc_centre", "point_dist_centre")}
-        pt = [f"{cells(s[k])} ({s[k + '_centre'][0]:.1f})" if s[k] else "–" for k in ("point_acc", "point_dist")]
-        lines.append(f"| {label} | {len(rows)} | " + " | ".join(cells(s[k]) for k in TABLE[:4]) + f" | {pt[0]} | {pt[1]} |")
+        centre = {k: mean_std(rows, k + "_centre") for k in ("point_acc", "point_dist")}
+        pts = [f"{cell(rows, k)} ({centre[k][0]:.1f})" if centre[k] else "–" for k in centre]
+        lines.append(f"| {label} | {len(rows)} | " + " | ".join(
+            [cell(rows, k) for k in TABLE] + pts + [cell(rows, "train_point_vs_centre", 2),
+                                                        cell(rows, "point_grad_share_mean", 2)]) + " |")
     return "\n".join(lines)
+
+
+RUN_SETTINGS = ("p", "classes", "train", "test", "size", "data_seed", "model", "epochs", "batch_size", "lr", "extra")
+
+
+def check_settings(args):
+    """Runs are reused by name, so one --out folder must only ever hold runs of one set of training settings."""
+    path, mine = os.path.join(args.out, "settings.json"), {k: getattr(args, k) for k in RUN_SETTINGS}
+    if os.path.exists(path):
+        with open(path) as f:
+            theirs = json.load(f)
+        if theirs != mine:
+            diff = ", ".join(f"{k}: {theirs.get(k)!r} there, {mine[k]!r} now" for k in mine if theirs.get(k) != mine[k])
+            raise SystemExit(f"--out {args.out} holds runs made with other settings ({diff}); pass another --out")
+    else:
+        with open(path, "w") as f:
+            json.dump(mine, f, indent=1)
 
 
 def main(argv=None):
@@ -212,6 +235,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     root = dataset(args)
     os.makedirs(args.out, exist_ok=True)
+    check_settings(args)
     recipe = train_imagenet.RECIPES["deit" if args.model.startswith("vit") else "resnet"]
     lam = recipe["point_weight"] if args.point_weight is None else args.point_weight
     todo = [(m, args.seeds, [lam]) for m in args.methods] + [("LUAB (clicks)", args.curve_seeds, args.lambdas)]
@@ -247,18 +271,20 @@ def main(argv=None):
         if luab and rows.get(other) and len(luab) > 1 and len(rows[other]) > 1:
             t, df, p = welch([r["metrics"]["bg_gap"] for r in luab], [r["metrics"]["bg_gap"] for r in rows[other]])
             tests[f"bg_gap LUAB vs {other}"] = {"t": t, "df": df, "p": p}
-    settings = {k: v for k, v in vars(args).items()}
+    settings = dict(vars(args))
+    means = lambda rs: {k: mean_std(rs, k) for k in rs[0]["metrics"]}  # noqa: E731
     print(f"\nspurious backgrounds: p={args.p}, {args.classes} classes x {args.train} train, {args.size} px, "
           f"{args.model}, {args.epochs} epochs, lambda={lam:g} {args.extra} ({minutes:.1f} min this call)")
     print(table(f"\nseeds {args.seeds}:", list(rows.items())))
     for name, r in tests.items():
         print(f"Welch t-test, {name}: t = {r['t']:.2f}, df = {r['df']:.1f}, p = {r['p']:.3g}")
     if args.lambdas:
-        print(table(f"\nLUAB lambda curve, seeds {args.curve_seeds}:", [(f"λ = {w:g}", rs) for w, rs in curve.items()]))
+        print(table(f"\nLUAB lambda curve, seeds {args.curve_seeds}:",
+                    [(f"λ = {w:g}", rs) for w, rs in curve.items()]))
     summary = {"benchmark": "spurious", "settings": settings, "point_weight": lam,
-               "table": {m: {k: mean_std(rs, k) for k in rs[0]["metrics"]} for m, rs in rows.items() if rs},
+               "table": {m: means(rs) for m, rs in rows.items() if rs},
                "welch": tests,
-               "lambda_curve": {f"{w:g}": {k: mean_std(rs, k) for k in rs[0]["metrics"]} for w, rs in curve.items() if rs},
+               "lambda_curve": {f"{w:g}": means(rs) for w, rs in curve.items() if rs},
                "runs": sorted(runs)}
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
