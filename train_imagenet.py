@@ -547,7 +547,7 @@ def train_one_epoch(args, model, loader, optimizer, peak_lr, epoch, loss_fn, mix
         if args.points == "clicks" and epoch >= IDLE_HEAD_EPOCHS and stats["train_point_vs_centre"] > IDLE_HEAD_RATIO:
             log(args, f"warning: epoch {epoch}: the point head is still at the centre baseline (point loss "
                       f"{stats['train_point_vs_centre']:.2f} x centre, gradient share {grad_share:.3f}): LUAB "
-                      f"acts like plain training; raise --point-weight")
+                      f"acts like plain training; raise --point-weight (SGD) or --point-lr (AdamW, AdamP)")
     return {**stats, "img_per_s": steps * args.batch_size / elapsed, "data_wait": data_wait / elapsed,
             "epoch_time_s": elapsed}
 
