@@ -62,7 +62,7 @@ def get_args_parser():
     p.add_argument("--lr", type=float, default=0.2, help="at batch 256 (train_imagenet.py's --lr-base-batch)")
     p.add_argument("--point-weight", type=float, default=None, help="lambda of the table (default: the recipe's)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), help="subset of the table's three rows")
-    p.add_argument("--lambdas", type=float, nargs="*", default=[0, 1, 5, 20, 50],
+    p.add_argument("--lambdas", type=float, nargs="*", default=[0, 1, 5, 20, 50, 100],
                    help="the LUAB lambda curve (none: no curve)")
     p.add_argument("--curve-seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--extra", default="", help="more train_imagenet.py flags, e.g. '--point-head plain'")
