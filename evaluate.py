@@ -1727,7 +1727,8 @@ def load_model(args):
     resolve_eval_geometry(args, meta or {k: saved.get(k) for k in ("img_size", "val_resize", "interpolation")})
     try:
         model = models.create_model(args.model, num_classes=args.num_classes, num_points=args.num_points,
-                                    img_size=args.img_size)
+                                    img_size=args.img_size,  # what the point head reads (models.POINT_HEADS)
+                                    point_head=meta.get("point_head") or saved.get("point_head", "normed"))
         notes = models.load_pretrained(model, sd) or []
     except ValueError as e:
         raise SystemExit(f"--checkpoint {args.checkpoint} does not fit --model {args.model} ({args.num_classes} "

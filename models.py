@@ -4,9 +4,10 @@ The seven backbones of the LUAB paper, hand-written in plain PyTorch, with an op
 - ResNet-18/50/101/152 (torchvision's v1.5: a Bottleneck strides on its 3x3 conv) and ViT-Ti/S/B with patch 16.
 - Parameter names are torchvision's, so a torchvision `resnet50()` or `vit_b_16()` state dict loads with
   strict=True and gives the same logits. ViT-Ti/S use the same layout; `load_pretrained` also reads DeiT/timm ViTs.
-- LUAB's only addition is `point_head`: a linear layer on the penultimate features that regresses K normalised
-  (x, y) points, origin top-left, x to the right, y down, in [0, 1]^2 of the network input. There is no sigmoid,
-  so predictions may leave the unit square. It is trained next to the classifier and dropped at inference.
+- LUAB's only addition is `point_head`: a linear layer on the L2-normalised penultimate features (see
+  ImageClassifier.point_input) that regresses K normalised (x, y) points, origin top-left, x to the right,
+  y down, in [0, 1]^2 of the network input. There is no sigmoid, so predictions may leave the unit square.
+  It is trained next to the classifier and dropped at inference.
 """
 
 import math
@@ -22,24 +23,33 @@ import torch.nn.functional as F
 # -----------------------------------------------------------------------------
 # shared tail: classifier + optional point head on the penultimate features
 
+POINT_HEADS = ("normed", "plain")  # what the point head reads: ImageClassifier.point_input
+
 class ImageClassifier(nn.Module):
     """Subclasses define forward_features (x -> [B, D]), feature_map (x -> [B, D, h, w]) and classifier."""
 
     is_vit = False
 
-    def _init_point_head(self, dim, num_points):
+    def _init_point_head(self, dim, num_points, point_head="normed"):
+        if point_head not in POINT_HEADS:
+            raise ValueError(f"unknown point head {point_head!r}; choose from {', '.join(POINT_HEADS)}")
         self.num_points = num_points
-        # The head reads the features scaled by 1/sqrt(D) (a constant, not a parameter: the state dict is a
-        # plain Linear). Unscaled, ReLU-pooled ResNet features have |f|^2 ~ D/2, so one SGD step of the
-        # ResNet recipe (lr 0.1) moves a regressed point by ~lr |f|^2 >> 1 and the point loss oscillates
-        # for epochs; scaled, the regression is stable at the classifier's learning rate.
-        self.point_scale = dim ** -0.5
+        self.point_head_kind = point_head
         self.point_head = nn.Linear(dim, 2 * num_points) if num_points > 0 else None
-        if self.point_head is not None:
+        if self.point_head is not None and point_head != "plain":
             # start by predicting the image centre for every point: the first losses are those of the
             # centre baseline rather than of a random regressor, which kicks the SGD recipe less hard
             nn.init.zeros_(self.point_head.weight)
             nn.init.constant_(self.point_head.bias, 0.5)
+
+    def point_input(self, feats):
+        """What the point head reads: [B, D] -> [B, D]. "normed" (default): the features divided by their L2
+        norm, so one SGD step on the head moves its prediction for that image by exactly 2 x lr x lambda x
+        dLoss/dpoint (weights and bias contribute 1 each), whatever the backbone, its width D and its feature
+        scale. "plain": the paper's Linear on the raw features, PyTorch's default init; one step moves the point
+        by (|f|^2 + 1) x lr x lambda x dLoss/dpoint, and |f|^2 ~ D for ReLU features, so under the ResNet SGD
+        recipe the point loss overshoots for epochs. (No parameters here: both kinds have the same state dict.)"""
+        return F.normalize(feats, dim=-1) if self.point_head_kind == "normed" else feats
 
     def forward(self, x):
         """x: [B, 3, H, W] -> logits [B, C], or (logits [B, C], points [B, K, 2]) with a point head."""
@@ -48,7 +58,7 @@ class ImageClassifier(nn.Module):
         if self.point_head is None:
             return logits
         # One forward returns both outputs, so DDP sees (and syncs) the gradients of both heads.
-        return logits, self.point_head(feats * self.point_scale).view(-1, self.num_points, 2)
+        return logits, self.point_head(self.point_input(feats)).view(-1, self.num_points, 2)
 
 # -----------------------------------------------------------------------------
 # ResNet
@@ -112,7 +122,7 @@ def make_stage(block, inplanes, planes, num_blocks, stride):
 
 class ResNet(ImageClassifier):
 
-    def __init__(self, block, layers, num_classes=1000, num_points=0):
+    def __init__(self, block, layers, num_classes=1000, num_points=0, point_head="normed"):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -132,7 +142,7 @@ class ResNet(ImageClassifier):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        self._init_point_head(inplanes, num_points)
+        self._init_point_head(inplanes, num_points, point_head)
 
     @property
     def classifier(self):
@@ -218,7 +228,7 @@ class VisionTransformer(ImageClassifier):
     is_vit = True
 
     def __init__(self, dim, num_heads, depth=12, num_classes=1000, num_points=0, drop_path=0.0,
-                 img_size=224, patch_size=16):
+                 img_size=224, patch_size=16, point_head="normed"):
         super().__init__()
         if img_size % patch_size != 0:
             raise ValueError(f"img_size {img_size} is not a multiple of the patch size {patch_size}")
@@ -247,7 +257,7 @@ class VisionTransformer(ImageClassifier):
         nn.init.zeros_(self.conv_proj.bias)
         nn.init.trunc_normal_(self.class_token, std=0.02)
         nn.init.trunc_normal_(self.encoder.pos_embedding, std=0.02)
-        self._init_point_head(dim, num_points)
+        self._init_point_head(dim, num_points, point_head)
 
     @property
     def classifier(self):
@@ -282,16 +292,17 @@ _CONFIGS = {
 }
 MODEL_NAMES = tuple(_CONFIGS)
 
-def create_model(name, num_classes=1000, num_points=0, drop_path=0.0, img_size=224):
-    """A backbone by name (MODEL_NAMES); num_points=K > 0 adds the point head. img_size only matters for ViTs."""
+def create_model(name, num_classes=1000, num_points=0, drop_path=0.0, img_size=224, point_head="normed"):
+    """A backbone by name (MODEL_NAMES); num_points=K > 0 adds the point head, which reads the features as
+    `point_head` (POINT_HEADS, see ImageClassifier.point_input) says. img_size only matters for ViTs."""
     if name not in _CONFIGS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
     if name.startswith("vit"):
         return VisionTransformer(**_CONFIGS[name], num_classes=num_classes, num_points=num_points,
-                                 drop_path=drop_path, img_size=img_size)
+                                 drop_path=drop_path, img_size=img_size, point_head=point_head)
     if drop_path:
         raise ValueError("drop_path is only implemented for the ViTs")
-    return ResNet(**_CONFIGS[name], num_classes=num_classes, num_points=num_points)
+    return ResNet(**_CONFIGS[name], num_classes=num_classes, num_points=num_points, point_head=point_head)
 
 def param_groups(model, weight_decay):
     """AdamW groups with DeiT's rule: no decay on 1-D params (norms), biases, class_token and pos_embedding.

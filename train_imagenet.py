@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import byproducts
 import evaluate
-from models import MODEL_NAMES, create_model, load_pretrained, param_groups, read_checkpoint
+from models import MODEL_NAMES, POINT_HEADS, create_model, load_pretrained, param_groups, read_checkpoint
 
 # -----------------------------------------------------------------------------
 # Recipes. Every value is a flag default; any flag given on the command line wins.
@@ -49,14 +49,16 @@ RECIPES = {
     "resnet": dict(epochs=100, batch_size=256, opt="sgd", lr=0.1, lr_base_batch=256, momentum=0.9,
                    weight_decay=1e-4, sched="step", lr_step=30, warmup_epochs=0, warmup_lr=0.0, min_lr=0.0,
                    lr_update="epoch", label_smoothing=0.0, randaugment="none", color_jitter=0.4, mixup=0.0,
-                   cutmix=0.0, re_prob=0.0, drop_path=0.0, repeated_aug=1, interpolation="bilinear"),
+                   cutmix=0.0, re_prob=0.0, drop_path=0.0, repeated_aug=1, interpolation="bilinear",
+                   point_weight=20.0, point_lr=1.0),
     # DeiT's main.py defaults, which the paper used "with default settings" (appendix F): AdamW 5e-4 x bs/512,
     # timm's cosine stepped once per epoch with 5 warm-up epochs from 1e-6, 300 epochs, rand-m9-mstd0.5-inc1.
     # DeiT's colour jitter 0.3 is inactive under RandAugment (timm applies it only without auto-augment).
     "deit": dict(epochs=300, batch_size=1024, opt="adamw", lr=5e-4, lr_base_batch=512, momentum=0.9,
                  weight_decay=0.05, sched="cosine", lr_step=30, warmup_epochs=5, warmup_lr=1e-6, min_lr=1e-5,
                  lr_update="epoch", label_smoothing=0.1, randaugment="rand-m9-mstd0.5-inc1", color_jitter=0.3,
-                 mixup=0.8, cutmix=1.0, re_prob=0.25, drop_path=0.1, repeated_aug=3, interpolation="bicubic"),
+                 mixup=0.8, cutmix=1.0, re_prob=0.25, drop_path=0.1, repeated_aug=3, interpolation="bicubic",
+                 point_weight=20.0, point_lr=10.0),
     # The "primitive" ViT setup of the appendix (its ViT table without strong augmentation, and Table 2's ViT
     # rows): the DeiT codebase without RandAugment, stochastic depth, random erasing, Mixup and CutMix, and "a
     # training setup similar to the one in the ViT paper: learning rate 1e-3 and weight decay 0.3". Our choices
@@ -66,7 +68,8 @@ RECIPES = {
     "vit": dict(epochs=300, batch_size=1024, opt="adamw", lr=1e-3, lr_base_batch=512, momentum=0.9,
                 weight_decay=0.3, sched="cosine", lr_step=30, warmup_epochs=5, warmup_lr=1e-6, min_lr=1e-5,
                 lr_update="epoch", label_smoothing=0.1, randaugment="none", color_jitter=0.3, mixup=0.0,
-                cutmix=0.0, re_prob=0.0, drop_path=0.0, repeated_aug=3, interpolation="bicubic"),
+                cutmix=0.0, re_prob=0.0, drop_path=0.0, repeated_aug=3, interpolation="bicubic",
+                point_weight=20.0, point_lr=10.0),
 }
 
 
@@ -149,7 +152,15 @@ def add_training_args(p, recipes, defaults, optimizers=("sgd", "adamw")):
     g.add_argument("--rand-points-on", choices=["all", "clicked"], default="all",
                    help="--rand-points supervises every image (all; the paper: 'a uniform-random point for each "
                         "image') or only those LUAB supervises, i.e. with a byproduct (clicked; needs the byproducts)")
-    g.add_argument("--point-weight", type=float, help="lambda, weight of the point loss (default: per recipe)")
+    g.add_argument("--point-weight", type=float,
+                   help="lambda, weight of the point loss (default: the recipe's point_weight)")
+    g.add_argument("--point-head", choices=list(POINT_HEADS), default="normed",
+                   help="what the point head reads: normed = the L2-normalised features (one SGD step moves a "
+                        "point by 2 lr lambda dL/dpoint), plain = the raw features (the paper's Linear, default "
+                        "init; unstable under the ResNet SGD recipe)")
+    g.add_argument("--point-lr", type=float,
+                   help="the point head's learning rate as a multiple of the scheduled LR (default: the recipe's "
+                        "point_lr: 1 for SGD, where lambda x lr already sets the head's step, 10 for the Adam family)")
     g.add_argument("--point-loss", choices=["smoothl1", "mse"], default="smoothl1",
                    help="per point: the sum over x and y of SmoothL1 (beta --smoothl1-beta) or of the squared "
                         "error, on coordinates normalised to [0, 1]; averaged over the points with weight > 0 in "
@@ -463,12 +474,30 @@ def imagenet_mix(args, num_classes):
 # -----------------------------------------------------------------------------
 # Optimiser, LR as a pure function of the step (so resume needs no scheduler state), EMA
 
+def optimizer_groups(args, model):
+    """Parameter groups: DeiT's no-decay rule for the Adam family (models.param_groups); for SGD one group,
+    torchvision's ResNet recipe decays every parameter (BN and biases included). LUAB: the point head's
+    parameters go into groups of their own with "lr_scale" = --point-lr (train_one_epoch multiplies the
+    scheduled LR by it): under Adam every weight moves by about lr per step whatever its gradient's size, so
+    lambda cannot speed the head up there, and at the backbone's lr the head barely leaves the centre."""
+    groups = param_groups(model, args.weight_decay) if args.opt != "sgd" else \
+        [{"params": list(model.parameters()), "weight_decay": args.weight_decay}]
+    point_head = getattr(model, "point_head", None)
+    head = {id(p) for p in point_head.parameters()} if point_head is not None else set()
+    out = []
+    for g in groups:
+        for in_head in (False, True):
+            params = [p for p in g["params"] if (id(p) in head) == in_head]
+            if params:
+                out.append({**g, "params": params, "lr_scale": args.point_lr if in_head else 1.0})
+    return out
+
+
 def build_optimizer(args, model):
     lr = args.lr * args.batch_size / args.lr_base_batch
-    groups = param_groups(model, args.weight_decay) if args.opt == "adamw" else model.parameters()
+    groups = optimizer_groups(args, model)
     fused = {"fused": True} if args.device.startswith("cuda") else {}
     if args.opt == "sgd":
-        # torchvision's ResNet recipe decays every parameter (BN and biases included)
         opt = torch.optim.SGD(groups, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay, **fused)
     else:
         opt = torch.optim.AdamW(groups, lr=lr, weight_decay=args.weight_decay, **fused)
@@ -671,13 +700,43 @@ def to_device(args, batch):
     return [images] + [t.to(args.device, non_blocking=True) for t in rest]
 
 
+# A LUAB run warns when, from this epoch on, its point loss is still above this fraction of the centre baseline.
+IDLE_HEAD_EPOCHS, IDLE_HEAD_RATIO = 3, 0.9
+
+
+def centre_point_loss(args, loss_fn, outputs, batch):
+    """The point loss that always predicting the image centre would get on this batch's targets: the level an
+    idle point head stays at. 0 for a plain run."""
+    if not isinstance(outputs, tuple):
+        return torch.zeros((), device=args.device)
+    return loss_fn(args, (outputs[0].detach(), torch.full_like(outputs[1].detach(), 0.5)), batch)[1]
+
+
+def point_grad_share(args, loss_cls, loss_pt):
+    """LUAB at work, measured on one batch: ||d(lambda x point loss)/d backbone|| / ||d(task loss)/d backbone||,
+    the norms over all backbone parameters (classifier and point head excluded), on this process's batch (no
+    all-reduce). Two extra backward passes through the graph the training step then backpropagates."""
+    m = args.model_without_ddp
+    heads = {id(p) for p in [*m.classifier.parameters(), *m.point_head.parameters()]}
+    params = [p for p in m.parameters() if p.requires_grad and id(p) not in heads]
+
+    def norm(loss):
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        return torch.sqrt(sum(g.float().pow(2).sum() for g in grads if g is not None))
+    return (norm(args.point_weight * loss_pt) / norm(loss_cls).clamp(min=1e-12)).item()
+
+
 def train_one_epoch(args, model, loader, optimizer, peak_lr, epoch, loss_fn, mix=None, ema=None, scaler=None,
                     progress=None):
     """One pass over `loader`; returns the mean losses, throughput and data-wait fraction of the epoch.
-    progress (a dict) gets the current step, for the message of an interrupted run."""
+    LUAB runs also log the point loss of always predicting the image centre on the same targets
+    ("train_point_centre_loss", the level an idle head stays at), their ratio, and point_grad_share of
+    the epoch's first batch ("point_grad_share"). progress (a dict) gets the current step, for the message
+    of an interrupted run."""
     model.train()
     steps = len(loader) if not args.max_steps_per_epoch else min(len(loader), args.max_steps_per_epoch)
-    sums = torch.zeros(3, device=args.device)  # loss, point loss, number of steps
+    sums = torch.zeros(4, device=args.device)  # loss, point loss, centre-baseline point loss, number of steps
+    grad_share = None
     t_epoch = t_last = time.perf_counter()
     data_wait = 0.0
     it = iter(loader)
@@ -689,7 +748,7 @@ def train_one_epoch(args, model, loader, optimizer, peak_lr, epoch, loss_fn, mix
         if progress is not None:
             progress["step"] = i
         for g in optimizer.param_groups:
-            g["lr"] = lr_at(args, peak_lr, step, args.steps_per_epoch)
+            g["lr"] = lr_at(args, peak_lr, step, args.steps_per_epoch) * g["lr_scale"]
         if mix is not None:  # a CPU generator (mix_batch draws on the CPU), seeded by step and rank: resumable
             gen = torch.Generator().manual_seed(args.seed * 7919 + step * 131 + args.rank)
             batch = list(mix(*batch, generator=gen))
@@ -697,6 +756,9 @@ def train_one_epoch(args, model, loader, optimizer, peak_lr, epoch, loss_fn, mix
             outputs = model(batch[0])
         loss_cls, loss_pt = loss_fn(args, outputs, batch)
         loss = loss_cls + args.point_weight * loss_pt  # LUAB: the whole change to the objective
+        loss_centre = centre_point_loss(args, loss_fn, outputs, batch)  # LUAB evidence: better than the centre?
+        if i == 0 and isinstance(outputs, tuple):
+            grad_share = point_grad_share(args, loss_cls, loss_pt)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -713,29 +775,39 @@ def train_one_epoch(args, model, loader, optimizer, peak_lr, epoch, loss_fn, mix
         if ema is not None:
             ema.update(args.model_without_ddp)
         sums += torch.stack([loss_cls.detach() + args.point_weight * loss_pt.detach(), loss_pt.detach(),
-                             torch.ones((), device=args.device)])
+                             loss_centre, torch.ones((), device=args.device)])
         if is_main(args) and ((i + 1) % args.print_freq == 0 or i + 1 == steps):
             now = time.perf_counter()
             done = (i + 1) / steps
             n = min(args.print_freq, (i % args.print_freq) + 1)
             ips = n * args.batch_size / max(now - t_last, 1e-9)
             eta = (now - t_epoch) / done * (1 - done) + (now - t_epoch) / done * (args.epochs - epoch - 1)
-            print(f"epoch {epoch} [{i + 1}/{steps}] loss {loss.item():.4f} point {loss_pt.item():.4f} "
+            vs = f" ({loss_pt.item() / max(loss_centre.item(), 1e-12):.2f} x centre)" if grad_share is not None else ""
+            print(f"epoch {epoch} [{i + 1}/{steps}] loss {loss.item():.4f} point {loss_pt.item():.4f}{vs} "
                   f"lr {optimizer.param_groups[0]['lr']:.3g} {ips:.0f} img/s "
                   f"data {100 * data_wait / (now - t_epoch):.0f}% eta {eta / 60:.1f} min", flush=True)
             t_last = now
     all_reduce_sum(sums)
     elapsed = time.perf_counter() - t_epoch
+    loss, loss_pt, loss_centre = (sums[:3] / sums[3]).tolist()
+    stats = {"train_loss": loss, "train_point_loss": loss_pt}
+    if grad_share is not None:
+        stats.update(train_point_centre_loss=loss_centre, train_point_vs_centre=loss_pt / max(loss_centre, 1e-12),
+                     point_grad_share=grad_share)
+        if args.points == "clicks" and epoch >= IDLE_HEAD_EPOCHS and stats["train_point_vs_centre"] > IDLE_HEAD_RATIO:
+            log(args, f"warning: epoch {epoch}: the point head is still at the centre baseline (point loss "
+                      f"{stats['train_point_vs_centre']:.2f} x centre, gradient share {grad_share:.3f}): LUAB "
+                      f"acts like plain training; raise --point-weight (SGD) or --point-lr (AdamW, AdamP)")
     problems = loader.dataset.dataset.problem_counts(all_ranks=True)  # found so far, by every worker and rank
-    return {"train_loss": (sums[0] / sums[2]).item(), "train_point_loss": (sums[1] / sums[2]).item(),
-            "img_per_s": steps * args.batch_size / elapsed, "data_wait": data_wait / elapsed,
+    return {**stats, "img_per_s": steps * args.batch_size / elapsed, "data_wait": data_wait / elapsed,
             "epoch_time_s": elapsed, **{f"train_{k}": v for k, v in problems.items()}}
 
 
 @torch.no_grad()
 def evaluate_imagenet(args, model, loader, boxes=None):
     """Exact top-1/top-5 over the whole val set (an unpadded sampler: every image counted once), and,
-    given boxes, the point head's localisation accuracy (predicted point inside any GT box)."""
+    given boxes, the point head's localisation accuracy (predicted point inside any GT box) and, as the level to
+    beat, the accuracy of always answering the centre of the eval crop ("val_point_acc_centre")."""
     model.eval()
     dataset = loader.dataset
     logits_all, points_all = [], []
@@ -757,8 +829,9 @@ def evaluate_imagenet(args, model, loader, boxes=None):
         pts = gathered[1].cpu().numpy()
         keep = [i for i, b in enumerate(boxes) if b is not None]
         sizes = np.array([boxes[i][1] for i in keep], dtype=np.float64)
-        px = evaluate.eval_points_to_original(pts[keep], sizes, resize=args.val_resize, crop=args.img_size)
-        stats["val_point_acc"] = evaluate.point_in_box_accuracy(px / sizes, [boxes[i][0] for i in keep])
+        for name, p in (("val_point_acc", pts[keep]), ("val_point_acc_centre", np.full_like(pts[keep], 0.5))):
+            px = evaluate.eval_points_to_original(p, sizes, resize=args.val_resize, crop=args.img_size)
+            stats[name] = evaluate.point_in_box_accuracy(px / sizes, [boxes[i][0] for i in keep])
     stats["val_broken_images"] = dataset.reader.counts(all_ranks=True)["broken_images"]  # counted wrong above
     return stats
 
@@ -786,8 +859,7 @@ def demo_preset():
     return dict(data_dir=os.path.join(root, "imagenet"), byproducts=os.path.join(root, "imagenet_ab", "train_xml"),
                 val_boxes=os.path.join(root, "imagenet", "boxes", "val"), model="resnet18", recipe="resnet",
                 points="clicks", img_size=48, epochs=16, batch_size=32, lr=0.2, lr_step=12, weight_decay=5e-4,
-                color_jitter=0.0,
-                point_weight=5.0, workers=min(2, default_workers()), print_freq=10, output_dir="runs/demo")
+                color_jitter=0.0, workers=min(2, default_workers()), print_freq=10, output_dir="runs/demo")
 
 
 # -----------------------------------------------------------------------------
@@ -803,7 +875,7 @@ def fit(args, train_set, val_set, num_classes, num_points, loss_fn, mix, evaluat
     args.channels_last = args.device.startswith("cuda") and not args.model.startswith("vit")
     # LUAB: the model gets a point head (K points) on the penultimate features; 0 = a plain classifier
     model = create_model(args.model, num_classes=num_classes, num_points=num_points if args.points != "none" else 0,
-                         drop_path=args.drop_path, img_size=args.img_size)
+                         drop_path=args.drop_path, img_size=args.img_size, point_head=args.point_head)
     if args.pretrained:  # fine-tuning: a classifier / point head of another size keeps its fresh initialisation
         try:
             notes = load_pretrained(model, args.pretrained, drop_mismatched_heads=True)
@@ -832,7 +904,7 @@ def fit(args, train_set, val_set, num_classes, num_points, loss_fn, mix, evaluat
     meta = {"model": args.model, "num_classes": num_classes, "num_points": num_points if args.points != "none" else 0,
             "img_size": args.img_size, "val_resize": args.val_resize, "interpolation": args.interpolation,
             "classes": list(class_names) if class_names is not None else None, "points": args.points,
-            "torch": str(torch.__version__)}
+            "point_head": args.point_head, "torch": str(torch.__version__)}
 
     out = args.output_dir
     ckpt_path, best_path, log_path = (os.path.join(out, f) for f in ("checkpoint.pt", "best.pt", "log.jsonl"))
@@ -964,8 +1036,8 @@ def main(args):
                     lambda model, loader: evaluate_imagenet(args, model, loader, boxes),
                     class_names=train_set.classes)
         if args.demo and "val_top1" in stats:
-            point = (f", point head inside the object box for {stats['val_point_acc']:.1f}% of val images"
-                     if "val_point_acc" in stats else "")
+            point = (f", point head inside the object box for {stats['val_point_acc']:.1f}% of val images (always "
+                     f"the centre: {stats['val_point_acc_centre']:.1f}%)" if "val_point_acc" in stats else "")
             log(args, f"demo: val top-1 {stats['val_top1']:.1f}% (chance {100 / num_classes:.0f}%){point}")
         return stats
     finally:

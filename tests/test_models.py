@@ -66,12 +66,12 @@ def test_point_head(name, K):
     assert logits.shape == (2, 10) and points.shape == (2, K, 2)
     (F.cross_entropy(logits, torch.tensor([1, 2])) + F.smooth_l1_loss(points, torch.rand(2, K, 2))).backward()
     assert model.point_head.weight.grad.abs().sum() > 0 and model.classifier.weight.grad.abs().sum() > 0
-    # the points are the head applied to the penultimate features (scaled by 1/sqrt(D)), (x, y) per point
+    # the points are the head applied to the L2-normalised penultimate features, (x, y) per point
     model.eval()
     with torch.no_grad():
         feats = model.forward_features(x)
         _, points = model(x)
-    torch.testing.assert_close(points, model.point_head(feats * model.point_scale).view(2, K, 2))
+    torch.testing.assert_close(points, model.point_head(F.normalize(feats, dim=-1)).view(2, K, 2))
 
 @pytest.mark.parametrize("name", ALL)
 def test_parameter_counts(name):

@@ -68,3 +68,53 @@ def test_deterministic_for_a_seed(tmp_path):
     c = str(tmp_path / "c")
     byproducts.synth_spurious(c, p=0.9, seed=4, n_classes=3, n_train=4, n_val=2, size=32)
     assert open(os.path.join(a, "spurious.json")).read() != open(os.path.join(c, "spurious.json")).read()
+
+
+# ---------------------------------------------------------------------------- the study's statistics (no scipy)
+
+def _study():
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "spurious.py")
+    spec = importlib.util.spec_from_file_location("spurious_study", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_student_t_two_sided_p_values():
+    S = _study()
+    # closed forms: df = 1 (Cauchy) p = 1 - 2 atan|t| / pi; df = 2 p = 1 - |t| / sqrt(2 + t^2);
+    # df = 4 p = 1 - s (1 - t^2 / (12 (1 + t^2 / 4))) 3 / 4 with s = t / sqrt(1 + t^2 / 4)
+    assert S.student_t_sf2(1.0, 1) == pytest.approx(0.5, abs=1e-12)
+    assert S.student_t_sf2(-2.0, 2) == pytest.approx(1 - 2 / np.sqrt(6), abs=1e-12)
+    t = 3.0
+    s = t / np.sqrt(1 + t * t / 4)
+    assert S.student_t_sf2(t, 4) == pytest.approx(1 - 0.75 * s * (1 - t * t / (12 * (1 + t * t / 4))), abs=1e-12)
+    assert S.student_t_sf2(0.0, 7.5) == 1.0
+    assert S.student_t_sf2(2.2281388519649385, 10) == pytest.approx(0.05, abs=1e-10)  # the t table's 97.5% point
+
+
+def test_welch():
+    S = _study()
+    # means 2 and 5, variances 1 and 1, n = 3 each: t = -3 / sqrt(2/3), df = (2/3)^2 / (2 (1/3)^2 / 2) = 4
+    t, df, p = S.welch([1, 2, 3], [4, 5, 6])
+    assert t == pytest.approx(-3 / np.sqrt(2 / 3)) and df == pytest.approx(4.0)
+    assert p == pytest.approx(S.student_t_sf2(t, 4.0))
+
+
+def test_point_scores():
+    S = _study()
+    objects = np.array([[0.5, 0.5, 0.2], [0.3, 0.7, 0.1]])
+    points = np.array([[0.65, 0.35], [0.3, 0.5]])  # inside the first box (|d| = 0.15 <= 0.2), 0.2 off the second
+    acc, dist = S.point_scores(points, objects)
+    assert acc == 50.0 and dist == pytest.approx(100 * (np.hypot(0.15, 0.15) + 0.2) / 2)
+
+
+def test_a_study_folder_holds_one_setting(tmp_path):
+    S = _study()
+    args = S.get_args_parser().parse_args(["--out", str(tmp_path)])
+    S.check_settings(args)
+    S.check_settings(args)  # same settings: fine
+    args.epochs = 3
+    with pytest.raises(SystemExit, match=r"holds runs made with other settings \(epochs: 12 there, 3 now\)"):
+        S.check_settings(args)
