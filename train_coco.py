@@ -60,8 +60,7 @@ RECIPES = {
 SMALL_BACKBONES, SMALL_LAMBDA, LARGE_LAMBDA = ("resnet18", "vit_tiny"), 5.0, 20.0
 
 
-DEFAULTS = {**train_imagenet.DEFAULTS, "output_dir": "runs/coco"}
-DEFAULTS.pop("point_weight")  # by backbone size, below
+DEFAULTS = {**train_imagenet.DEFAULTS, "output_dir": "runs/coco"}  # lambda: by backbone size, below
 
 
 def get_args_parser(add_help=True):

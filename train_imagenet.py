@@ -79,8 +79,7 @@ def default_workers():
 
 
 # The flags that are neither recipe values nor optional: an explicit flag > the --demo preset > the recipe > these.
-DEFAULTS = dict(model="resnet50", points="none", img_size=224, point_weight=1.0, workers=None, print_freq=50,
-                output_dir="runs/imagenet")
+DEFAULTS = dict(model="resnet50", points="none", img_size=224, print_freq=50, output_dir="runs/imagenet")
 
 
 def get_args_parser(add_help=True):
@@ -239,7 +238,7 @@ def resolve_args(args, recipes, defaults=DEFAULTS, preset=None):
         args.model = defaults["model"]
     if args.recipe is None:
         args.recipe = ("deit" if args.model.startswith("vit") else "resnet") if "deit" in recipes else next(iter(recipes))
-    for k, v in {**recipes[args.recipe], **defaults}.items():
+    for k, v in {**defaults, **recipes[args.recipe]}.items():  # the recipe's value wins over a default
         if getattr(args, k) is None:
             setattr(args, k, v)
     if args.workers is None:

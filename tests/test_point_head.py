@@ -100,7 +100,8 @@ def spurious(tmp_path_factory):
 def _train(root, out, *flags):
     argv = ["--data-dir", str(root / "imagenet"), "--byproducts", str(root / "imagenet_ab" / "train_xml"),
             "--model", "resnet18", "--img-size", "32", "--val-resize", "32", "--batch-size", "32",
-            "--workers", "0", "--print-freq", "1000000", "--output-dir", str(out), "--luab", *flags]
+            "--workers", "0", "--print-freq", "1000000", "--output-dir", str(out), "--luab",
+            "--color-jitter", "0", *flags]  # as the study: jitter would blur the synthetic colour cues
     T.main(T.get_args_parser().parse_args(argv))
     with open(os.path.join(out, "log.jsonl")) as f:
         return [json.loads(line) for line in f]

@@ -319,6 +319,7 @@ def test_demo_is_a_preset_that_explicit_flags_override():
     a = T.resolve_args(parse([]), T.RECIPES)  # no preset: the documented defaults
     assert (a.model, a.points, a.img_size, a.output_dir, a.workers) == \
         ("resnet50", "none", 224, "runs/imagenet", T.default_workers())
+    assert (a.point_weight, a.point_lr) == (20.0, 1.0)  # the recipe's value, not a generic default
     with pytest.raises(SystemExit):  # argparse: two different point modes
         parse(["--luab", "--points", "random"])
     with pytest.raises(SystemExit):
