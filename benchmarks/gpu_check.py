@@ -7,21 +7,23 @@ The GPU figures of PERFORMANCE.md in one command, and the first run of the speed
 Four parts, in this order (--parts picks some). Every item is timed; one that fails, cannot run here, or would
 start too late for the time budget is listed under "not run" with the reason, and the others still run.
 
-  speed     short train_imagenet.py runs (--luab --model-ema, 3 steps, then --resume for a second epoch) of
-            resnet18 and vit_tiny with --amp, --compile and both, plus fp16 + GradScaler and the DeiT recipe
-            (Mixup/CutMix on the device, fused AdamW); each checked: finite losses, a checkpoint without
-            `_orig_mod.` / `module.` keys that loads strictly into an uncompiled model, an EMA (decay 0) equal
-            to the model, the resumed epoch logged. These are the checks of tests/test_speed.py, which runs
-            them on CPU. Then a 2-process torchrun (NCCL, --compile --sync-bn) when 2 GPUs are there.
+  speed     short train_imagenet.py runs (--luab --model-ema, 3 steps, then --resume for a second epoch):
+            --amp (resnet18, vit_tiny), --compile (resnet18), --amp --compile (vit_tiny), fp16 + GradScaler
+            (resnet18) and the DeiT recipe (vit_tiny, Mixup/CutMix on the device, fused AdamW). Each is
+            checked: finite losses, a checkpoint without `_orig_mod.` / `module.` keys that loads strictly
+            into an uncompiled model, an EMA (decay 0) equal to the model, the resumed epoch logged: the
+            checks of tests/test_speed.py, which runs these on CPU (the eager ones through --dry-run). Then
+            a 2-process torchrun (NCCL, --compile --sync-bn) when there are 2 GPUs.
   model     model-bound training img/s of ResNet-50 and ViT-B/16 at 224 px, bf16, batch 128, from tensors
             already on the GPU, plain vs --luab (benchmarks/train_step.py's interleaved timing), eager; peak
             memory per step; achieved TFLOP/s (FLOPs of a step counted by torch.utils.flop_counter) and the
             model FLOP utilisation against the device's dense bf16 peak (BF16_PEAK_TFLOPS, or --peak-tflops).
   data      data-bound: real train_imagenet.py runs of ResNet-50 from ImageNet-sized synthetic JPEGs written
-            to local disk, every CPU core a DataLoader worker (train_step.py --loader): img/s and the share of
-            the step spent waiting for data, plain vs --luab.
+            to local disk, batch 128, every CPU core a DataLoader worker (train_step.py --loader): img/s and
+            the share of the step spent waiting for data, plain vs --luab.
   compiled  the "model" timings under torch.compile (two compilations per model: the slowest part).
 
+What does not fit in the budget is listed as "over the time budget": run those parts again with --parts.
 The JSON (--out) is rewritten after every item, so a run cut short keeps what it measured; the scripts' own
 output goes to the .log next to it; a table is printed at the end. --dry-run does all of it on CPU with
 resnet18 / vit_tiny at 32 px and a few steps, except inductor's compilation (minutes of C++ builds on a small
@@ -189,7 +191,8 @@ class Report:
         estimate_s = estimate_s / 10 if self.a.dry_run else estimate_s
         if self.elapsed() + estimate_s > self.a.budget_s:
             return self.not_run(part, item, f"over the time budget ({self.elapsed():.0f} s used, about "
-                                            f"{estimate_s:.0f} s more needed, --budget-s {self.a.budget_s:.0f})")
+                                            f"{estimate_s:.0f} s more needed, --budget-s {self.a.budget_s:.0f}): "
+                                            f"run it with --parts {part}")
         print(f"[{self.elapsed():4.0f} s] {part}: {item}", flush=True)
         t0 = time.perf_counter()
         try:
@@ -229,7 +232,7 @@ def part_speed(rep, a, device, tmp):
             rep.not_run("speed", item, "inductor compilation left to the slow tests on CPU (--dry-run)")
         else:
             out = tempfile.mkdtemp(dir=tmp)
-            facts = rep.run("speed", item, 60 if needs == "inductor" else 20,
+            facts = rep.run("speed", item, 60 if needs == "inductor" else 15,
                             lambda: speed_run(data_root, out, model, flags, device))
             if facts is not None:
                 facts["ok"] = speed_ok(facts)
@@ -270,7 +273,7 @@ def part_model(rep, a, device, compiled):
             r["mfu"] = r["tflops"] / peak if peak else None
             return r
         res = rep.run("compiled" if compiled else "model", f"{name} {img} px batch {bs}"
-                      f"{' compiled' if compiled else ''}", 150 if compiled else 40, measure)
+                      f"{' compiled' if compiled else ''}", 150 if compiled else 30, measure)
         if res is not None and why:
             res["mfu_why_not"] = why
     if why and not any(r["item"] == "MFU" for r in rep.data["not_run"]):
@@ -284,12 +287,13 @@ def part_data(rep, a, device):
              "--loader-rounds", "1"])
     argv += (["--loader-model", "resnet18", "--loader-img-size", "32", "--batch-size", "8", "--loader-steps", "2"]
              if a.dry_run else
-             ["--loader-model", "resnet50", "--loader-img-size", "224", "--batch-size", "256", "--loader-steps", "10"])
+             ["--loader-model", "resnet50", "--loader-img-size", "224", "--batch-size", str(a.batch_size),
+              "--loader-steps", "10"])
 
     def measure():
         s = train_step.loader_mode(train_step.build_parser().parse_args(argv))
         return {"workers": workers, "plain": s["plain"], "luab": s["luab"]}
-    rep.run("data", f"{'resnet18 32' if a.dry_run else 'resnet50 224'} px, {workers} workers", 150, measure)
+    rep.run("data", f"{'resnet18 32' if a.dry_run else 'resnet50 224'} px, {workers} workers", 120, measure)
 
 
 def print_table(d):
@@ -328,7 +332,7 @@ def main(argv=None):
     p.add_argument("--out", default="gpu_check.json", help="the JSON; the log goes next to it (.log)")
     p.add_argument("--budget-s", type=float, help="start no item that would end after this (default 480; "
                                                   "120 with --dry-run)")
-    p.add_argument("--batch-size", type=int, default=128, help="model-bound timings")
+    p.add_argument("--batch-size", type=int, default=128, help="of the model- and data-bound timings")
     p.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, when not in BF16_PEAK_TFLOPS")
     a = p.parse_args(argv)
     a.budget_s = a.budget_s or (120 if a.dry_run else 480)
