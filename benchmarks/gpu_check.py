@@ -45,7 +45,8 @@ import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-sys.path[:0] = [REPO, HERE]
+sys.path.insert(0, REPO)
+sys.path.append(HERE)  # for train_step; last, so that `models` is the repository's, not benchmarks/models.py
 
 import torch  # noqa: E402
 from torch._dynamo.utils import counters  # noqa: E402
@@ -175,7 +176,8 @@ class Report:
         dev_name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
         self.data = dict(device=device, device_name=dev_name, dry_run=a.dry_run, torch=torch.__version__,
                          cpus=len(os.sched_getaffinity(0)), gpus=torch.cuda.device_count(),
-                         load_start=os.getloadavg(), budget_s=a.budget_s, speed=[], model=[], data=[], compiled=[], not_run=[])
+                         load_start=os.getloadavg(), budget_s=a.budget_s, speed=[], model=[], data=[], compiled=[],
+                         not_run=[])
 
     def elapsed(self):
         return time.perf_counter() - self.t0

@@ -12,7 +12,7 @@ import train_imagenet as T
 from models import create_model
 from test_train_imagenet import REPO, base_args, run, synth, torchrun  # noqa: F401 (synth is a fixture)
 
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+sys.path.append(os.path.join(REPO, "benchmarks"))  # last: benchmarks/models.py must not shadow models.py
 import gpu_check  # noqa: E402
 
 
@@ -120,8 +120,9 @@ def test_gpu_check_dry_run_runs_every_part(tmp_path, capsys):
         d = gpu_check.main(["--dry-run", "--out", str(tmp_path / "g.json"), "--budget-s", "100000"])
     finally:
         torch.set_num_threads(threads)
-    assert [r["item"] for r in d["speed"]] == ["resnet18 --amp --channels-last", "vit_tiny --amp",
-                                               "vit_tiny --recipe deit --lr 5e-4 --amp", "torchrun 2 processes resnet18"]
+    assert [r["item"] for r in d["speed"]] == [
+        "resnet18 --amp --channels-last", "vit_tiny --amp", "vit_tiny --recipe deit --lr 5e-4 --amp",
+        "torchrun 2 processes resnet18"]
     assert all(r["ok"] for r in d["speed"]) and [r.get("graphs_compiled") for r in d["speed"]] == [0, 0, 0, None]
     assert [r["item"] for r in d["model"]] == ["resnet18 32 px batch 4", "vit_tiny 32 px batch 4"]
     assert [r["item"] for r in d["compiled"]] == ["resnet18 32 px batch 4 compiled", "vit_tiny 32 px batch 4 compiled"]
