@@ -309,12 +309,12 @@ def print_table(d):
                   f"{r.get('graphs_compiled', '-'):>7}{r['seconds']:>6.0f}")
     rows = d["model"] + d["compiled"]
     if rows:
-        print(f"\n{'model-bound (bf16)':<30}{'plain img/s':>12}{'LUAB img/s':>11}{'LUAB/plain':>11}"
+        print(f"\n{'model-bound (bf16)':<34}{'plain img/s':>12}{'LUAB img/s':>11}{'LUAB/plain':>11}"
               f"{'peak MiB':>9}{'TFLOP/s':>8}{'MFU':>6}")
         for r in rows:
             mib = f"{r['plain_peak_mib']:.0f}" if "plain_peak_mib" in r else "-"
             mfu = f"{100 * r['mfu']:.0f}%" if r["mfu"] is not None else "-"
-            print(f"{r['item']:<30}{r['plain_img_s']:>12.1f}{r['luab_img_s']:>11.1f}{r['ratio']:>11.3f}"
+            print(f"{r['item']:<34}{r['plain_img_s']:>12.1f}{r['luab_img_s']:>11.1f}{r['ratio']:>11.3f}"
                   f"{mib:>9}{r['tflops']:>8.2f}{mfu:>6}")
     for r in d["data"]:
         print(f"\ndata-bound ({r['item']}): plain {r['plain']['img_per_s']:.1f} img/s, data wait "
