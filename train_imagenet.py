@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import copy
 import datetime
+import functools
 import glob
 import json
 import math
@@ -200,10 +201,14 @@ def add_training_args(p, recipes, defaults, optimizers=("sgd", "adamw")):
     g.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights (saved, evaluated too)")
     g.add_argument("--model-ema-decay", type=float, default=0.99996)
     g = p.add_argument_group("speed")
-    g.add_argument("--amp", action="store_true", help="autocast on CUDA (bf16 unless --amp-dtype float16)")
-    g.add_argument("--amp-dtype", choices=["bfloat16", "float16"], default="bfloat16")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes")
+    g.add_argument("--amp", action="store_true",
+                   help="autocast the forward pass to bf16 (CUDA and CPU; losses and metrics stay fp32)")
+    g.add_argument("--amp-dtype", choices=["bfloat16", "float16"], default="bfloat16",
+                   help="float16 is CUDA-only (it needs the GradScaler)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (inductor; CPU needs a C compiler)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC images and weights (default: on for ResNets on CUDA, off otherwise)")
+    g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (CUDA only)")
     g.add_argument("--device", default=None, help="default: cuda if available else cpu")
     g = p.add_argument_group("run")
     g.add_argument("--output-dir", help=f"the run folder: config.json, log.jsonl, checkpoint.pt, best.pt "
@@ -492,14 +497,30 @@ def optimizer_groups(args, model):
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def has_fused(opt_class, device):
+    """Whether the installed torch has a fused `opt_class` kernel for `device` (CUDA; CPU too since torch 2.4).
+    torch checks the device only at the first step, so this takes one step on a one-element tensor."""
+    p = torch.zeros(1, device=device, requires_grad=True)
+    p.grad = torch.zeros(1, device=device)
+    try:
+        opt_class([p], lr=0.1, fused=True).step()
+        return True
+    except (RuntimeError, TypeError):  # TypeError: an optimiser without the `fused` argument in this torch
+        return False
+
+
 def build_optimizer(args, model):
     lr = args.lr * args.batch_size / args.lr_base_batch
     groups = optimizer_groups(args, model)
-    fused = {"fused": True} if args.device.startswith("cuda") else {}
+    opt_class = torch.optim.SGD if args.opt == "sgd" else torch.optim.AdamW
+    # fused: one kernel per parameter does the whole update; without it torch's default (foreach kernels
+    # over all parameters on CUDA, a Python loop of small ops on CPU)
+    fused = True if has_fused(opt_class, args.device) else None
     if args.opt == "sgd":
-        opt = torch.optim.SGD(groups, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay, **fused)
+        opt = opt_class(groups, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay, fused=fused)
     else:
-        opt = torch.optim.AdamW(groups, lr=lr, weight_decay=args.weight_decay, **fused)
+        opt = opt_class(groups, lr=lr, weight_decay=args.weight_decay, fused=fused)
     return opt, lr
 
 
@@ -686,9 +707,23 @@ def run_config(args, meta):
 # Training and evaluation loops
 
 def autocast(args):
-    if args.amp and args.device.startswith("cuda"):
-        return torch.autocast("cuda", dtype=getattr(torch, args.amp_dtype))
-    return contextlib.nullcontext()
+    """The context the forward pass runs in: with --amp, autocast to --amp-dtype on CUDA or CPU (bf16 there).
+    Only the model runs inside it: the losses cast its outputs to fp32 (.float()) and are computed outside,
+    as are the metrics, so the numbers reported do not depend on --amp."""
+    if not args.amp:
+        return contextlib.nullcontext()
+    return torch.autocast(args.device.split(":")[0], dtype=getattr(torch, args.amp_dtype))
+
+
+def resolve_speed_flags(args):
+    """Refuse the CUDA-only speed flags on another device; default channels_last where it pays."""
+    cuda = args.device.startswith("cuda")
+    if args.amp and args.amp_dtype == "float16" and not cuda:
+        raise SystemExit("--amp-dtype float16 needs CUDA (fp16 needs the GradScaler); on CPU --amp uses bfloat16")
+    if args.sync_bn and not cuda:
+        raise SystemExit("--sync-bn needs CUDA (torch's SyncBatchNorm has no CPU kernel): drop it on CPU")
+    if args.channels_last is None:  # cuDNN's tensor-core convolutions want NHWC; a ViT has one conv only
+        args.channels_last = cuda and not args.model.startswith("vit")
 
 
 def to_device(args, batch):
@@ -725,6 +760,24 @@ def point_grad_share(args, loss_cls, loss_pt):
     return (norm(args.point_weight * loss_pt) / norm(loss_cls).clamp(min=1e-12)).item()
 
 
+def backward_step(args, model, loss, optimizer, scaler=None):
+    """Zero the gradients, backpropagate `loss`, clip (--clip-grad) and step. With the fp16 GradScaler (CUDA
+    only) the loss is scaled up for the backward pass and the gradients unscaled before clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    if args.clip_grad > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+
+
 def train_one_epoch(args, model, loader, optimizer, peak_lr, epoch, loss_fn, mix=None, ema=None, scaler=None,
                     progress=None):
     """One pass over `loader`; returns the mean losses, throughput and data-wait fraction of the epoch.
@@ -758,19 +811,7 @@ def train_one_epoch(args, model, loader, optimizer, peak_lr, epoch, loss_fn, mix
         loss_centre = centre_point_loss(args, loss_fn, outputs, batch)  # LUAB evidence: better than the centre?
         if i == 0 and isinstance(outputs, tuple):
             grad_share = point_grad_share(args, loss_cls, loss_pt)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if args.clip_grad > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        backward_step(args, model, loss, optimizer, scaler)
         if ema is not None:
             ema.update(args.model_without_ddp)
         sums += torch.stack([loss_cls.detach() + args.point_weight * loss_pt.detach(), loss_pt.detach(),
@@ -871,7 +912,7 @@ def fit(args, train_set, val_set, num_classes, num_points, loss_fn, mix, evaluat
     `make_optimizer(args, model) -> (optimizer, peak lr)` (default: build_optimizer); best.pt keeps the
     epoch with the highest stats[best_key]. Returns the last epoch's stats."""
     t_start = time.time()
-    args.channels_last = args.device.startswith("cuda") and not args.model.startswith("vit")
+    resolve_speed_flags(args)
     # LUAB: the model gets a point head (K points) on the penultimate features; 0 = a plain classifier
     model = create_model(args.model, num_classes=num_classes, num_points=num_points if args.points != "none" else 0,
                          drop_path=args.drop_path, img_size=args.img_size, point_head=args.point_head)
@@ -933,8 +974,8 @@ def fit(args, train_set, val_set, num_classes, num_points, loss_fn, mix, evaluat
 
     train_model = DDP(model, device_ids=[args.local_rank] if args.device.startswith("cuda") else None) \
         if args.distributed else model
-    if args.compile:
-        train_model = torch.compile(train_model)
+    if args.compile:  # only the training forward/backward; checkpoints and EMA read the uncompiled `model`,
+        train_model = torch.compile(train_model)  # so their keys carry no `_orig_mod.` (nor DDP's `module.`)
     val_sampler = evaluate.UnpaddedDistributedSampler(len(val_set), args.rank, args.world_size)
     val_loader = make_loader(args, val_set, val_sampler, train=False)
     if args.eval_only:

@@ -12,7 +12,8 @@ draws, interleaved repeats, median. Target: LUAB / plain <= 1.02.
 
 The step calls train_imagenet's own pieces (resolve_args with the model's recipe: SGD for ResNets, AdamW +
 Mixup/CutMix + label smoothing + drop path for ViTs; build_optimizer, imagenet_mix, autocast, imagenet_loss
-with point_loss), so it measures the code people train with. The loop's bookkeeping (LR set, loss sums, the log
+with point_loss, backward_step), so it measures the code people train with. On CUDA it also reports each
+variant's peak memory per step. The loop's bookkeeping (LR set, loss sums, the log
 line) is the same with and without LUAB and is left out. Besides wall-clock ms we report the process CPU time of
 each step, and the LUAB delta measured in isolation (the network tail, classifier + CE with and without point
 head + point loss, forward and backward, plus an optimizer step over the point head's two tensors; min over many
@@ -60,14 +61,14 @@ def training_args(name, device, batch_size, img_size, luab, amp):
     argv += ["--amp"] if amp else []
     args = ti.resolve_args(ti.get_args_parser().parse_args(argv), ti.RECIPES)
     args.rank, args.world_size, args.distributed = 0, 1, False
-    args.channels_last = device == "cuda" and not name.startswith("vit")
+    ti.resolve_speed_flags(args)  # channels_last for ResNets on CUDA, as in fit
     return args
 
 
 class Trainer:
     """Model + optimizer + mix of one variant (plain or LUAB), built exactly as train_imagenet.fit builds them."""
 
-    def __init__(self, name, args, num_classes, compile_):
+    def __init__(self, name, args, num_classes, compile_, backend="inductor"):
         self.args = args
         torch.manual_seed(0)  # same backbone weights in both variants
         model = create_model(name, num_classes=num_classes, num_points=1 if args.points != "none" else 0,
@@ -78,7 +79,7 @@ class Trainer:
         model.train()
         self.raw = model
         self.optimizer, _ = ti.build_optimizer(args, model)
-        self.model = torch.compile(model) if compile_ else model
+        self.model = torch.compile(model, backend=backend) if compile_ else model
         self.mix = ti.imagenet_mix(args, num_classes)
 
     def step(self, batch, seed):
@@ -93,12 +94,15 @@ class Trainer:
             outputs = self.model(batch[0])
         loss_cls, loss_pt = ti.imagenet_loss(args, outputs, batch)
         loss = loss_cls + args.point_weight * loss_pt  # LUAB: the whole change to the objective
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if args.clip_grad > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.clip_grad)
-        self.optimizer.step()
+        ti.backward_step(args, self.model, loss, self.optimizer)
         return loss.detach()
+
+    def resident_bytes(self):
+        """Bytes this variant keeps on the device between steps: weights, buffers, gradients, optimizer state."""
+        ts = list(self.raw.parameters()) + list(self.raw.buffers())
+        ts += [p.grad for p in self.raw.parameters() if p.grad is not None]
+        ts += [v for s in self.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+        return sum(t.numel() * t.element_size() for t in ts)
 
 
 def make_batch(batch_size, img_size, num_classes, device, channels_last):
@@ -198,6 +202,17 @@ def isolated_delta_us(luab, batch, reps=200):
             "delta_us": m["luab"] - m["plain"] + m["opt"]}
 
 
+def peak_step_mib(trainers, key, batch):
+    """Peak device memory of one step of trainers[key], in MiB: the allocator's peak during the step minus
+    what the other variants keep resident (both variants live on the device for the interleaved timing)."""
+    others = sum(t.resident_bytes() for k, t in trainers.items() if k != key)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    trainers[key].step(batch, seed=0)
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - others) / 2**20
+
+
 def profile_step(trainer, batch, steps=3, rows=15):
     """torch.profiler table (self CPU time) of a few steps of one variant."""
     from torch.profiler import ProfilerActivity, profile
@@ -237,7 +252,7 @@ def step_mode(a):
     for name in names:
         for comp in compiles:
             trainers = {k: Trainer(name, training_args(name, device, batch_size, a.img_size, k == "luab", amp),
-                                   a.num_classes, comp) for k in ("plain", "luab")}
+                                   a.num_classes, comp, a.compile_backend) for k in ("plain", "luab")}
             args = trainers["plain"].args
             batch = make_batch(batch_size, a.img_size, a.num_classes, device, args.channels_last)
             t = time_pair(trainers, batch, device, warmup, repeats, steps)
@@ -255,6 +270,8 @@ def step_mode(a):
                      delta=delta, spread_pct=100 * (max(t["plain"]["wall"]) / best_plain - 1),
                      plain_all=[round(x, 1) for x in t["plain"]["wall"]],
                      luab_all=[round(x, 1) for x in t["luab"]["wall"]])
+            if cuda:
+                r.update({f"{k}_peak_mib": peak_step_mib(trainers, k, batch) for k in trainers})
             results.append(r)
             print(f"  {name}{' compiled' if comp else ''}: plain {r['plain_ms']:.1f} ms, LUAB {r['luab_ms']:.1f} ms, "
                   f"ratio {r['ratio']:.3f} (paired {paired:.3f}, CPU {r['cpu_ratio']:.3f}), isolated delta "
@@ -280,6 +297,7 @@ def step_mode(a):
                           steps_per_sample=steps, torch=torch.__version__, load=os.getloadavg(),
                           results=[{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
                                    for r in results])))
+    return results
 
 
 _CLK = os.sysconf("SC_CLK_TCK")
@@ -370,11 +388,12 @@ def loader_mode(a):
                               workers=a.workers, steps=steps, threads=torch.get_num_threads(),
                               cpus=len(os.sched_getaffinity(0)), torch=torch.__version__, load=os.getloadavg(),
                               summary=summary, runs=results)))
+        return summary
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def main():
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", choices=list(MODEL_NAMES) + ["all"],
                    help=f"default: {' '.join(CPU_MODELS)} on cpu, {' '.join(GPU_MODELS)} on cuda; 'all' = all seven")
@@ -388,6 +407,8 @@ def main():
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: on for cuda)")
     p.add_argument("--compile", choices=["off", "on", "both"], help="torch.compile (default: both on cuda, off on cpu)")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend of the step timings ('eager': graph capture only, a plumbing check)")
     p.add_argument("--threads", type=int,
                    help="torch threads (default 1 on cpu: on a small shared machine OpenMP barriers wait for "
                         "descheduled threads, which makes 2-thread timings both slower and far noisier; "
@@ -403,7 +424,11 @@ def main():
     g.add_argument("--workers", type=int, default=2)
     g.add_argument("--synth-min", type=int, default=300, help="synthetic JPEG side range (ImageNet is ~400 x 350)")
     g.add_argument("--synth-max", type=int, default=500)
-    a = p.parse_args()
+    return p
+
+
+def main():
+    a = build_parser().parse_args()
     if a.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here")
     if a.threads or a.device == "cpu":
