@@ -63,7 +63,7 @@ def runs(tmp_path):
     """luab: 5 epochs, validation at epochs 1, 3, 4 only (eval every 2 and the last), a centre baseline;
     plain: points "none" in config.json, a point loss of 0 as plain runs log it, no point accuracy; bare: no
     config.json, a training loss and a point loss of 0 (so no point head either)."""
-    luab = [{"epoch": e, "train_loss": 3.0 - 0.5 * e, "train_point_loss": 0.2 - 0.02 * e, "point_loss_centre": 0.25}
+    luab = [{"epoch": e, "train_loss": 3.0 - 0.5 * e, "train_point_loss": 0.2 - 0.02 * e, "train_point_centre_loss": 0.25}
             for e in range(5)]
     for e, top1, acc in ((1, 20.0, 30.0), (3, 60.0, 50.0), (4, 70.0, 55.0)):
         luab[e].update(val_top1=top1, val_point_acc=acc)

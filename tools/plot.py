@@ -30,7 +30,7 @@ import drawing as dr  # noqa: E402
 # one panel per log key, in this order: (log key, title, y-axis label, key drawn dashed in the same colour)
 PANELS = (
     ("train_loss", "training loss", "loss (task + lambda x point)", None),
-    ("train_point_loss", "point loss", "SmoothL1 (train)", "point_loss_centre"),
+    ("train_point_loss", "point loss", "SmoothL1 (train)", "train_point_centre_loss"),
     ("val_top1", "validation top-1", "top-1 (%)", None),
     ("val_map", "validation mAP", "mAP (%)", None),
     ("val_point_acc", "point localisation (val)", "point inside a GT box (%)", None),
