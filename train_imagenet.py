@@ -788,7 +788,7 @@ def train_one_epoch(args, model, loader, optimizer, peak_lr, epoch, loss_fn, mix
     model.train()
     steps = len(loader) if not args.max_steps_per_epoch else min(len(loader), args.max_steps_per_epoch)
     sums = torch.zeros(4, device=args.device)  # loss, point loss, centre-baseline point loss, number of steps
-    grad_share = None
+    grad_share, has_head = None, getattr(args.model_without_ddp, "point_head", None) is not None
     t_epoch = t_last = time.perf_counter()
     data_wait = 0.0
     it = iter(loader)
@@ -809,7 +809,9 @@ def train_one_epoch(args, model, loader, optimizer, peak_lr, epoch, loss_fn, mix
         loss_cls, loss_pt = loss_fn(args, outputs, batch)
         loss = loss_cls + args.point_weight * loss_pt  # LUAB: the whole change to the objective
         loss_centre = centre_point_loss(args, loss_fn, outputs, batch)  # LUAB evidence: better than the centre?
-        if i == 0 and isinstance(outputs, tuple):
+        # measured on the first batch; not through a torch.compile'd graph (autograd.grad there gave 0 alone and
+        # NaN weights under DDP), so a compiled run logs no gradient share
+        if i == 0 and isinstance(outputs, tuple) and not args.compile:
             grad_share = point_grad_share(args, loss_cls, loss_pt)
         backward_step(args, model, loss, optimizer, scaler)
         if ema is not None:
@@ -822,7 +824,7 @@ def train_one_epoch(args, model, loader, optimizer, peak_lr, epoch, loss_fn, mix
             n = min(args.print_freq, (i % args.print_freq) + 1)
             ips = n * args.batch_size / max(now - t_last, 1e-9)
             eta = (now - t_epoch) / done * (1 - done) + (now - t_epoch) / done * (args.epochs - epoch - 1)
-            vs = f" ({loss_pt.item() / max(loss_centre.item(), 1e-12):.2f} x centre)" if grad_share is not None else ""
+            vs = f" ({loss_pt.item() / max(loss_centre.item(), 1e-12):.2f} x centre)" if has_head else ""
             print(f"epoch {epoch} [{i + 1}/{steps}] loss {loss.item():.4f} point {loss_pt.item():.4f}{vs} "
                   f"lr {optimizer.param_groups[0]['lr']:.3g} {ips:.0f} img/s "
                   f"data {100 * data_wait / (now - t_epoch):.0f}% eta {eta / 60:.1f} min", flush=True)
@@ -831,12 +833,14 @@ def train_one_epoch(args, model, loader, optimizer, peak_lr, epoch, loss_fn, mix
     elapsed = time.perf_counter() - t_epoch
     loss, loss_pt, loss_centre = (sums[:3] / sums[3]).tolist()
     stats = {"train_loss": loss, "train_point_loss": loss_pt}
-    if grad_share is not None:
-        stats.update(train_point_centre_loss=loss_centre, train_point_vs_centre=loss_pt / max(loss_centre, 1e-12),
-                     point_grad_share=grad_share)
+    if has_head:
+        stats.update(train_point_centre_loss=loss_centre, train_point_vs_centre=loss_pt / max(loss_centre, 1e-12))
+        if grad_share is not None:
+            stats["point_grad_share"] = grad_share
         if args.points == "clicks" and epoch >= IDLE_HEAD_EPOCHS and stats["train_point_vs_centre"] > IDLE_HEAD_RATIO:
+            share = f", gradient share {grad_share:.3f}" if grad_share is not None else ""
             log(args, f"warning: epoch {epoch}: the point head is still at the centre baseline (point loss "
-                      f"{stats['train_point_vs_centre']:.2f} x centre, gradient share {grad_share:.3f}): LUAB "
+                      f"{stats['train_point_vs_centre']:.2f} x centre{share}): LUAB "
                       f"acts like plain training; raise --point-weight (SGD) or --point-lr (AdamW, AdamP)")
     problems = loader.dataset.dataset.problem_counts(all_ranks=True)  # found so far, by every worker and rank
     return {**stats, "img_per_s": steps * args.batch_size / elapsed, "data_wait": data_wait / elapsed,
