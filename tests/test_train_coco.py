@@ -195,6 +195,7 @@ def three_runs(coco, tmp_path_factory):
     return logs
 
 
+@pytest.mark.slow
 def test_plain_luab_rand_learn(three_runs):
     for mode, log in three_runs.items():
         assert log[-1]["train_loss"] < 0.5 * log[0]["train_loss"], (mode, log)
@@ -208,6 +209,7 @@ def test_plain_luab_rand_learn(three_runs):
     assert 0.0 <= luab[-1]["val_point_acc"] <= 100.0
 
 
+@pytest.mark.slow
 def test_resume_reproduces_the_uninterrupted_run(coco, tmp_path, monkeypatch):
     """A run cut short (here: killed at the 2nd validation, after epoch 0's checkpoint), then --resume, ends
     with exactly the weights of the run that was never interrupted: AdamP state, LR, data order all restored."""
@@ -234,6 +236,7 @@ def test_resume_reproduces_the_uninterrupted_run(coco, tmp_path, monkeypatch):
     assert [r["epoch"] for r in read_log(tmp_path / "cut")] == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_distributed_validation_equals_single_process(coco, tmp_path):
     """mAP and point localisation with 2 gloo processes on an odd number of val images = 1 process."""
     data = coco

@@ -174,6 +174,7 @@ def three_runs(synth, tmp_path_factory):
     return logs
 
 
+@pytest.mark.slow
 def test_plain_luab_rand_learn(three_runs):
     for mode, log in three_runs.items():
         assert log[-1]["train_loss"] < 0.85 * log[0]["train_loss"], (mode, log)
@@ -201,6 +202,7 @@ def test_deit_recipe_runs_with_mixup_cutmix_and_points(synth, tmp_path):
     assert "ema_val_top1" in stats
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(synth, tmp_path):
     """Same global batch, same samples and augmentations: 2 gloo processes = 1 process."""
     flags = ["--model", "vit_tiny", "--recipe", "resnet", "--epochs", "1", "--max-steps-per-epoch", "4",
@@ -215,6 +217,7 @@ def test_two_processes_match_one(synth, tmp_path):
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_distributed_validation_equals_single_process(synth, tmp_path):
     data = tmp_path / "imagenet"
     shutil.copytree(synth / "imagenet", data)
@@ -233,6 +236,7 @@ def test_distributed_validation_equals_single_process(synth, tmp_path):
     assert outs[0] == outs[1]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_reproduces_uninterrupted_run(synth, tmp_path):
     flags = ["--model", "resnet18", "--epochs", "4", "--luab", "--max-steps-per-epoch", "3"]
 
@@ -360,6 +364,7 @@ def test_used_folder_is_refused_resume_continues_overwrite_replaces(synth, tmp_p
     assert [e["epoch"] for e in read_log(out)] == [0]
 
 
+@pytest.mark.slow
 def test_finished_resume_prints_and_exits_zero(synth, tmp_path):
     out = tmp_path / "run"
     argv = [sys.executable, os.path.join(REPO, "train_imagenet.py"), *tiny(synth, out, "--epochs", "1")]
@@ -400,6 +405,7 @@ def test_unwritable_output_dir_is_refused_before_training(synth, tmp_path):
         run(tiny(synth, tmp_path / "file" / "run"))
 
 
+@pytest.mark.slow
 def test_ctrl_c_prints_one_line_and_exits_130(synth, tmp_path):
     out = tmp_path / "run"
     argv = [sys.executable, os.path.join(REPO, "train_imagenet.py"),
@@ -442,6 +448,7 @@ def _children(pid):
     return kids
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds torchrun's workers through /proc")
 def test_torchrun_restart_after_a_killed_worker_equals_the_uninterrupted_run(synth, tmp_path):
     """The documented fault-tolerant launch: torchrun --max-restarts=N ... --resume. One worker is SIGKILLed
