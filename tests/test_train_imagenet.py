@@ -453,9 +453,11 @@ def _children(pid):
 def test_torchrun_restart_after_a_killed_worker_equals_the_uninterrupted_run(synth, tmp_path):
     """The documented fault-tolerant launch: torchrun --max-restarts=N ... --resume. One worker is SIGKILLed
     after the first checkpoint; torchrun restarts both, they resume, and the final weights are the same as
-    those of a run that was never interrupted. (A restarted gloo group can fail to form on a busy machine:
-    that costs one more restart, hence --max-restarts 3.)"""
-    flags = ["--model", "resnet18", "--epochs", "4", "--max-steps-per-epoch", "6", "--luab", "--resume"]
+    those of a run that was never interrupted. (A restarted gloo group can fail to form, or hang while forming,
+    on a busy machine: --dist-timeout 1 turns a hang into a failure after a minute, and it costs one more
+    restart, hence --max-restarts 3.)"""
+    flags = ["--model", "resnet18", "--epochs", "4", "--max-steps-per-epoch", "6", "--luab", "--resume",
+             "--dist-timeout", "1"]
     torchrun(2, base_args(synth, tmp_path / "full", *flags))
     out = tmp_path / "cut"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=3",
