@@ -475,3 +475,24 @@ def test_torchrun_restart_after_a_killed_worker_equals_the_uninterrupted_run(syn
     w_full, w_cut = weights(tmp_path / "full"), weights(out)
     for k in w_full:
         torch.testing.assert_close(w_cut[k], w_full[k], rtol=0, atol=0)
+
+
+def test_colour_jitter_follows_the_recipe_and_leaves_points_alone(synth, tmp_path):
+    """resnet: ColorJitter 0.4 (brightness = contrast = saturation, hue 0); deit: none, since RandAugment is on
+    (as timm); the jitter changes pixels, never the point target or its weight."""
+    parse = T.get_args_parser().parse_args
+    common = ["--data-dir", str(synth / "imagenet"), "--byproducts", str(synth / "imagenet_ab" / "train_xml"),
+              "--luab", "--img-size", "32"]
+    resnet, _ = T.build_datasets(T.resolve_args(parse(common + ["--model", "resnet18"]), T.RECIPES))
+    j = resnet.transform.jitter
+    assert (j.brightness, j.contrast, j.saturation, j.hue) == ((0.6, 1.4), (0.6, 1.4), (0.6, 1.4), None)
+    deit, _ = T.build_datasets(T.resolve_args(parse(common + ["--model", "vit_tiny"]), T.RECIPES))
+    assert deit.transform.jitter is None and deit.transform.randaugment is not None
+    plain, _ = T.build_datasets(T.resolve_args(parse(common + ["--model", "resnet18", "--color-jitter", "0"]),
+                                               T.RECIPES))
+    for i in (0, 5, 9):
+        torch.manual_seed(i)
+        a = resnet[i]
+        torch.manual_seed(i)
+        b = plain[i]
+        assert torch.equal(a[2], b[2]) and torch.equal(a[3], b[3]) and not torch.equal(a[0], b[0])
