@@ -478,7 +478,9 @@ def test_torchrun_restart_after_a_killed_worker_equals_the_uninterrupted_run(syn
                 now = (out / "checkpoint.pt").stat().st_mtime if (out / "checkpoint.pt").exists() else None
                 if now != last:
                     last, t_last = now, time.time()
-            if p.poll() is None:
+            if p.poll() is None:  # the workers run in sessions of their own: kill them, then torchrun
+                for pid in _children(p.pid):
+                    os.kill(pid, signal.SIGKILL)
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
                 relaunches += 1
