@@ -918,7 +918,8 @@ def fit(args, train_set, val_set, num_classes, num_points, loss_fn, mix, evaluat
     t_start = time.time()
     resolve_speed_flags(args)
     # LUAB: the model gets a point head (K points) on the penultimate features; 0 = a plain classifier
-    model = create_model(args.model, num_classes=num_classes, num_points=num_points if args.points != "none" else 0,
+    num_points = num_points if args.points != "none" else 0
+    model = create_model(args.model, num_classes=num_classes, num_points=num_points,
                          drop_path=args.drop_path, img_size=args.img_size, point_head=args.point_head)
     if args.pretrained:  # fine-tuning: a classifier / point head of another size keeps its fresh initialisation
         try:
@@ -945,7 +946,7 @@ def fit(args, train_set, val_set, num_classes, num_points, loss_fn, mix, evaluat
     scaler = torch.amp.GradScaler() if fp16 else None  # bf16 needs no loss scaling
     ema = ModelEma(model, args.model_ema_decay) if args.model_ema else None
     # what a checkpoint must say about itself so that evaluate.py (or anyone) can rebuild the model from it alone
-    meta = {"model": args.model, "num_classes": num_classes, "num_points": num_points if args.points != "none" else 0,
+    meta = {"model": args.model, "num_classes": num_classes, "num_points": num_points,
             "img_size": args.img_size, "val_resize": args.val_resize, "interpolation": args.interpolation,
             "classes": list(class_names) if class_names is not None else None, "points": args.points,
             "point_head": args.point_head, "torch": str(torch.__version__)}
