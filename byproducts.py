@@ -2287,7 +2287,7 @@ def click_grid_png(records, image_root, path, n=16, cell=160, model=None):
         if model is not None:
             x, pts, _ = tf(img, pts, torch.ones(len(pts)))
             with torch.no_grad():
-                logits, pred = model(x[None])
+                logits, pred = model(x[None], return_points=True)
                 weight = model.classifier.weight[logits[0].argmax()]  # CAM of the predicted class
                 cam = torch.einsum("d,dhw->hw", weight, model.feature_map(x[None])[0])
             cam = ((cam - cam.min()) / (cam.max() - cam.min() + 1e-8)).numpy()

@@ -787,19 +787,17 @@ def _autocast(args):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
-def _logits(out):
-    return out[0] if isinstance(out, tuple) else out
-
 def _loader(dataset, args, collate_fn=None):
     return DataLoader(dataset, batch_size=args.batch_size, sampler=UnpaddedDistributedSampler(dataset),
                       num_workers=args.workers, pin_memory=args.device.type == "cuda", collate_fn=collate_fn)
 
 @torch.no_grad()
-def predict(model, dataset, args, desc, pre=None, post=None):
+def predict(model, dataset, args, desc, pre=None, post=None, points=False):
     """Run model over this rank's share of `dataset` (items (image, index)) and gather everyone's results in
     dataset order. pre(x) edits the normalised batch on the device (Cocc's hole); post(output) -> tensor or
-    tuple of tensors [B, ...] to keep (default: the logits as float32). Returns a tuple of tensors [N, ...]."""
-    post = post or (lambda out: _logits(out).float())
+    tuple of tensors [B, ...] to keep, where output is the logits, or (logits, points) with points=True
+    (default: them as float32). Returns a tuple of tensors [N, ...]."""
+    post = post or (lambda out: tuple(o.float() for o in out) if points else out.float())
     outs, idx = [], []
     progress = Progress(desc, len(dataset))
     for x, i in _loader(dataset, args):
@@ -809,7 +807,7 @@ def predict(model, dataset, args, desc, pre=None, post=None):
         if pre is not None:
             x = pre(x)
         with _autocast(args):
-            out = post(model(x))
+            out = post(model(x, return_points=True) if points else model(x))
         outs.append(tuple(o.cpu() for o in (out if isinstance(out, tuple) else (out,))))
         idx.append(i)
         progress.update(len(i) * (_dist_world()))
@@ -839,7 +837,7 @@ def eval_imagenet_val(model, args):
                          "image; give the val/ folder of the set the model was trained on")
     ds = ImageList(paths, default_transform(args))
     if args.has_points:
-        logits, points = predict(model, ds, args, "IN-1k",
+        logits, points = predict(model, ds, args, "IN-1k", points=True,
                                  post=lambda o: (o[0].float(), o[1][:, 0].float()))
     else:
         (logits,) = predict(model, ds, args, "IN-1k")
@@ -868,7 +866,7 @@ def eval_imagenet_val(model, args):
                                   f"the original image; hit iff inside any GT box of {source} (inclusive)")
     fill = cocc_fill(args.cocc_fill)
     (pred,) = predict(model, ds, args, "Cocc", pre=lambda x: occlude_center(x, args.cocc_hole, fill.to(x.device)),
-                      post=lambda o: safe_argmax(_logits(o).float()))
+                      post=lambda o: safe_argmax(o.float()))
     res["cocc"] = 100.0 * float(np.mean(pred.numpy() == labels))
     res["cocc_params"] = {"hole": args.cocc_hole, "fill": args.cocc_fill, "input": args.img_size}
     proto["cocc"] = (f"[A] centre occlusion on IN-val: {describe_default(args)}, then a {args.cocc_hole}x"
@@ -930,7 +928,7 @@ def eval_top1_folder(model, args, root, label_of, desc, transform=None, border=0
     (or, with return_paths, the image paths) [N]."""
     paths, labels, folders = scan_class_folders(root, label_of)
     (pred,) = predict(model, ImageList(paths, transform or default_transform(args), border), args, desc,
-                      post=lambda o: _logits(o).float())
+                      post=lambda o: o.float())
     return pred, labels, (paths if return_paths else folders)
 
 def eval_imagenet_v2(model, args):
@@ -988,7 +986,7 @@ def eval_imagenet_c(model, args):
     labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
     # IN-C images are already 224 x 224: CenterCrop only (Resize(256) would zoom in once more)
     tf = T.Compose([T.CenterCrop(args.img_size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    (pred,) = predict(model, ImageList(paths, tf), args, "IN-C", post=lambda o: safe_argmax(_logits(o).float()))
+    (pred,) = predict(model, ImageList(paths, tf), args, "IN-C", post=lambda o: safe_argmax(o.float()))
     names = sorted(set(groups))
     position = {g: j for j, g in enumerate(names)}
     group = np.fromiter((position[g] for g in groups), np.int64, len(groups))
@@ -1119,7 +1117,7 @@ def bgc_vulnerability(model, args, fg_paths, mask_paths, labels, bg_paths, in_to
             if args.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with _autocast(args):
-                pred = safe_argmax(_logits(model(x)).float())
+                pred = safe_argmax(model(x).float())
             pred = pred if map9 is None else torch.where(pred < 0, -1, map9[pred.clamp(min=0)])
             if bool((pred != int(labels[i])).any()):
                 fooled = True
@@ -1283,13 +1281,13 @@ def eval_coco(model, args):
         if args.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(args):
-            out = model(x)
-        logits = _logits(out).float()
+            logits, points = model(x, return_points=True)
+        logits = logits.float()
         mine_idx.append(idx)
         mine_logits.append(logits.cpu())
         hits = torch.full((len(idx), C), -1, dtype=torch.int8)
         if args.has_points:
-            pts = out[1].float().cpu().numpy()
+            pts = points.float().cpu().numpy()
             for b, i in enumerate(idx.tolist()):
                 info = ds.images[i]
                 for k, boxes in ds.boxes(i).items():
@@ -1381,7 +1379,7 @@ def context_scores(model, args, x, logits, classes, masks, idx, fill):
             region = region.to(args.device)
             xs[j] = torch.where(region[None], fill, xs[j])
         with _autocast(args):
-            p = _logits(model(xs)).float().sigmoid()
+            p = model(xs).float().sigmoid()
         scores += [float(p[j, c]) for j, (_, c, _) in enumerate(chunk)]
     per_pair = {}
     for (b, c, o), s in zip(jobs, scores):
@@ -1467,7 +1465,7 @@ def figure_points_imagenet(model, args, path, n=16, cell=192):
         with Image.open(p) as im:
             img = im.convert("RGB")
         x = tf(img).to(args.device)
-        point = model(x[None])[1][0, 0].float().cpu().numpy()  # normalised in the crop
+        point = model(x[None], return_points=True)[1][0, 0].float().cpu().numpy()  # normalised in the crop
         c = _unnormalise(x).resize((cell, cell), Image.BILINEAR)
         d = ImageDraw.Draw(c)
         if boxes[j] is not None:
@@ -1504,7 +1502,7 @@ def figure_points_coco(model, args, path, n=12, cell=256):
     cells = []
     for i in _pick(len(ds), n):
         x = ds[i][0].to(args.device)
-        points = model(x[None])[1][0].float().cpu().numpy()  # [C, 2], normalised to the image
+        points = model(x[None], return_points=True)[1][0].float().cpu().numpy()  # [C, 2], normalised to the image
         info = ds.images[i]
         c = _unnormalise(x).resize((cell, cell), Image.BILINEAR)
         d = ImageDraw.Draw(c)
@@ -1670,31 +1668,6 @@ def print_table(paths, args):
 # -----------------------------------------------------------------------------
 # model, run, main
 
-def read_checkpoint(path):
-    """A checkpoint file -> (state dict, meta dict, saved args dict), read with weights_only=True (a file that
-    pickles anything but tensors and plain containers is refused). Our checkpoints carry "meta" (model,
-    num_classes, num_points, img_size, val_resize, interpolation, classes, ...; train_imagenet.fit) and "args";
-    older ones only "args"; a torchvision / DeiT file is a bare state dict (or {"model": state dict})."""
-    import models
-    if not Path(path).is_file():
-        raise SystemExit(f"--checkpoint {path}: no such file; give the checkpoint.pt a training run wrote "
-                         "(or a torchvision / DeiT state dict)")
-    try:
-        ckpt = models.read_checkpoint(path)  # weights_only=True: a checkpoint must not run code
-    except ValueError as e:  # not a torch file, truncated, or a pickle that would run code
-        raise SystemExit(f"--checkpoint {path}: refused by torch.load(weights_only=True) ({e}); evaluate only "
-                         "files holding tensors, e.g. torch.save(model.state_dict(), ...)")
-    meta = ckpt.get("meta") if isinstance(ckpt, dict) and isinstance(ckpt.get("meta"), dict) else {}
-    saved = ckpt.get("args") if isinstance(ckpt, dict) and isinstance(ckpt.get("args"), dict) else {}
-    sd = ckpt["model"] if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict) else ckpt
-    if not isinstance(sd, dict) or not sd or not all(torch.is_tensor(v) for v in sd.values()):
-        raise SystemExit(f"--checkpoint {path}: holds no state dict (str -> tensor, or one under 'model')")
-    return sd, meta, saved
-
-def _head_rows(sd, suffixes):
-    rows = [v.shape[0] for k, v in sd.items() if k.endswith(suffixes) and "point_head" not in k]
-    return rows[0] if rows else None
-
 def resolve_eval_geometry(args, meta=None):
     """Unset geometry flags <- the checkpoint's meta (the geometry its training validated with), else the
     benchmarks' defaults: img_size 224, resize = img_size / 0.875 (256), bilinear; COCO input = img_size."""
@@ -1706,37 +1679,34 @@ def resolve_eval_geometry(args, meta=None):
     return args
 
 def load_model(args):
-    """The model a checkpoint describes: name, classes, point heads and eval geometry from its meta (flags
-    override; older files fall back to their args and the state dict's shapes; a bare torchvision / DeiT state
-    dict needs --model). Every mismatch is a one-line SystemExit naming the file and the fix."""
+    """The model a checkpoint describes (models.model_from_checkpoint: name, classes, point heads from its meta,
+    flags override; a bare torchvision / DeiT state dict needs --model), and the eval geometry it validated with.
+    Every mismatch is a one-line SystemExit naming the file and the fix."""
     import models
-    sd, meta, saved = read_checkpoint(args.checkpoint)
-    args.model = args.model or meta.get("model") or saved.get("model")
-    if args.model is None:
-        raise SystemExit(f"--checkpoint {args.checkpoint} does not say which architecture it holds (no meta): pass "
-                         f"--model ({', '.join(models.MODEL_NAMES)})")
-    if args.model not in models.MODEL_NAMES:
+    path = args.checkpoint
+    if not Path(path).is_file():
+        raise SystemExit(f"--checkpoint {path}: no such file; give the checkpoint.pt a training run wrote "
+                         "(or a torchvision / DeiT state dict)")
+    if args.model is not None and args.model not in models.MODEL_NAMES:
         raise SystemExit(f"--model {args.model}: unknown; choose from {', '.join(models.MODEL_NAMES)}")
-    if args.num_points is None:
-        head = [v.shape[0] // 2 for k, v in sd.items() if k.endswith("point_head.weight")]
-        args.num_points = meta.get("num_points", head[0] if head else 0)
-    if args.num_classes is None:
-        args.num_classes = meta.get("num_classes") or _head_rows(sd, ("fc.weight", "heads.head.weight",
-                                                                      "head.weight")) or 1000
-    args.classes = meta.get("classes")
-    resolve_eval_geometry(args, meta or {k: saved.get(k) for k in ("img_size", "val_resize", "interpolation")})
     try:
-        model = models.create_model(args.model, num_classes=args.num_classes, num_points=args.num_points,
-                                    img_size=args.img_size,  # what the point head reads (models.POINT_HEADS)
-                                    point_head=meta.get("point_head") or saved.get("point_head", "normed"))
-        notes = models.load_pretrained(model, sd) or []
+        ckpt = models.read_checkpoint(path)  # weights_only=True: a checkpoint must not run code
+    except ValueError as e:  # not a torch file, truncated, or a pickle that would run code
+        raise SystemExit(f"--checkpoint {path}: refused by torch.load(weights_only=True) ({e}); evaluate only "
+                         "files holding tensors, e.g. torch.save(model.state_dict(), ...)")
+    try:
+        _, meta = models.checkpoint_parts(ckpt)
+        resolve_eval_geometry(args, meta)
+        model, meta, notes = models.model_from_checkpoint(ckpt, args.model, args.num_classes, args.num_points,
+                                                          img_size=args.img_size)
     except ValueError as e:
-        raise SystemExit(f"--checkpoint {args.checkpoint} does not fit --model {args.model} ({args.num_classes} "
-                         f"classes, {args.num_points} points): {str(e)[:300]}; pass the --model (and "
-                         "--num-classes) it was trained with")
+        raise SystemExit(f"--checkpoint {path} {e}")
+    args.model = args.model or meta["model"]
+    args.num_classes, args.num_points = model.classifier.out_features, model.num_points
+    args.classes = meta.get("classes")
     fresh = [note for note in notes if "fresh initialisation" in note and "point_head" not in note]
     if fresh:
-        raise SystemExit(f"--checkpoint {args.checkpoint} has no classifier weights ({fresh[0]}): it is a backbone "
+        raise SystemExit(f"--checkpoint {path} has no classifier weights ({fresh[0]}): it is a backbone "
                          "only; evaluate the checkpoint of a trained classifier")
     for note in notes:
         log(f"note: {note}")

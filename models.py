@@ -51,13 +51,18 @@ class ImageClassifier(nn.Module):
         recipe the point loss overshoots for epochs. (No parameters here: both kinds have the same state dict.)"""
         return F.normalize(feats, dim=-1) if self.point_head_kind == "normed" else feats
 
-    def forward(self, x):
-        """x: [B, 3, H, W] -> logits [B, C], or (logits [B, C], points [B, K, 2]) with a point head."""
+    def forward(self, x, return_points=False):
+        """x: [B, 3, H, W] -> logits [B, C], as any torchvision classifier.
+
+        LUAB: with return_points=True -> (logits [B, C], points [B, K, 2]), points None without a point head.
+        Training asks for both in one forward, so DDP sees (and syncs) the gradients of both heads; every
+        other caller (evaluation, CAMs, export) gets plain logits and the head is not even run."""
         feats = self.forward_features(x)
         logits = self.classifier(feats)
-        if self.point_head is None:
+        if not return_points:
             return logits
-        # One forward returns both outputs, so DDP sees (and syncs) the gradients of both heads.
+        if self.point_head is None:
+            return logits, None
         return logits, self.point_head(self.point_input(feats)).view(-1, self.num_points, 2)
 
 # -----------------------------------------------------------------------------
@@ -359,6 +364,53 @@ def read_checkpoint(path):
         first = (str(e).strip().splitlines() or [""])[0]
         raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {first}") from None
 
+def checkpoint_parts(ckpt):
+    """What a checkpoint (read_checkpoint's result) holds -> (state dict, meta dict).
+
+    Our training checkpoints carry "model" and a self-describing "meta" (model, num_classes, num_points,
+    point_head, img_size, val_resize, interpolation, classes; train_imagenet.checkpoint_meta); older ones only
+    "args", read as meta; DeiT's are {"model": state dict}; torchvision's are the bare state dict (meta {})."""
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
+        meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else ckpt.get("args")
+        ckpt, meta = ckpt["model"], meta if isinstance(meta, dict) else {}
+    else:
+        meta = {}
+    if not isinstance(ckpt, dict) or not ckpt or not all(torch.is_tensor(v) for v in ckpt.values()):
+        raise ValueError("holds no state dict (str -> tensor, or one under 'model')")
+    return ckpt, meta
+
+def model_from_checkpoint(path_or_ckpt, name=None, num_classes=None, num_points=None, img_size=None):
+    """The one way to rebuild a trained model: a path (or read_checkpoint's result) -> (model in eval mode,
+    meta, notes).
+
+    Architecture, classes, point head and input size come from the checkpoint's meta; the arguments override
+    them and are needed only for files that do not describe themselves (a torchvision / DeiT state dict:
+    `name`; classes and points are then read from the heads' shapes). Raises ValueError (one line, to follow
+    the file's name) when the file does not say or does not fit; `notes` are load_pretrained's remarks about
+    the heads (e.g. a classifier absent from the file kept its fresh initialisation)."""
+    ckpt = read_checkpoint(path_or_ckpt) if isinstance(path_or_ckpt, (str, os.PathLike)) else path_or_ckpt
+    sd, meta = checkpoint_parts(ckpt)
+    name = name or meta.get("model")
+    if name is None:
+        raise ValueError(f"does not say which architecture it holds (no meta): pass --model ({', '.join(MODEL_NAMES)})")
+    if name not in MODEL_NAMES:
+        raise ValueError(f"names an unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+    if num_points is None:
+        head = [v.shape[0] // 2 for k, v in sd.items() if k.endswith("point_head.weight")]
+        num_points = meta.get("num_points", head[0] if head else 0)
+    if num_classes is None:
+        rows = [v.shape[0] for k, v in sd.items() if k.endswith(("fc.weight", "heads.head.weight", "head.weight"))
+                and "point_head" not in k]
+        num_classes = meta.get("num_classes") or (rows[0] if rows else 1000)
+    model = create_model(name, num_classes=num_classes, num_points=num_points,
+                         img_size=img_size or meta.get("img_size") or 224, point_head=meta.get("point_head", "normed"))
+    try:
+        notes = load_pretrained(model, sd)
+    except ValueError as e:
+        raise ValueError(f"does not fit --model {name} ({num_classes} classes, {num_points} points): {str(e)[:300]}; "
+                         "pass the --model (and --num-classes) it was trained with") from None
+    return model.eval(), meta, notes
+
 def _strip_prefixes(key):
     while key.startswith(_WRAPPER_PREFIXES):
         key = key.split(".", 1)[1]
@@ -375,10 +427,7 @@ def load_pretrained(model, state_dict_or_path, drop_mismatched_heads=False):
     sd = state_dict_or_path
     if isinstance(sd, (str, os.PathLike)):
         sd = read_checkpoint(sd)
-    if isinstance(sd, dict) and isinstance(sd.get("model"), dict):
-        sd = sd["model"]  # DeiT's and our training checkpoints
-    if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
-        raise ValueError("expected a state dict (str -> tensor) or a checkpoint holding one under 'model'")
+    sd, _ = checkpoint_parts(sd)
     renamed = {}
     for key, value in sd.items():
         key = _strip_prefixes(key)

@@ -224,10 +224,10 @@ def coco_loss(args, outputs, batch):
     """(BCE over the classes, LUAB point loss). targets [B, C] multi-hot (or mixed); weights [B, K] (or
     [B, 2, K] after Mixup/CutMix) are 0 for absent classes, classes without an icon and icons outside the crop."""
     _, targets, points, weights = batch
-    if not isinstance(outputs, tuple):  # plain training: the model has no point head
-        return F.binary_cross_entropy_with_logits(outputs.float(), targets), outputs.new_zeros(())
     logits, pred_points = outputs
     bce = F.binary_cross_entropy_with_logits(logits.float(), targets)
+    if pred_points is None:  # plain training: the model has no point head
+        return bce, logits.new_zeros(())
     # LUAB: the paper's "mean of the SmoothL1 losses for every class present in the image": each image's
     # points share a total weight of 1, and point_loss then averages over the images that have any point
     n_points = (weights > 0).flatten(1).sum(1).clamp(min=1)
@@ -280,11 +280,11 @@ def evaluate_coco(args, model, loader, geometry=None):
     for batch in loader:
         images, i = to_device(args, batch)
         with autocast(args):
-            out = model(images)
+            out_logits, out_points = model(images, return_points=True)
         idx.append(i.cpu())
-        logits.append((out[0] if isinstance(out, tuple) else out).float().cpu())
-        if isinstance(out, tuple):
-            points.append(out[1].float().cpu())
+        logits.append(out_logits.float().cpu())
+        if out_points is not None:
+            points.append(out_points.float().cpu())
     with_points = geometry is not None
     gathered = evaluate.gather_by_index(torch.cat(idx), torch.cat(logits), *[torch.cat(points)] * with_points)
     # a broken val image is a NaN input, so its logits rank last for every class (counted wrong)

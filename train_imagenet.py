@@ -454,7 +454,7 @@ def classification_loss(logits, targets, label_smoothing):
 
 
 def imagenet_loss(args, outputs, batch):
-    logits, pred_points = outputs if isinstance(outputs, tuple) else (outputs, None)
+    logits, pred_points = outputs
     _, targets, points, weights = batch
     loss_cls = classification_loss(logits, targets, args.label_smoothing)
     if pred_points is None:
@@ -741,7 +741,7 @@ IDLE_HEAD_EPOCHS, IDLE_HEAD_RATIO = 3, 0.9
 def centre_point_loss(args, loss_fn, outputs, batch):
     """The point loss that always predicting the image centre would get on this batch's targets: the level an
     idle point head stays at. 0 for a plain run."""
-    if not isinstance(outputs, tuple):
+    if outputs[1] is None:
         return torch.zeros((), device=args.device)
     return loss_fn(args, (outputs[0].detach(), torch.full_like(outputs[1].detach(), 0.5)), batch)[1]
 
@@ -805,13 +805,13 @@ def train_one_epoch(args, model, loader, optimizer, peak_lr, epoch, loss_fn, mix
             gen = torch.Generator().manual_seed(args.seed * 7919 + step * 131 + args.rank)
             batch = list(mix(*batch, generator=gen))
         with autocast(args):
-            outputs = model(batch[0])
+            outputs = model(batch[0], return_points=True)  # LUAB: (logits, points), points None without a head
         loss_cls, loss_pt = loss_fn(args, outputs, batch)
         loss = loss_cls + args.point_weight * loss_pt  # LUAB: the whole change to the objective
         loss_centre = centre_point_loss(args, loss_fn, outputs, batch)  # LUAB evidence: better than the centre?
         # measured on the first batch; not through a torch.compile'd graph (autograd.grad there gave 0 alone and
         # NaN weights under DDP), so a compiled run logs no gradient share
-        if i == 0 and isinstance(outputs, tuple) and not args.compile:
+        if i == 0 and outputs[1] is not None and not args.compile:
             grad_share = point_grad_share(args, loss_cls, loss_pt)
         backward_step(args, model, loss, optimizer, scaler)
         if ema is not None:
@@ -858,8 +858,7 @@ def evaluate_imagenet(args, model, loader, boxes=None):
     for batch in loader:
         images = to_device(args, batch)[0]
         with autocast(args):
-            out = model(images)
-        logits, points = out if isinstance(out, tuple) else (out, None)
+            logits, points = model(images, return_points=True)
         logits_all.append(logits.float())
         if points is not None:
             points_all.append(points.float()[:, 0])

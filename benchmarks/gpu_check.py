@@ -146,7 +146,7 @@ def flops_per_image(name, img_size, device):
     x = torch.randn(2, 3, img_size, img_size, device=device)
     with FlopCounterMode(display=False) as fc:
         with torch.autocast(device.split(":")[0], dtype=torch.bfloat16):
-            logits, points = model(x)
+            logits, points = model(x, return_points=True)
         (logits.float().sum() + points.float().sum()).backward()
     return fc.get_total_flops() / 2
 

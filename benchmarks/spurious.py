@@ -88,9 +88,9 @@ def predict(model, root, split, size):
     """Logits [N, C], points [N, 2] or None, and the dataset of one split (eval crop = the whole image)."""
     ds = byproducts.ImageNetAB(os.path.join(root, "imagenet", split), points="none",
                                transform=byproducts.EvalTransform(size=size, resize=size))
-    outs = [model(b[0]) for b in torch.utils.data.DataLoader(ds, batch_size=128, num_workers=0)]
-    if not isinstance(outs[0], tuple):
-        return torch.cat(outs), None, ds
+    outs = [model(b[0], return_points=True) for b in torch.utils.data.DataLoader(ds, batch_size=128, num_workers=0)]
+    if outs[0][1] is None:
+        return torch.cat([o[0] for o in outs]), None, ds
     return torch.cat([o[0] for o in outs]), torch.cat([o[1][:, 0] for o in outs]).numpy(), ds
 
 

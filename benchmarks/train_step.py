@@ -91,7 +91,7 @@ class Trainer:
             gen = torch.Generator().manual_seed(seed)
             batch = list(self.mix(*batch, generator=gen))
         with ti.autocast(args):
-            outputs = self.model(batch[0])
+            outputs = self.model(batch[0], return_points=True)
         loss_cls, loss_pt = ti.imagenet_loss(args, outputs, batch)
         loss = loss_cls + args.point_weight * loss_pt  # LUAB: the whole change to the objective
         ti.backward_step(args, self.model, loss, self.optimizer)
@@ -166,7 +166,7 @@ def isolated_delta_us(luab, batch, reps=200):
         model.point_head = head if with_points else None
         f = feats.detach().requires_grad_()
         with ti.autocast(args):
-            out = model(f * 1.0)  # a non-leaf, so the two heads' gradients are summed as in the real graph
+            out = model(f * 1.0, return_points=True)  # a non-leaf, so the two heads' gradients are summed as in the real graph
         loss_cls, loss_pt = ti.imagenet_loss(args, out, [None, *targets])
         (loss_cls + args.point_weight * loss_pt).backward()
         cls.weight.grad = cls.bias.grad = head.weight.grad = head.bias.grad = None

@@ -62,7 +62,7 @@ def test_point_head(name, K):
     model, x = small(name, num_classes=10, num_points=K)
     assert isinstance(model.point_head, torch.nn.Linear)
     assert model.point_head.in_features == WIDTH[name] and model.point_head.out_features == 2 * K
-    logits, points = model(x)
+    logits, points = model(x, return_points=True)
     assert logits.shape == (2, 10) and points.shape == (2, K, 2)
     (F.cross_entropy(logits, torch.tensor([1, 2])) + F.smooth_l1_loss(points, torch.rand(2, K, 2))).backward()
     assert model.point_head.weight.grad.abs().sum() > 0 and model.classifier.weight.grad.abs().sum() > 0
@@ -70,8 +70,17 @@ def test_point_head(name, K):
     model.eval()
     with torch.no_grad():
         feats = model.forward_features(x)
-        _, points = model(x)
+        logits, points = model(x, return_points=True)
+        torch.testing.assert_close(model(x), logits, rtol=0, atol=0)  # without return_points: logits only
     torch.testing.assert_close(points, model.point_head(F.normalize(feats, dim=-1)).view(2, K, 2))
+
+def test_output_convention_without_a_point_head():
+    """model(x) is a torchvision classifier's call; return_points=True gives (logits, None) without a head."""
+    model, x = small("resnet18", num_classes=10)
+    model.eval()
+    with torch.no_grad():
+        logits, points = model(x, return_points=True)
+        assert points is None and torch.equal(model(x), logits)
 
 @pytest.mark.parametrize("name", ALL)
 def test_parameter_counts(name):
@@ -204,11 +213,10 @@ def check_loads(src, sd_or_path, x, **create_kw):
     notes = models.load_pretrained(dst, sd_or_path)
     src.eval(), dst.eval()
     with torch.no_grad():
-        a, b = src(x), dst(x)
-    if isinstance(a, tuple) and isinstance(b, tuple):  # both have a point head: same points too
-        torch.testing.assert_close(b[1], a[1], rtol=0, atol=0)
-    logits = lambda out: out[0] if isinstance(out, tuple) else out
-    torch.testing.assert_close(logits(b), logits(a), rtol=0, atol=0)
+        (a, a_points), (b, b_points) = src(x, return_points=True), dst(x, return_points=True)
+    if a_points is not None and b_points is not None:  # both have a point head: same points too
+        torch.testing.assert_close(b_points, a_points, rtol=0, atol=0)
+    torch.testing.assert_close(b, a, rtol=0, atol=0)
     return dst, notes
 
 def named(name, **kw):
@@ -249,6 +257,30 @@ def test_load_own_training_checkpoint_with_point_head(tmp_path):
     # the head is dropped at inference: a plain classifier ignores it, with a note
     _, notes = check_loads(src, tmp_path / "ckpt.pt", torch.randn(2, 3, 64, 64), num_classes=10)
     assert len(notes) == 2 and all("point_head" in n for n in notes)
+
+def test_model_from_checkpoint_rebuilds_what_the_meta_describes(tmp_path):
+    """Self-describing: architecture, classes, points, point-head kind and ViT input size come from "meta"; a
+    bare state dict needs the name and reads classes / points from the heads' shapes."""
+    src = named("vit_tiny", num_classes=7, num_points=3, img_size=48, point_head="plain")
+    meta = {"model": "vit_tiny", "num_classes": 7, "num_points": 3, "img_size": 48, "point_head": "plain"}
+    torch.save({"model": src.state_dict(), "meta": meta, "epoch": 2}, tmp_path / "c.pt")
+    model, got, notes = models.model_from_checkpoint(tmp_path / "c.pt")
+    assert (got, notes, model.training) == (meta, [], False)
+    assert (model.img_size, model.num_points, model.point_head_kind, model.classifier.out_features) == \
+        (48, 3, "plain", 7)
+    x = torch.randn(2, 3, 48, 48)
+    src.eval()
+    with torch.no_grad():
+        for a, b in zip(model(x, return_points=True), src(x, return_points=True)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    bare = named("resnet18", num_classes=5, num_points=2).state_dict()
+    model, got, _ = models.model_from_checkpoint(bare, "resnet18")
+    assert (got, model.classifier.out_features, model.num_points) == ({}, 5, 2)
+    with pytest.raises(ValueError, match=r"^does not say which architecture it holds \(no meta\): pass --model"):
+        models.model_from_checkpoint(bare)
+    with pytest.raises(ValueError, match=r"^does not fit --model resnet50 \(5 classes, 2 points\): checkpoint "
+                                         r"does not fit ResNet"):
+        models.model_from_checkpoint(bare, "resnet50")
 
 def test_missing_point_head_is_fine():
     src = named("vit_tiny", img_size=32)
