@@ -30,7 +30,6 @@ import json
 import math
 import multiprocessing as mp
 import os
-import sys
 import time
 from collections import deque
 from pathlib import Path
@@ -40,11 +39,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 import byproducts
 from byproducts import IMAGENET_MEAN, IMAGENET_STD
+from utils import Progress, UnpaddedDistributedSampler, all_reduce_sum, dist_on, gather_by_index, get_rank, \
+    get_world_size, init_distributed, log
 
 # -----------------------------------------------------------------------------
 # class-mapping data shipped in data/ (provenance and licences: data/README.md)
@@ -516,79 +517,6 @@ def point_in_box_accuracy(points_px, boxes):
     return 100.0 * float(np.mean(hits)) if hits else float("nan")
 
 # -----------------------------------------------------------------------------
-# exact distributed evaluation: every rank takes a strided share, results are gathered by dataset index
-
-def _dist_on():
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-def _rank():
-    return dist.get_rank() if _dist_on() else 0
-
-def _comm_device():
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-
-class UnpaddedDistributedSampler(Sampler):
-    """Rank r of world w iterates r, r + w, r + 2w, ... : no padding, no duplicates, no shuffling, so a
-    gathered result covers the dataset exactly once (DistributedSampler pads with repeats). World 1 without
-    a process group is the identity."""
-
-    def __init__(self, data_source, rank=None, world_size=None):
-        self.n = data_source if isinstance(data_source, int) else len(data_source)
-        on = _dist_on()
-        self.world_size = world_size if world_size is not None else (dist.get_world_size() if on else 1)
-        self.rank = rank if rank is not None else (dist.get_rank() if on else 0)
-
-    def __iter__(self):
-        return iter(range(self.rank, self.n, self.world_size))
-
-    def __len__(self):
-        return len(range(self.rank, self.n, self.world_size))
-
-def gather_by_index(indices, *tensors):
-    """indices: LongTensor [n] (this rank's dataset indices), tensors: [n, ...] each -> tuple of tensors
-    [sum n, ...] from all ranks, sorted by dataset index, on each input's device. Ranks may hold different n
-    (even 0): everything is padded to the longest, all-gathered, then trimmed. Works without a process group."""
-    indices = torch.as_tensor(indices).long()
-    if not _dist_on():
-        order = torch.argsort(indices.to(tensors[0].device) if tensors else indices)
-        return tuple(t[order] for t in tensors)
-    dev, world = _comm_device(), dist.get_world_size()
-    # a rank with nothing to report may not know the trailing shape/dtype: take them from one that does
-    meta = [None] * world
-    dist.all_gather_object(meta, [(tuple(t.shape[1:]), t.dtype) if len(t) else None for t in tensors])
-    n = torch.tensor([len(indices)], device=dev)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n)
-    sizes = [int(s) for s in sizes]
-    longest = max(sizes)
-
-    def gather(t, k=None):
-        if k is not None:
-            shape, dtype = next((m[k] for m in meta if m[k] is not None), ((), t.dtype))
-            t = t.reshape((len(t),) + shape).to(dtype) if len(t) else torch.zeros((0,) + shape, dtype=dtype)
-        out_dtype = t.dtype
-        t = t.to(dev)
-        if t.dtype == torch.bool:  # gloo does not all_gather bool
-            t = t.to(torch.uint8)
-        t = torch.cat([t, t.new_zeros((longest - len(t),) + t.shape[1:])])
-        parts = [torch.empty_like(t) for _ in range(world)]
-        dist.all_gather(parts, t)
-        return torch.cat([p[:s] for p, s in zip(parts, sizes)]).to(out_dtype)
-
-    order = torch.argsort(gather(indices.to(dev)))
-    return tuple(gather(t, k)[order].to(t.device) for k, t in enumerate(tensors))
-
-def all_reduce_sum(array):
-    """Sum a numpy array over ranks (float64 / int64: exact for counts)."""
-    if not _dist_on():
-        return np.asarray(array)
-    a = np.asarray(array)
-    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64 if a.dtype.kind == "f" else np.int64))
-    t = t.to(_comm_device())
-    dist.all_reduce(t)
-    return t.cpu().numpy()
-
-# -----------------------------------------------------------------------------
 # datasets: explicit labels from each benchmark's layout (never ImageFolder's string sort)
 
 def _images(folder):
@@ -762,26 +690,6 @@ def _collate_with_masks(batch):
 # -----------------------------------------------------------------------------
 # inference: batched, multi-worker, bf16 autocast on CUDA, a progress line per benchmark
 
-def log(msg):
-    if _rank() == 0:
-        print(msg, file=sys.stderr, flush=True)
-
-class Progress:
-    """A rank-0 progress line: `desc: done/total img/s ETA`, at most every `every` seconds (and at the end)."""
-
-    def __init__(self, desc, total, every=10.0):
-        self.desc, self.total, self.every = desc, total, every
-        self.done, self.t0, self.last = 0, time.time(), 0.0
-
-    def update(self, n):
-        self.done += n
-        now = time.time()
-        if now - self.last >= self.every or self.done >= self.total:
-            self.last = now
-            rate = self.done / max(now - self.t0, 1e-9)
-            eta = (self.total - self.done) / max(rate, 1e-9)
-            log(f"{self.desc}: {self.done}/{self.total} ({rate:.0f}/s, eta {eta:.0f}s)")
-
 def _autocast(args):
     if args.device.type == "cuda" and args.amp:
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -810,18 +718,15 @@ def predict(model, dataset, args, desc, pre=None, post=None, points=False):
             out = post(model(x, return_points=True) if points else model(x))
         outs.append(tuple(o.cpu() for o in (out if isinstance(out, tuple) else (out,))))
         idx.append(i)
-        progress.update(len(i) * (_dist_world()))
+        progress.update(len(i) * (get_world_size()))
     indices = torch.cat(idx) if idx else torch.zeros(0, dtype=torch.long)
     ncols = len(outs[0]) if outs else None
-    if _dist_on():  # a rank without images does not know how many outputs `post` gives: ask the others
+    if dist_on():  # a rank without images does not know how many outputs `post` gives: ask the others
         everyone = [None] * dist.get_world_size()
         dist.all_gather_object(everyone, ncols)
         ncols = next((k for k in everyone if k is not None), None)
     cols = [torch.cat(c) for c in zip(*outs)] if outs else [torch.zeros(0)] * (ncols or 1)
     return gather_by_index(indices, *cols)
-
-def _dist_world():
-    return dist.get_world_size() if _dist_on() else 1
 
 # -----------------------------------------------------------------------------
 # the benchmarks; each returns (results dict, protocol dict, counts dict)
@@ -1123,7 +1028,7 @@ def bgc_vulnerability(model, args, fg_paths, mask_paths, labels, bg_paths, in_to
                 fooled = True
                 break
         vulnerable.append(fooled)
-        progress.update(_dist_world())
+        progress.update(get_world_size())
     (out,) = gather_by_index(torch.tensor(mine, dtype=torch.long), torch.tensor(vulnerable, dtype=torch.bool))
     return out.numpy()
 
@@ -1241,7 +1146,7 @@ def eval_wsol(model, args):
                 pending.append(pool.apply_async(cam_box_ious, (normalize_cam(cam), gt, acc.thresholds)))
         while len(pending) > 4 * args.batch_size:
             acc.add(*pending.popleft().get())
-        progress.update(len(idx) * _dist_world())
+        progress.update(len(idx) * get_world_size())
     while pending:
         acc.add(*pending.popleft().get())
     if pool is not None:
@@ -1310,7 +1215,7 @@ def eval_coco(model, args):
             if args.coco_context:
                 ctx = context_scores(model, args, x, logits, classes, masks, idx, fill)
         mine_ctx.append(ctx)
-        progress.update(len(idx) * _dist_world())
+        progress.update(len(idx) * get_world_size())
     cat = lambda xs, shape, dtype: torch.cat(xs) if xs else torch.zeros(shape, dtype=dtype)
     indices = cat(mine_idx, (0,), torch.long)
     logits, ctx, hits = gather_by_index(indices, cat(mine_logits, (0, C), torch.float32),
@@ -1772,7 +1677,7 @@ def evaluate_all(model, args):
     model.eval()
     check_inputs(args)
     resolve_eval_geometry(args)
-    args.device = torch.device(args.device) if isinstance(args.device, str) else args.device
+    args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     args.channels_last = args.device.type == "cuda" and not getattr(model, "is_vit", False)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -1787,7 +1692,7 @@ def evaluate_all(model, args):
                         # the paper's Params column: the classifier without the point head (dropped at inference)
                         "params_m": sum(p.numel() for k, p in model.named_parameters()
                                         if not k.startswith("point_head.")) / 1e6,
-                        "point_head": args.has_points, "world_size": _dist_world(), "amp_bf16": _amp_on(args),
+                        "point_head": args.has_points, "world_size": get_world_size(), "amp_bf16": _amp_on(args),
                         "img_size": args.img_size, "resize": args.resize, "interpolation": args.interpolation,
                         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S")},
                "protocol": {}, "counts": {}, "skipped": {}, "seconds": {}}
@@ -1839,7 +1744,7 @@ def get_args_parser():
     g.add_argument("--batch-size", type=int, default=128, help="per process")
     g.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="data-loading workers per process (default: min(8, CPU count))")
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--device", default=None, help="default: this process's GPU if there is one, else cpu")
     g.add_argument("--no-amp", dest="amp", action="store_false", help="disable bf16 autocast on CUDA")
     g.add_argument("--img-size", type=int, default=None,
                    help="network input (the crop); default: the checkpoint's, else 224")
@@ -1905,17 +1810,6 @@ def get_args_parser():
                    help="IN-Real column: over the 46,837 labelled images (Table 1) or all 50,000 (appendix tables)")
     return p
 
-def setup_distributed(args):
-    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: NCCL with one GPU per process, else gloo on CPU."""
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
-        if torch.cuda.is_available() and str(args.device).startswith("cuda"):
-            local = int(os.environ.get("LOCAL_RANK", 0))
-            torch.cuda.set_device(local)
-            args.device = f"cuda:{local}"
-            dist.init_process_group("nccl")
-        else:
-            dist.init_process_group("gloo")
-
 def main(argv=None):
     parser = get_args_parser()
     args = parser.parse_args(argv)
@@ -1929,17 +1823,13 @@ def main(argv=None):
     if not any(getattr(args, flag) for flag, _, _ in BENCHMARKS):
         parser.error("give at least one benchmark root, e.g. --imagenet-val DIR or --coco DIR")
     check_inputs(args)  # before the model is built: a wrong path fails in a second
-    setup_distributed(args)
-    args.device = torch.device(args.device)
-    if args.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    args.device = torch.device(init_distributed(args.device)[2])  # torchrun's process group, if any
     model = load_model(args).to(args.device)
     results = evaluate_all(model, args)
     if not results["protocol"]:
         raise SystemExit("nothing was evaluated: " + "; ".join(f"--{k.replace('_', '-')}: {v}" for k, v in
                                                                 results["skipped"].items() if "not given" not in v))
-    if _rank() == 0:
+    if get_rank() == 0:
         text = json.dumps(results, indent=1, default=float)
         if args.out:
             Path(args.out).write_text(text)
@@ -1952,7 +1842,7 @@ def main_figures(parser, args):
     if not (args.checkpoint or args.coco_ab or args.imagenet_ab_xml):
         parser.error("--figures needs --checkpoint (with --imagenet-val / --coco), --coco-ab or --imagenet-ab-xml")
     check_inputs(args)
-    args.device = torch.device(args.device)
+    args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_model(args).to(args.device).eval() if args.checkpoint else None
     resolve_eval_geometry(args)
     args.label_space = label_space(getattr(args, "classes", None), model.classifier.out_features) if model else None

@@ -31,8 +31,9 @@ import torch.nn.functional as F
 import byproducts
 import evaluate
 import train_imagenet
-from train_imagenet import add_training_args, autocast, demo_data_dir, fit, init_distributed, log, point_loss, \
+from train_imagenet import add_training_args, autocast, demo_data_dir, fit, init_distributed, point_loss, \
     resolve_args, to_device
+from utils import gather_by_index, log
 
 # -----------------------------------------------------------------------------
 # The paper's COCO recipe (appendix F). Epochs, warm-up, batch, image size, AdamP and "RRC with a raised minimum
@@ -286,7 +287,7 @@ def evaluate_coco(args, model, loader, geometry=None):
         if out_points is not None:
             points.append(out_points.float().cpu())
     with_points = geometry is not None
-    gathered = evaluate.gather_by_index(torch.cat(idx), torch.cat(logits), *[torch.cat(points)] * with_points)
+    gathered = gather_by_index(torch.cat(idx), torch.cat(logits), *[torch.cat(points)] * with_points)
     # a broken val image is a NaN input, so its logits rank last for every class (counted wrong)
     broken = {"val_broken_images": loader.dataset.reader.counts(all_ranks=True)["broken_images"]}
     if not with_points:
@@ -329,7 +330,7 @@ def main(args):
         rng = np.random.default_rng(0)
         chance = np.mean([coco_metrics(rng.random(t.shape), t)["val_map_present"] for _ in range(100)])
         centre = coco_metrics(t, t, np.full(t.shape + (2,), 0.5), *geometry)["val_point_acc"] if geometry else None
-        log(args, f"demo: val mAP {stats['val_map']:.1f} over all {num_classes} classes (only {int(t.any(0).sum())} "
+        log(f"demo: val mAP {stats['val_map']:.1f} over all {num_classes} classes (only {int(t.any(0).sum())} "
                   f"occur in the synthetic val set; the others score 0), {stats['val_map_present']:.1f} over the "
                   f"classes that occur (random scores: {chance:.1f} on average)" + (
                       f"; point localisation {stats['val_point_acc']:.1f}% of (image, class) pairs (always "

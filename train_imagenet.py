@@ -38,6 +38,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import byproducts
 import evaluate
+import utils
+from utils import UnpaddedDistributedSampler, all_reduce_sum, gather_by_index, is_main, log
 from models import MODEL_NAMES, POINT_HEADS, create_model, load_pretrained, param_groups, read_checkpoint
 
 # -----------------------------------------------------------------------------
@@ -257,36 +259,11 @@ def resolve_args(args, recipes, defaults=DEFAULTS, preset=None):
 # Distributed set-up: torchrun's environment variables, nothing else
 
 def init_distributed(args):
-    args.rank, args.world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    args.rank, args.world_size, args.device = utils.init_distributed(args.device, args.dist_timeout)
     args.local_rank = int(os.environ.get("LOCAL_RANK", 0))
     args.distributed = args.world_size > 1
-    if args.device is None:
-        args.device = f"cuda:{args.local_rank}" if torch.cuda.is_available() else "cpu"
-    if args.device.startswith("cuda"):
-        torch.cuda.set_device(args.device)
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    if args.distributed:
-        dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo",
-                                timeout=datetime.timedelta(minutes=args.dist_timeout))
     if args.batch_size % args.world_size:
         raise SystemExit(f"--batch-size {args.batch_size} (global) must be divisible by {args.world_size} processes")
-
-
-def is_main(args):
-    return args.rank == 0
-
-
-def log(args, *msg):
-    if is_main(args):
-        print(*msg, flush=True)
-
-
-def all_reduce_sum(t):
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t)
-    return t
 
 
 # -----------------------------------------------------------------------------
@@ -442,7 +419,7 @@ def point_loss(pred, points, weights, kind="smoothl1", beta=1.0):
     else:
         per_point = F.mse_loss(pred, points, reduction="none").sum(-1)
     denom = all_reduce_sum(weights.sum().detach().clone())
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    world = utils.get_world_size()
     return (per_point * weights).sum() * world / denom.clamp(min=1e-6)
 
 
@@ -818,7 +795,7 @@ def train_one_epoch(args, model, loader, optimizer, peak_lr, epoch, loss_fn, mix
             ema.update(args.model_without_ddp)
         sums += torch.stack([loss_cls.detach() + args.point_weight * loss_pt.detach(), loss_pt.detach(),
                              loss_centre, torch.ones((), device=args.device)])
-        if is_main(args) and ((i + 1) % args.print_freq == 0 or i + 1 == steps):
+        if is_main() and ((i + 1) % args.print_freq == 0 or i + 1 == steps):
             now = time.perf_counter()
             done = (i + 1) / steps
             n = min(args.print_freq, (i % args.print_freq) + 1)
@@ -839,7 +816,7 @@ def train_one_epoch(args, model, loader, optimizer, peak_lr, epoch, loss_fn, mix
             stats["point_grad_share"] = grad_share
         if args.points == "clicks" and epoch >= IDLE_HEAD_EPOCHS and stats["train_point_vs_centre"] > IDLE_HEAD_RATIO:
             share = f", gradient share {grad_share:.3f}" if grad_share is not None else ""
-            log(args, f"warning: epoch {epoch}: the point head is still at the centre baseline (point loss "
+            log(f"warning: epoch {epoch}: the point head is still at the centre baseline (point loss "
                       f"{stats['train_point_vs_centre']:.2f} x centre{share}): LUAB "
                       f"acts like plain training; raise --point-weight (SGD) or --point-lr (AdamW, AdamP)")
     problems = loader.dataset.dataset.problem_counts(all_ranks=True)  # found so far, by every worker and rank
@@ -865,7 +842,7 @@ def evaluate_imagenet(args, model, loader, boxes=None):
     indices = torch.tensor(list(loader.sampler), dtype=torch.long, device=args.device)
     logits = torch.cat(logits_all) if logits_all else torch.zeros(0, len(dataset.classes), device=args.device)
     tensors = [logits] + ([torch.cat(points_all)] if points_all else [])
-    gathered = evaluate.gather_by_index(indices, *tensors)
+    gathered = gather_by_index(indices, *tensors)
     labels = torch.tensor(dataset.targets)
     stats = {f"val_{k}": v for k, v in evaluate.topk_accuracy(gathered[0].cpu(), labels).items()}
     if boxes is not None and len(gathered) > 1:
@@ -925,7 +902,7 @@ def fit(args, train_set, val_set, num_classes, num_points, loss_fn, mix, evaluat
             notes = load_pretrained(model, args.pretrained, drop_mismatched_heads=True)
         except (OSError, ValueError) as e:
             raise SystemExit(f"--pretrained {args.pretrained}: {e}")
-        log(args, f"initialised from {args.pretrained}" + (f" ({'; '.join(notes)})" if notes else ""))
+        log(f"initialised from {args.pretrained}" + (f" ({'; '.join(notes)})" if notes else ""))
         if args.eval_only and model.point_head is not None and any(
                 n.startswith("point_head.") and "not in the checkpoint" in n for n in notes):
             raise SystemExit(f"--pretrained {args.pretrained} has no point head: its point accuracy cannot be "
@@ -956,7 +933,7 @@ def fit(args, train_set, val_set, num_classes, num_points, loss_fn, mix, evaluat
         state_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
         slots = 1 + (2 if args.opt != "sgd" else 1) + (1 if ema else 0)  # weights, optimiser moments, EMA
         need = os.path.getsize(ckpt_path) if args.resume and os.path.exists(ckpt_path) else state_bytes * slots
-        agree(args, prepare_output_dir(args, need + state_bytes) if is_main(args) else None)
+        agree(args, prepare_output_dir(args, need + state_bytes) if is_main() else None)
 
     start_epoch, log_lines, best, elapsed_before = 0, [], None, 0.0
     if args.resume and os.path.exists(ckpt_path):
@@ -970,9 +947,9 @@ def fit(args, train_set, val_set, num_classes, num_points, loss_fn, mix, evaluat
         set_rng_state(ckpt["rng"])
         start_epoch = ckpt["epoch"] + 1
         log_lines, best, elapsed_before = ckpt.get("log", []), ckpt.get("best"), ckpt.get("elapsed_s", 0.0)
-        log(args, f"resumed from {ckpt_path} at epoch {start_epoch}")
+        log(f"resumed from {ckpt_path} at epoch {start_epoch}")
     elif args.resume and not args.eval_only:
-        log(args, f"--resume: no checkpoint at {ckpt_path} yet, starting the run")
+        log(f"--resume: no checkpoint at {ckpt_path} yet, starting the run")
     elif args.resume:
         raise SystemExit(f"--resume --eval-only: no checkpoint at {ckpt_path} to evaluate")
 
@@ -980,14 +957,14 @@ def fit(args, train_set, val_set, num_classes, num_points, loss_fn, mix, evaluat
         if args.distributed else model
     if args.compile:  # only the training forward/backward; checkpoints and EMA read the uncompiled `model`,
         train_model = torch.compile(train_model)  # so their keys carry no `_orig_mod.` (nor DDP's `module.`)
-    val_sampler = evaluate.UnpaddedDistributedSampler(len(val_set), args.rank, args.world_size)
+    val_sampler = UnpaddedDistributedSampler(len(val_set), args.rank, args.world_size)
     val_loader = make_loader(args, val_set, val_sampler, train=False)
     if args.eval_only:
         stats = evaluate_fn(model, val_loader)
-        log(args, json.dumps(stats))
+        log(json.dumps(stats))
         return stats
     if start_epoch >= args.epochs:
-        log(args, f"{out} holds a finished run (epoch {start_epoch} of {args.epochs}): nothing to train; "
+        log(f"{out} holds a finished run (epoch {start_epoch} of {args.epochs}): nothing to train; "
                   "raise --epochs to train it longer")
         return log_lines[-1] if log_lines else {}
 
@@ -996,7 +973,7 @@ def fit(args, train_set, val_set, num_classes, num_points, loss_fn, mix, evaluat
     args.steps_per_epoch = len(loader)
     if args.steps_per_epoch == 0:
         raise SystemExit(f"the train set ({len(train_set)} images) is smaller than one batch ({args.batch_size})")
-    if is_main(args):
+    if is_main():
         with open(os.path.join(out, "config.json"), "w") as f:
             json.dump({**run_config(args, meta), "resumed_at_epoch": start_epoch or None}, f, indent=1)
         write_log(log_path, log_lines)  # what the checkpoint holds: drops lines of epochs that will be redone
@@ -1016,7 +993,7 @@ def fit(args, train_set, val_set, num_classes, num_points, loss_fn, mix, evaluat
             stats = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
                      "elapsed_s": round(elapsed_before + time.time() - t_start, 1), **stats}
             log_lines.append(stats)
-            if is_main(args):
+            if is_main():
                 print(f"epoch {epoch}: " + " ".join(f"{k} {v:.4g}" for k, v in stats.items() if k != "epoch"),
                       flush=True)
                 # best.pt before checkpoint.pt: a kill in between redoes this epoch, bit for bit, and agrees
@@ -1034,9 +1011,9 @@ def fit(args, train_set, val_set, num_classes, num_points, loss_fn, mix, evaluat
     except KeyboardInterrupt:  # Ctrl-C (or SIGTERM, see main): one line, nothing partial on disk
         step = f" step {progress['step']}" if "step" in progress else ""
         done = f"last checkpoint: epoch {log_lines[-1]['epoch']} in {ckpt_path}" if log_lines else "no checkpoint yet"
-        log(args, f"interrupted at epoch {epoch}{step}; {done}; continue with --resume")
+        log(f"interrupted at epoch {epoch}{step}; {done}; continue with --resume")
         raise SystemExit(130) from None
-    if is_main(args):
+    if is_main():
         final = f", final {best_key} {stats[best_key]:.2f}" if best_key in stats else ""
         best_txt = f"best {best_key} {best['value']:.2f} (epoch {best['epoch']})" if best else "no validation"
         print(f"finished {args.epochs} epochs in {(elapsed_before + time.time() - t_start) / 60:.1f} min: "
@@ -1063,7 +1040,7 @@ def print_run_header(args, model, train_set, val_set, num_classes, peak_lr, star
         f"augment randaugment {args.randaugment}, colour jitter {args.color_jitter:g}, mixup {args.mixup:g}, "
         f"cutmix {args.cutmix:g}, erasing {args.re_prob:g}, label smoothing {args.label_smoothing:g}",
     ]
-    log(args, "\n".join(lines))
+    log("\n".join(lines))
 
 
 def main(args):
@@ -1082,7 +1059,7 @@ def main(args):
         if args.demo and "val_top1" in stats:
             point = (f", point head inside the object box for {stats['val_point_acc']:.1f}% of val images (always "
                      f"the centre: {stats['val_point_acc_centre']:.1f}%)" if "val_point_acc" in stats else "")
-            log(args, f"demo: val top-1 {stats['val_top1']:.1f}% (chance {100 / num_classes:.0f}%){point}")
+            log(f"demo: val top-1 {stats['val_top1']:.1f}% (chance {100 / num_classes:.0f}%){point}")
         return stats
     finally:
         if args.distributed:

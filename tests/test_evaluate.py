@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw
 
 import byproducts
 import evaluate as E
+import utils
 
 W = E.IMAGENET_WNIDS
 MEAN = torch.tensor(E.IMAGENET_MEAN).view(1, 3, 1, 1)
@@ -913,9 +914,9 @@ def _dist_worker(rank, world, port, root, out_dir):
                                                     "--device", "cpu", "--cam-curve-interval", "0.01"])
         res["coco"] = E.evaluate_all(CocoFake(), coco_args)
         # the helpers the training scripts import, on uneven shards (5 items over 2 ranks)
-        sampler = list(E.UnpaddedDistributedSampler(5))
+        sampler = list(utils.UnpaddedDistributedSampler(5))
         idx = torch.tensor(sampler)
-        (vals,) = E.gather_by_index(idx, idx.float() * 10)
+        (vals,) = utils.gather_by_index(idx, idx.float() * 10)
         res["gathered"] = vals.tolist()
         res["shard"] = sampler
         with open(f"{out_dir}/rank{rank}.json", "w") as f:
@@ -946,10 +947,10 @@ def test_distributed_equals_single_process(fixture_root, results, coco_results, 
 
 
 def test_gather_and_sampler_without_process_group():
-    s = E.UnpaddedDistributedSampler(7, rank=1, world_size=3)
+    s = utils.UnpaddedDistributedSampler(7, rank=1, world_size=3)
     assert list(s) == [1, 4] and len(s) == 2
-    assert list(E.UnpaddedDistributedSampler(3)) == [0, 1, 2]
-    a, b = E.gather_by_index(torch.tensor([2, 0, 1]), torch.tensor([20, 0, 10]), torch.tensor([[2.0], [0.0], [1.0]]))
+    assert list(utils.UnpaddedDistributedSampler(3)) == [0, 1, 2]
+    a, b = utils.gather_by_index(torch.tensor([2, 0, 1]), torch.tensor([20, 0, 10]), torch.tensor([[2.0], [0.0], [1.0]]))
     assert a.tolist() == [0, 10, 20] and b.view(-1).tolist() == [0.0, 1.0, 2.0]
 
 # -----------------------------------------------------------------------------
