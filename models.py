@@ -8,6 +8,9 @@ The seven backbones of the LUAB paper, hand-written in plain PyTorch, with an op
   ImageClassifier.point_input) that regresses K normalised (x, y) points, origin top-left, x to the right,
   y down, in [0, 1]^2 of the network input. There is no sigmoid, so predictions may leave the unit square.
   It is trained next to the classifier and dropped at inference.
+- The paper's other use of the clicks (appendix, Table D), for the ResNets: `pooling="attentive"` replaces the
+  global average pool with a learned attention over the last feature map (ResNet.pool); its centre of mass is
+  the predicted point, regressed to the click by the same loss, so no point head is needed.
 """
 
 import math
@@ -24,9 +27,11 @@ import torch.nn.functional as F
 # shared tail: classifier + optional point head on the penultimate features
 
 POINT_HEADS = ("normed", "plain")  # what the point head reads: ImageClassifier.point_input
+POOLINGS = ("avg", "attentive")  # how a ResNet pools its last feature map: ResNet.pool
 
 class ImageClassifier(nn.Module):
-    """Subclasses define forward_features (x -> [B, D]), feature_map (x -> [B, D, h, w]) and classifier."""
+    """Subclasses define forward_features (x -> [B, D]), feature_map (x -> [B, D, h, w]) and classifier; a
+    subclass whose pooling itself predicts the point overrides pooled_features."""
 
     is_vit = False
 
@@ -51,16 +56,22 @@ class ImageClassifier(nn.Module):
         recipe the point loss overshoots for epochs. (No parameters here: both kinds have the same state dict.)"""
         return F.normalize(feats, dim=-1) if self.point_head_kind == "normed" else feats
 
+    def pooled_features(self, x):
+        """x -> (features [B, D], points [B, K, 2] that the pooling predicted, or None)."""
+        return self.forward_features(x), None
+
     def forward(self, x, return_points=False):
         """x: [B, 3, H, W] -> logits [B, C], as any torchvision classifier.
 
         LUAB: with return_points=True -> (logits [B, C], points [B, K, 2]), points None without a point head.
         Training asks for both in one forward, so DDP sees (and syncs) the gradients of both heads; every
         other caller (evaluation, CAMs, export) gets plain logits and the head is not even run."""
-        feats = self.forward_features(x)
+        feats, pooled_points = self.pooled_features(x)
         logits = self.classifier(feats)
         if not return_points:
             return logits
+        if pooled_points is not None:  # attentive pooling: the attention's centre of mass is the point
+            return logits, pooled_points
         if self.point_head is None:
             return logits, None
         return logits, self.point_head(self.point_input(feats)).view(-1, self.num_points, 2)
@@ -127,8 +138,12 @@ def make_stage(block, inplanes, planes, num_blocks, stride):
 
 class ResNet(ImageClassifier):
 
-    def __init__(self, block, layers, num_classes=1000, num_points=0, point_head="normed"):
+    def __init__(self, block, layers, num_classes=1000, num_points=0, point_head="normed", pooling="avg"):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; choose from {', '.join(POOLINGS)}")
+        if pooling == "attentive" and num_points > 1:
+            raise ValueError("attentive pooling predicts one point (ImageNet's click), not num_points > 1")
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
@@ -147,11 +162,46 @@ class ResNet(ImageClassifier):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        self._init_point_head(inplanes, num_points, point_head)
+        self.pooling = pooling
+        # LUAB (appendix, Table D): a 1x1 conv scores every cell of the last feature map; zero-initialised, the
+        # softmax of the scores is uniform and the pool is exactly the average pool (torchvision's model)
+        self.attention = nn.Conv2d(inplanes, 1, 1) if pooling == "attentive" else None
+        if self.attention is not None:
+            nn.init.zeros_(self.attention.weight)
+            nn.init.zeros_(self.attention.bias)
+        self._init_point_head(inplanes, num_points if pooling == "avg" else 0, point_head)
+        self.num_points = num_points
 
     @property
     def classifier(self):
         return self.fc
+
+    def attention_map(self, fmap):
+        """[B, D, h, w] -> attention [B, h, w]: a softmax over the h x w cells (sums to 1 per image)."""
+        scores = self.attention(fmap).flatten(1).float()
+        return scores.softmax(dim=1).view(-1, *fmap.shape[2:])
+
+    def pool(self, fmap):
+        """The last feature map [B, D, h, w] -> (features [B, D], points [B, 1, 2] or None).
+
+        "avg": the global average pool; no point. "attentive" (the paper's point-guided pooling): features =
+        sum over cells of attention x cell feature; point = the attention's centre of mass, cell (i, j) sitting
+        at ((j + 0.5) / w, (i + 0.5) / h) of the input, in the point head's normalised frame. Training regresses
+        that point to the click with LUAB's point loss, so the click is the attention's target and the
+        classifier sees features gathered where the annotator clicked; at test time no click exists and the
+        prediction alone pools. Images without a click (mask 0) leave the attention to the classifier's loss."""
+        if self.attention is None:
+            return torch.flatten(self.avgpool(fmap), 1), None
+        att = self.attention_map(fmap)                                  # [B, h, w], float32
+        feats = torch.einsum("bdhw,bhw->bd", fmap.float(), att).to(fmap.dtype)
+        h, w = att.shape[1:]
+        ys = (torch.arange(h, device=att.device, dtype=att.dtype) + 0.5) / h
+        xs = (torch.arange(w, device=att.device, dtype=att.dtype) + 0.5) / w
+        point = torch.stack([(att.sum(1) * xs).sum(1), (att.sum(2) * ys).sum(1)], dim=1)
+        return feats, point.view(-1, 1, 2)
+
+    def pooled_features(self, x):
+        return self.pool(self.feature_map(x))
 
     def feature_map(self, x):
         """x: [B, 3, H, W] -> last stage output [B, D, H/32, W/32] (what CAM weighs with fc.weight)."""
@@ -159,8 +209,8 @@ class ResNet(ImageClassifier):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
     def forward_features(self, x):
-        """x: [B, 3, H, W] -> globally average-pooled features [B, D]."""
-        return torch.flatten(self.avgpool(self.feature_map(x)), 1)
+        """x: [B, 3, H, W] -> pooled features [B, D] (the global average pool, or the attentive pool)."""
+        return self.pool(self.feature_map(x))[0]
 
 # -----------------------------------------------------------------------------
 # Vision Transformer
@@ -297,17 +347,22 @@ _CONFIGS = {
 }
 MODEL_NAMES = tuple(_CONFIGS)
 
-def create_model(name, num_classes=1000, num_points=0, drop_path=0.0, img_size=224, point_head="normed"):
+def create_model(name, num_classes=1000, num_points=0, drop_path=0.0, img_size=224, point_head="normed",
+                 pooling="avg"):
     """A backbone by name (MODEL_NAMES); num_points=K > 0 adds the point head, which reads the features as
-    `point_head` (POINT_HEADS, see ImageClassifier.point_input) says. img_size only matters for ViTs."""
+    `point_head` (POINT_HEADS, see ImageClassifier.point_input) says. img_size only matters for ViTs.
+    pooling="attentive" (ResNets, K <= 1): the attention's centre of mass is the point, no point head."""
     if name not in _CONFIGS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
     if name.startswith("vit"):
+        if pooling != "avg":
+            raise ValueError(f"pooling {pooling!r} is only implemented for the ResNets")
         return VisionTransformer(**_CONFIGS[name], num_classes=num_classes, num_points=num_points,
                                  drop_path=drop_path, img_size=img_size, point_head=point_head)
     if drop_path:
         raise ValueError("drop_path is only implemented for the ViTs")
-    return ResNet(**_CONFIGS[name], num_classes=num_classes, num_points=num_points, point_head=point_head)
+    return ResNet(**_CONFIGS[name], num_classes=num_classes, num_points=num_points, point_head=point_head,
+                  pooling=pooling)
 
 def param_groups(model, weight_decay):
     """AdamW groups with DeiT's rule: no decay on 1-D params (norms), biases, class_token and pos_embedding.
@@ -402,8 +457,10 @@ def model_from_checkpoint(path_or_ckpt, name=None, num_classes=None, num_points=
         rows = [v.shape[0] for k, v in sd.items() if k.endswith(("fc.weight", "heads.head.weight", "head.weight"))
                 and "point_head" not in k]
         num_classes = meta.get("num_classes") or (rows[0] if rows else 1000)
+    pooling = meta.get("pooling") or ("attentive" if any(_strip_prefixes(k) == "attention.weight" for k in sd) else "avg")
     model = create_model(name, num_classes=num_classes, num_points=num_points,
-                         img_size=img_size or meta.get("img_size") or 224, point_head=meta.get("point_head", "normed"))
+                         img_size=img_size or meta.get("img_size") or 224, point_head=meta.get("point_head", "normed"),
+                         pooling=pooling)
     try:
         notes = load_pretrained(model, sd)
     except ValueError as e:
@@ -418,9 +475,10 @@ def _strip_prefixes(key):
 
 def load_pretrained(model, state_dict_or_path, drop_mismatched_heads=False):
     """Load torchvision, DeiT/timm or our own weights (a state dict, a {"model": state dict} checkpoint,
-    or a path to either) into `model`. Returns a list of notes (str) about the heads: a point head or a
-    classifier (fc / heads.head) that is entirely absent from the file keeps its fresh initialisation, and
-    a point head in the file is ignored when the model has none (the head is dropped at inference). With
+    or a path to either) into `model`. Returns a list of notes (str) about the heads: a point head, an
+    attentive pool's `attention` or a classifier (fc / heads.head) that is entirely absent from the file keeps
+    its fresh initialisation (so torchvision weights load into an attentive ResNet), and a point head or
+    attention in the file is ignored when the model has none (the head is dropped at inference). With
     drop_mismatched_heads (fine-tuning, e.g. ImageNet -> COCO: 1000 classes and 1 point vs 80 and 80), a
     classifier or point head of another shape is dropped the same way, as DeiT's fine-tuning does. Anything
     else that does not match exactly (unknown key, missing key, shape) raises a ValueError naming the key."""
@@ -445,6 +503,8 @@ def load_pretrained(model, state_dict_or_path, drop_mismatched_heads=False):
     for key, value in renamed.items():
         if key.startswith("point_head.") and model.point_head is None:
             notes.append(f"ignored {key} from the checkpoint: the model has no point head")
+        elif key.startswith("attention.") and getattr(model, "attention", None) is None:
+            notes.append(f"ignored {key} from the checkpoint: the model pools by average")
         elif key not in expected:
             problems.append(f"unexpected key {key!r}")
         elif value.shape != expected[key].shape:
@@ -457,7 +517,7 @@ def load_pretrained(model, state_dict_or_path, drop_mismatched_heads=False):
     for key in expected:
         if key in renamed:
             continue
-        if key.startswith("point_head.") or (head_dropped and key.startswith(head)):
+        if key.startswith(("point_head.", "attention.")) or (head_dropped and key.startswith(head)):
             notes.append(f"{key} is not in the checkpoint: kept its fresh initialisation")
         elif not key.endswith("num_batches_tracked"):  # old torchvision files lack it; BatchNorm back-fills it
             problems.append(f"missing key {key!r}")

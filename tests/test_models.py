@@ -350,3 +350,73 @@ def test_corrupt_and_missing_files_name_the_path(tmp_path):
         models.load_pretrained(models.create_model("resnet18"), str(good))
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         models.load_pretrained(models.create_model("resnet18"), tmp_path / "nope.pth")
+
+# -----------------------------------------------------------------------------
+# attentive (point-guided) pooling
+
+def test_attentive_pooling_starts_as_the_average_pool_and_loads_torchvision():
+    """Zero-initialised attention is uniform: the model is torchvision's ResNet, whose weights load."""
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet18()
+    perturb_(tv)
+    model = models.create_model("resnet18", num_points=1, pooling="attentive")
+    notes = models.load_pretrained(model, tv.state_dict())
+    assert sorted(notes) == [f"attention.{p} is not in the checkpoint: kept its fresh initialisation"
+                             for p in ("bias", "weight")]
+    assert model.point_head is None and model.num_points == 1
+    tv.eval(), model.eval()
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        logits, points = model(x, return_points=True)
+        torch.testing.assert_close(logits, tv(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(points, torch.full((2, 1, 2), 0.5))  # uniform attention: the centre
+
+def test_attentive_point_is_the_attention_centre_of_mass():
+    """A hand-set attention on a 4 x 4 map: all mass on cell (row 0, col 3) -> point (3.5 / 4, 0.5 / 4)."""
+    model = models.create_model("resnet18", num_points=1, pooling="attentive").eval()
+    fmap = torch.zeros(1, 512, 4, 4)
+    fmap[0, 0, 0, 3] = 1.0       # channel 0 marks the cell
+    fmap[0, 1] = 2.0             # channel 1 is 2 everywhere
+    with torch.no_grad():
+        model.attention.weight.zero_()
+        model.attention.weight[0, 0] = 100.0  # score 100 on the marked cell, 0 elsewhere
+        feats, point = model.pool(fmap)
+    torch.testing.assert_close(point, torch.tensor([[[0.875, 0.125]]]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(feats[0, :2], torch.tensor([1.0, 2.0]), rtol=0, atol=1e-6)
+
+def test_attention_moves_toward_a_planted_click():
+    """Regressing the attention's centre of mass to a click at (0.85, 0.15) with LUAB's SmoothL1 (lambda 20):
+    3 SGD steps take the point from the centre to within 0.1 of the click, the attention onto the click's
+    quarter of the 4 x 4 map (which holds 1/4 of it when uniform)."""
+    torch.manual_seed(0)
+    model = models.create_model("resnet18", num_classes=2, num_points=1, pooling="attentive")
+    x = torch.randn(2, 3, 128, 128)                     # 4 x 4 feature map
+    click = torch.tensor([0.85, 0.15]).expand(2, 1, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.02)
+    model.eval()  # BatchNorm statistics fixed: only the regression moves the weights
+    with torch.no_grad():
+        start = (model(x, return_points=True)[1] - click).norm(dim=-1).mean().item()
+    for _ in range(3):
+        _, points = model(x, return_points=True)
+        loss = 20 * F.smooth_l1_loss(points, click)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        _, points = model(x, return_points=True)
+        att = model.attention_map(model.feature_map(x))  # [2, 4, 4]
+    assert start == pytest.approx(0.4950, abs=1e-4)  # |(0.35, -0.35)|: uniform attention answers the centre
+    assert (points - click).norm(dim=-1).mean().item() < 0.1
+    assert att[:, :2, 2:].sum((1, 2)).mean().item() > 0.9
+
+def test_attentive_checkpoint_rebuilds_itself(tmp_path):
+    src = models.create_model("resnet18", num_classes=3, num_points=1, pooling="attentive")
+    with torch.no_grad():
+        src.attention.weight.normal_()
+    torch.save({"model": src.state_dict(), "meta": {"model": "resnet18", "num_classes": 3, "num_points": 1}},
+               tmp_path / "c.pt")  # no "pooling" in the meta: the attention's weights say it
+    model, _, notes = models.model_from_checkpoint(tmp_path / "c.pt")
+    assert model.pooling == "attentive" and notes == []
+    torch.testing.assert_close(model.attention.weight, src.attention.weight, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="only implemented for the ResNets"):
+        models.create_model("vit_tiny", pooling="attentive")
