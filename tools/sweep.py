@@ -213,7 +213,13 @@ def main(argv=None):
         print(f"sweep: {len(runs)} runs, {len(runs) - len(todo)} finished (skipped), {len(todo)} to run", flush=True)
         for i, (_, _, _, folder, cmd) in enumerate(todo, 1):
             print(f"[{i}/{len(todo)}] {folder}: {shlex.join(cmd)}", flush=True)
-            code = subprocess.run(cmd).returncode
+            child = subprocess.Popen(cmd)
+            try:
+                code = child.wait()
+            except KeyboardInterrupt:  # the run got the Ctrl-C too: let it end its own way (one line, exit 130)
+                child.wait()
+                print(f"sweep: interrupted in {folder}; the same command continues the sweep", file=sys.stderr)
+                raise SystemExit(130) from None
             if code != 0:
                 raise SystemExit(f"sweep: {folder} failed (exit {code}); fix it and run the same sweep again "
                                  "(finished runs are skipped, this one continues from its checkpoint)")
