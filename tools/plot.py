@@ -185,10 +185,11 @@ def sweep_points(records, x, y, group):
                 for xv, v in sorted(d.items())] for g, d in sorted(cells.items())}, skipped
 
 
-def draw_sweep(groups, out, x, y, group, xscale="linear", title=None):
-    """One line per group (mean, +-std bars) against x; x ticks at the x values present. Returns the Axes."""
+def draw_sweep(groups, out, x, y, group, xscale="linear", title=None, xtick_label=None):
+    """One line per group (mean, +-std bars) against x; x ticks at the x values present, labelled
+    xtick_label(x) (default f"{x:g}"). group None: a single line, no legend. Returns the Axes."""
     colours = {g: dr.PALETTE[i % len(dr.PALETTE)] for i, g in enumerate(groups)}
-    items = [(f"{group}={g}", colours[g], "line") for g in groups]
+    items = [(f"{group}={g}", colours[g], "line") for g in groups] if group else []
     (ml, mt, mr, mb), (w, h) = dr.MARGINS, (640, 420)
     img, y0 = dr.canvas(w, h, title or f"{y} vs {x} (mean ± std over seeds)", items)
     pts = [p for v in groups.values() for p in v]
@@ -200,7 +201,7 @@ def draw_sweep(groups, out, x, y, group, xscale="linear", title=None):
         xlim = tuple(g(u) for u in dr.padded(f(xs[0]), f(xs[-1]), 0.05))
     ax = dr.Axes(img, (ml, y0 + mt, w - mr, y0 + h - mb), xlim, dr.padded(lo, hi), xscale)
     ax.frame(None, x + (" (log scale: log10(1 + x))" if xscale == "log1p" else ""), y, xticks=xs,
-             xtick_labels=[f"{v:g}" for v in xs])
+             xtick_labels=[xtick_label(v) if xtick_label else f"{v:g}" for v in xs])
     for g, v in groups.items():
         for xv, m, s, _ in v:
             if s > 0:
