@@ -856,7 +856,7 @@ def eval_imagenet_val(model, args):
 
 def find_val_boxes(imagenet_val):
     """ILSVRC box XMLs next to an IN-val tree, in the two layouts that ship them: <root>/boxes/val/ beside
-    <root>/val/ (byproducts.py synth) and ILSVRC/Annotations/CLS-LOC/val/ beside ILSVRC/Data/CLS-LOC/val/."""
+    <root>/val/ (tools/synth.py) and ILSVRC/Annotations/CLS-LOC/val/ beside ILSVRC/Data/CLS-LOC/val/."""
     val = Path(imagenet_val).resolve()
     candidates = [val.parent / "boxes" / val.name]
     if val.parent.name == "CLS-LOC" and len(val.parents) > 2:  # ILSVRC/Data/CLS-LOC/val
