@@ -854,7 +854,7 @@ def read_imagenet_ab_xml(path, with_voc=False, fields=None):
     With with_voc=True returns (entries, voc) where voc = {"folder", "filename", "size": (W, H) | None,
     "names": [N], "boxes": float32[N, 4] x0, y0, x1, y1 pixels of <size>}.
     AppleDouble "._*" files are not XML (macOS junk in the tar): they read as no entries.
-    fields restricts the parsed tags (the index only needs "selected" and "selectedRecord").
+    fields restricts the parsed tags (the index reads only the click and the image size: _CLICK_FIELDS).
     """
     if os.path.basename(path).startswith("._"):
         return ([], None) if with_voc else []
@@ -1022,9 +1022,7 @@ def _index_chunk(paths):
     for p in paths:
         keys.append(_xml_key(p))
         try:
-            with open(p, "rb") as f:
-                root = _xml_root(f.read())
-            entries = [_metadata_dict(md, _CLICK_FIELDS) for md in root.iter("metadata")]
+            entries = read_imagenet_ab_xml(p, fields=_CLICK_FIELDS)
             click = imagenet_click(entries)
         except BadInput as e:
             problems.append((e.kind, p, e.detail))

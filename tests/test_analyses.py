@@ -215,6 +215,16 @@ def test_draw_commands_on_synth(synth_dir, tmp_path):
     a, b = _png(tmp_path / "a/grid.png", 560), _png(tmp_path / "b/grid.png", 560)
     assert has(a, an.CLICK_COLOUR) and has(a, an.BOX_COLOUR) and not has(a, an.PRED_COLOUR)
     assert has(b, an.PRED_COLOUR)
+    # a self-describing checkpoint without a point head (plain training): no --model needed, the CAM but no point;
+    # a bare state dict needs --model, said in one line
+    plain = tmp_path / "plain.pth"
+    torch.save({"model": models.create_model("resnet18", num_classes=3, num_points=0).state_dict(),
+                "meta": {"model": "resnet18", "num_classes": 3, "num_points": 0}}, plain)
+    assert an.main(["draw", "imagenet", *common, "--out", str(tmp_path / "p"), "--n", "2", "--checkpoint",
+                    str(plain)]) == 0
+    assert not has(_png(tmp_path / "p/grid.png", 560), an.PRED_COLOUR)
+    with pytest.raises(SystemExit, match=r"^--checkpoint .*ck.pth does not say which architecture .*pass --model"):
+        an.main(["draw", "imagenet", *common, "--out", str(tmp_path / "x"), "--checkpoint", str(ck)])
     with pytest.warns(bp.BadInputWarning):
         assert an.main(["draw", "coco", "--coco-ab", str(r / "coco/coco_ab_v1_0.json"), "--instances",
                         str(r / "coco/annotations/instances_train2014.json"), "--out", str(tmp_path / "c")]) == 0

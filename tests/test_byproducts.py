@@ -628,6 +628,9 @@ def test_eval_transform_points_by_hand():
     x, p, w = t(img, torch.tensor([[0.5, 0.5], [0.3, 0.25], [0.6, 0.9]]), torch.ones(3))
     assert x.shape == (3, 32, 32)
     assert p.flatten().tolist() == pytest.approx([0.5, 0.5, -0.3, 0.0, 0.9, 1.3]) and w.tolist() == [1, 0, 0]
+    # eval_points_to_original inverts it: back to pixels of the 200 x 100 original, (0.5 * 200, 0.5 * 100) ...
+    assert bp.eval_points_to_original(p, [[200, 100]] * 3, resize=64, crop=32).ravel().tolist() == \
+        pytest.approx([100, 50, 60, 25, 120, 90])
     assert torch.equal(t(img), T.Compose([T.Resize(64), T.CenterCrop(32), T.ToTensor(),
                                           T.Normalize(bp.IMAGENET_MEAN, bp.IMAGENET_STD)])(img))
 

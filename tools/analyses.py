@@ -273,7 +273,7 @@ def click_grid_png(records, image_root, path, n=16, cell=160, model=None):
     if model is not None:
         items += [("predicted point", PRED_COLOUR, "ring")] * (model.num_points > 0)
         items += [("CAM of the predicted class (bright = high)", (255, 150, 0), "patch")]
-        title = "ImageNet-AB clicks, GT boxes, the model's point and CAM"
+        title = "ImageNet-AB clicks, GT boxes, the model's " + ("point and CAM" if model.num_points else "CAM")
     cap = dr.text_size("Ag", dr.TICK_SIZE)[1] + 8  # the key under each cell
     width = max(cols * cell, 560)  # room for the title and legend
     sheet, y0 = dr.canvas(width, max(1, math.ceil(len(keys) / cols)) * (cell + cap), title, items)
