@@ -598,7 +598,7 @@ class ImageNetAB(_PointDataset):
     def __init__(self, root, clicks=None, point_source="clicks", transform=None, data_fraction=1.0, seed=0,
                  strict=False, allow_empty_classes=False, broken="mean"):
         _check_point_source(point_source)
-        self.transform, self.point_source = transform, point_source
+        self.transform = transform
         self.problems = problems = Problems(f"ImageNetAB({root})")
         self.classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
         groups = []  # as torchvision.datasets.folder.make_dataset: sorted walk per class, sorted names
@@ -697,7 +697,7 @@ class CocoAB(_PointDataset):
     def __init__(self, image_dir, instances_json, coco_ab_json=None, point_source="clicks", icon_rule="final-add",
                  transform=None, data_fraction=1.0, seed=0, strict=False):
         _check_point_source(point_source)
-        self.transform, self.point_source = transform, point_source
+        self.transform = transform
         inst = instances_json if isinstance(instances_json, CocoInstances) else read_coco_instances(instances_json)
         self.instances = inst
         problems = self.problems = Problems(f"CocoAB({image_dir})")

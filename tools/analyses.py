@@ -98,8 +98,8 @@ def imagenet_stats(records, counts=None, n_images=None, grid=16):
     f.update(evaluated=len(ev), click_acc=_pct(hit), centre_click_acc=_pct(centre), non_centred=int((~centre).sum()),
              non_centred_click_acc=_pct(hit[~centre]),
              box_centres_in_central_0_82pct=_pct(np.all(np.abs(centres - 0.5) <= math.sqrt(0.0082) / 2, 1)),
-             random_click_acc={str(a): _pct([points_in_boxes(0.5 + a * square, r["boxes"], *r["size"]).mean() for r in ev])
-                               for a in ALPHAS})
+             random_click_acc={str(a): _pct([points_in_boxes(0.5 + a * square, r["boxes"], *r["size"]).mean()
+                                             for r in ev]) for a in ALPHAS})
     offsets = [_box_offset(r["click"], r["boxes"], *r["size"]) for r in ev]
     f["click_offset"] = _offset_figures(offsets)
     last_n, trace_q, time_q = ({k: [] for k in keys} for keys in (LAST_N, QUANTILES, QUANTILES))
