@@ -1,7 +1,7 @@
 """
 Small figures with Pillow only: text, nice tick values, framed axes, markers, legends, a titled canvas.
 
-tools/plot.py (training curves, lambda sweeps) and `byproducts.py draw` (the appendix pictures) both draw with
+tools/plot.py (training curves, lambda sweeps) and `tools/analyses.py draw` (the appendix pictures) both draw with
 these, so every picture of the repository reads the same way: a title, axes with ticks and labels, a legend.
 Pillow (and nothing else) because the runtime is torch, torchvision, numpy and pillow; no matplotlib.
 

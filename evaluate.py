@@ -44,6 +44,7 @@ from torchvision import transforms as T
 
 import byproducts
 from byproducts import IMAGENET_MEAN, IMAGENET_STD
+from byproducts import eval_crop_geometry, eval_points_to_original
 from utils import Progress, UnpaddedDistributedSampler, all_reduce_sum, dist_on, gather_by_index, get_rank, \
     get_world_size, init_distributed, log
 
@@ -483,27 +484,6 @@ def pxap(fg_hist, bg_hist):
     recall = tp / fg.sum()
     return 100.0 * float((precision[1:] * np.diff(recall))[valid[1:]].sum())
 
-def eval_points_to_original(points, sizes, resize=256, crop=224):
-    """points [N, 2] normalised in the network input, sizes [N, 2] original (W, H) -> [N, 2] pixels of the
-    original image. The input is torchvision's Resize(resize) (shorter side) + CenterCrop(crop), with its exact
-    integer sizes and offsets; resize=None means Resize((crop, crop)) (no crop): x * W, y * H."""
-    p, sizes = np.asarray(_np(points), np.float64).reshape(-1, 2), np.asarray(_np(sizes), np.float64).reshape(-1, 2)
-    if resize is None:
-        return p * sizes
-    scale, offset = eval_crop_geometry(sizes, resize, crop)
-    return (p * crop + offset) / scale
-
-def eval_crop_geometry(sizes, resize, crop):
-    """Resize(resize, shorter side) + CenterCrop(crop) of images of sizes [N, 2] (W, H) -> (scale [N, 2] =
-    resized / original per axis, offset [N, 2] = the crop's (left, top) in the resized image), with
-    torchvision's integer sizes and offsets: crop pixel = original pixel * scale - offset."""
-    sizes = np.asarray(sizes, np.float64).reshape(-1, 2)
-    w, h = sizes[:, 0], sizes[:, 1]
-    short, long_ = np.minimum(w, h), np.maximum(w, h)
-    new_long = np.floor(resize * long_ / short)
-    new = np.stack([np.where(w <= h, resize, new_long), np.where(w <= h, new_long, resize)], 1)
-    return new / sizes, np.round((new - crop) / 2.0)  # round half to even, as python's round
-
 def point_in_box_accuracy(points_px, boxes):
     """points_px [N, 2]; boxes: N arrays [M, 4] (x0, y0, x1, y1) in the same units, ends inclusive.
     % of points inside any of their boxes; entries without boxes (None or M = 0) are skipped."""
@@ -781,7 +761,7 @@ def eval_imagenet_val(model, args):
 
 def find_val_boxes(imagenet_val):
     """ILSVRC box XMLs next to an IN-val tree, in the two layouts that ship them: <root>/boxes/val/ beside
-    <root>/val/ (byproducts.py synth) and ILSVRC/Annotations/CLS-LOC/val/ beside ILSVRC/Data/CLS-LOC/val/."""
+    <root>/val/ (tools/synth.py) and ILSVRC/Annotations/CLS-LOC/val/ beside ILSVRC/Data/CLS-LOC/val/."""
     val = Path(imagenet_val).resolve()
     candidates = [val.parent / "boxes" / val.name]
     if val.parent.name == "CLS-LOC" and len(val.parents) > 2:  # ILSVRC/Data/CLS-LOC/val
@@ -1460,7 +1440,7 @@ def click_accuracy_maps(records, grid=8):
             continue
         W, H = r["size"]
         b = r["boxes"][np.argmax((r["boxes"][:, 2] - r["boxes"][:, 0]) * (r["boxes"][:, 3] - r["boxes"][:, 1]))]
-        hit = int(byproducts._hits(r["click"], r["boxes"], W, H))
+        hit = int(byproducts.points_in_boxes(r["click"], r["boxes"], W, H))
         for k, (x, y) in enumerate((((b[0] + b[2]) / 2 / W, (b[1] + b[3]) / 2 / H), r["click"])):
             row, col = (min(max(int(v * grid), 0), grid - 1) for v in (y, x))
             out[k, :, row, col] += (hit, 1)

@@ -201,7 +201,7 @@ def build_datasets(args):
         color_jitter=args.color_jitter, re_prob=args.re_prob)
     try:
         train = byproducts.CocoAB(paths["train2014"], paths["annotations/instances_train2014.json"], records,
-                                  points="clicks" if clicked_only else args.points, point_source=args.point_source,
+                                  point_source="clicks" if clicked_only else args.points, icon_rule=args.point_source,
                                   transform=train_tf, data_fraction=args.data_fraction, seed=args.seed,
                                   strict=args.strict_data)
     except byproducts.BadInput as e:

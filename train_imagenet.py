@@ -347,11 +347,11 @@ def build_datasets(args):
     try:  # a refused index, an empty class folder, --strict-data: one line naming the file
         train = byproducts.ImageNetAB(os.path.join(args.data_dir, "train"),
                                       clicks=args.byproducts if args.points == "clicks" or clicked_only else None,
-                                      points="clicks" if clicked_only else args.points, transform=train_tf,
+                                      point_source="clicks" if clicked_only else args.points, transform=train_tf,
                                       data_fraction=args.data_fraction, seed=args.seed, strict=args.strict_data,
                                       allow_empty_classes=args.allow_empty_classes)
         # validation counts a broken image wrong (a NaN input), as evaluate.py does
-        val = byproducts.ImageNetAB(os.path.join(args.data_dir, "val"), points="none", transform=val_tf,
+        val = byproducts.ImageNetAB(os.path.join(args.data_dir, "val"), point_source="none", transform=val_tf,
                                     strict=args.strict_data, allow_empty_classes=args.allow_empty_classes,
                                     broken="nan")
     except byproducts.BadInput as e:
@@ -360,7 +360,7 @@ def build_datasets(args):
         byproducts.random_points_where_clicked(train, args.seed)
     if train.classes != val.classes:
         raise SystemExit("train/ and val/ have different class folders")
-    if (args.points == "clicks" or clicked_only) and train.num_points == 0:
+    if (args.points == "clicks" or clicked_only) and train.num_point_targets == 0:
         raise SystemExit(f"--byproducts {args.byproducts!r} matches no image of {args.data_dir}/train "
                          "(wrong file, or keys not of the form wnid/stem?)")
     return train, val
@@ -865,7 +865,8 @@ def demo_data_dir(seed=0):
     if not os.path.isdir(path):  # written once, into a temporary folder renamed when complete
         tmp = f"{path}.tmp{os.getpid()}"
         print(f"writing the synthetic dataset to {path} (once)", flush=True)
-        byproducts.synth(tmp, seed=seed)
+        from tools.synth import synth  # here: the core files never need the tools
+        synth(tmp, seed=seed)
         os.makedirs(root, exist_ok=True)
         os.replace(tmp, path)
     return path

@@ -42,6 +42,7 @@ from torchvision.datasets import ImageFolder
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import byproducts as bp  # noqa: E402
+from tools.synth import synth  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -88,11 +89,11 @@ class V2KeyPoints(Dataset):
         path, label = self.ab.samples[i]
         img = bp.read_image(path)
         W, H = img.size
-        kp = self.KeyPoints(self.ab._points[i] * torch.tensor([W, H]), canvas_size=(H, W))
+        kp = self.KeyPoints(self.ab.points[i] * torch.tensor([W, H]), canvas_size=(H, W))
         img, kp = self.tf(img, kp)
         pts = kp.as_subclass(torch.Tensor) / self.size  # note: v2 flips as x -> S - 1 - x (pixel indices)
-        w = self.ab._weights[i] * ((pts >= 0) & (pts <= 1)).all(1)
-        return img, label, pts, w
+        mask = self.ab.point_mask[i] * ((pts >= 0) & (pts <= 1)).all(1)
+        return img, label, pts, mask
 
 
 class PlainCoco(Dataset):
@@ -189,13 +190,13 @@ class _CropOnly:
     def __init__(self, t):
         self.t = t
 
-    def __call__(self, img, points=None, weights=None):
+    def __call__(self, img, points=None, point_mask=None):
         W, H = img.size
         top, left, h, w = T.RandomResizedCrop.get_params(img, self.t.scale, self.t.ratio)
         flip = bool(torch.rand(1) < self.t.hflip)
         if points is None:
             return img
-        return (img, *bp._crop_points(points, weights, W, H, top, left, h, w, flip))
+        return (img, *bp._crop_points(points, point_mask, W, H, top, left, h, w, flip))
 
 
 def getitem_loop(configs, repeats, seed_each_pass=True):
@@ -221,7 +222,7 @@ def stubbed_overhead(root, ab, coco_args, inst, repeats=7):
     try:
         stub = _CropOnly(ab.transform)
         folder = ImageFolder(root, loader=lambda path: img, transform=stub)
-        ab_s = bp.ImageNetAB(root, clicks=dict(zip(ab.keys, ab._points[:, 0].tolist())), transform=stub)
+        ab_s = bp.ImageNetAB(root, clicks=dict(zip(ab.keys, ab.points[:, 0].tolist())), transform=stub)
         plain = PlainCoco(coco_args[0], inst, stub)
         plain.files = [""] * len(plain.files)
         import warnings
@@ -284,7 +285,7 @@ def main():
     n_cpu = len(os.sched_getaffinity(0))
     try:
         t0 = time.perf_counter()
-        bp.synth(tmp, seed=0, n_classes=10, n_train=args.images, n_val=1, coco_train=args.coco_images, coco_val=1)
+        synth(tmp, seed=0, n_classes=10, n_train=args.images, n_val=1, coco_train=args.coco_images, coco_val=1)
         print(f"synthetic data: {time.perf_counter() - t0:.1f}s in {tmp}; {n_cpu} CPUs; torch {torch.__version__}",
               file=sys.stderr)
         root, xml = os.path.join(tmp, "imagenet", "train"), os.path.join(tmp, "imagenet_ab", "train_xml")
@@ -297,8 +298,8 @@ def main():
             "folder+torchvision": ImageFolder(root, transform=tv),
             "folder+TrainTransform": ImageFolder(root, transform=tt),
             "AB clicks": ab,
-            "AB random": bp.ImageNetAB(root, points="random", transform=tt),
-            "AB none": bp.ImageNetAB(root, points="none", transform=tt),
+            "AB random": bp.ImageNetAB(root, point_source="random", transform=tt),
+            "AB none": bp.ImageNetAB(root, point_source="none", transform=tt),
             "notebook XML/item": NotebookXMLFolder(root, xml, tt),
             "v2 KeyPoints": V2KeyPoints(ab, args.size),
         }

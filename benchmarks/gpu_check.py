@@ -51,7 +51,7 @@ sys.path.append(HERE)  # for train_step; last, so that `models` is the repositor
 import torch  # noqa: E402
 from torch._dynamo.utils import counters  # noqa: E402
 
-import byproducts  # noqa: E402
+from tools.synth import synth  # noqa: E402
 import train_imagenet as ti  # noqa: E402
 import train_step  # noqa: E402
 from models import create_model  # noqa: E402
@@ -225,7 +225,7 @@ class Report:
 
 def part_speed(rep, a, device, tmp):
     data_root = os.path.join(tmp, "synth")
-    byproducts.synth(data_root, seed=0)  # 400 small JPEGs, a few seconds
+    synth(data_root, seed=0)  # 400 small JPEGs, a few seconds
     for model, flags, needs in SPEED_RUNS:
         item = f"{model} {' '.join(flags)}"
         if needs == "cuda" and not device.startswith("cuda"):

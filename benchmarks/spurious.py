@@ -4,7 +4,7 @@ Does LUAB reduce reliance on a spurious background? A CPU-scale Background Chall
     python benchmarks/spurious.py                       # the README's study: 5 seeds x 3 methods + a lambda curve
     python benchmarks/spurious.py --seeds 0 --epochs 3 --methods plain --lambdas --out /tmp/smoke   # smoke run
 
-1. Writes (once, into --data) `byproducts.synth_spurious`: the label is the object's shape; each class also owns
+1. Writes (once, into --data) `tools/synth.py`'s `synth_spurious`: the label is the object's shape; each class also owns
    a background that agrees with the label in training with probability --p; clicks mark the object. The object
    (shape + bright colour, 18-32 % of the side) is learnable; the background (muted colour + stripes, the whole
    image, inside every random crop) is the easier cue.
@@ -40,6 +40,7 @@ import byproducts  # noqa: E402
 import evaluate  # noqa: E402
 import train_imagenet  # noqa: E402
 from models import create_model  # noqa: E402
+from tools.synth import synth_spurious  # noqa: E402
 
 METHODS = {"plain": ("none", []), "random points": ("random", ["--rand-points"]),
            "LUAB (clicks)": ("clicks", ["--luab"])}  # table row -> (points, train_imagenet.py flags)
@@ -78,7 +79,7 @@ def dataset(args):
                                      f"-seed{args.data_seed}")
     if not os.path.exists(os.path.join(root, "spurious.json")):
         print(f"writing the spurious-background set to {root}", flush=True)
-        byproducts.synth_spurious(root, p=args.p, seed=args.data_seed, n_classes=args.classes,
+        synth_spurious(root, p=args.p, seed=args.data_seed, n_classes=args.classes,
                                   n_train=args.train, n_val=args.test, size=args.size)
     return root
 
@@ -86,7 +87,7 @@ def dataset(args):
 @torch.no_grad()
 def predict(model, root, split, size):
     """Logits [N, C], points [N, 2] or None, and the dataset of one split (eval crop = the whole image)."""
-    ds = byproducts.ImageNetAB(os.path.join(root, "imagenet", split), points="none",
+    ds = byproducts.ImageNetAB(os.path.join(root, "imagenet", split), point_source="none",
                                transform=byproducts.EvalTransform(size=size, resize=size))
     outs = [model(b[0], return_points=True) for b in torch.utils.data.DataLoader(ds, batch_size=128, num_workers=0)]
     if outs[0][1] is None:

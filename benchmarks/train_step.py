@@ -20,7 +20,7 @@ head + point loss, forward and backward, plus an optimizer step over the point h
 interleaved reps): on a loaded machine that is the figure to trust, the whole-step ratio the one to sanity-check.
 On CPU torch runs one thread unless --threads says otherwise (see --help).
 
---loader writes the synthetic dataset (byproducts.synth, ImageNet-sized JPEGs) to a temp dir and runs
+--loader writes the synthetic dataset (tools/synth.py, ImageNet-sized JPEGs) to a temp dir and runs
 train_imagenet.main for two short epochs (--max-steps-per-epoch) with and without --luab; it reports the second
 epoch's img/s and data_wait (the share of epoch time the loop spent waiting for the DataLoader), and the CPU
 time of the main process per step and of the loader workers per image (wall time on a shared machine swings by
@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-import byproducts  # noqa: E402
+from tools.synth import synth  # noqa: E402
 import train_imagenet as ti  # noqa: E402
 from models import MODEL_NAMES, create_model  # noqa: E402
 
@@ -338,8 +338,8 @@ def loader_mode(a):
     tmp = tempfile.mkdtemp(prefix="luab_loader_")
     try:
         t0 = time.perf_counter()
-        byproducts.synth(tmp, seed=0, n_classes=10, n_train=n_train, n_val=2, coco_train=1, coco_val=1,
-                         size=(a.synth_min, a.synth_max))
+        synth(tmp, seed=0, n_classes=10, n_train=n_train, n_val=2, coco_train=1, coco_val=1,
+              size=(a.synth_min, a.synth_max))
         print(f"synthetic data: {10 * n_train} train JPEGs of {a.synth_min}-{a.synth_max} px in "
               f"{time.perf_counter() - t0:.0f}s; load {os.getloadavg()[0]:.2f}", flush=True)
         results = []

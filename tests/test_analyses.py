@@ -1,8 +1,9 @@
-"""Tests for the appendix E analyses in byproducts.py: every figure on a hand-made fixture whose expected values
-are worked out in the comments, then smoke runs of the `stats` / `draw` commands on byproducts.synth output."""
+"""Tests for the appendix E analyses of tools/analyses.py: every figure on a hand-made fixture whose expected
+values are worked out in the comments, then smoke runs of the `stats` / `draw` commands on tools/synth.py output."""
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,8 @@ import torch
 from PIL import Image
 
 import byproducts as bp
+from tools import analyses as an
+from tools.synth import APPLEDOUBLE
 
 W1, W2, W3 = "AAAAAAAAA1", "AAAAAAAAA2", "AAAAAAAAA3"
 
@@ -49,7 +52,7 @@ def inet(tmp_path_factory):
          [(45, 45, 55, 55), (0, 0, 10, 10)])
     _xml(root / "n02/n02_1.xml", [_entry(W3, True, [(7000, 0.5, 0.5)])])
     _xml(root / "n02/n02_2.xml", [_entry(W3, False, [(8000, 0.5, 0.5)])])
-    (root / "n01/._n01_0.xml").write_bytes(bp._APPLEDOUBLE)
+    (root / "n01/._n01_0.xml").write_bytes(APPLEDOUBLE)
     boxes = root.parent / "boxes"  # an ILSVRC box tree that overrides the merged boxes: only A, full image
     _xml(boxes / "n01/n01_0.xml", [], [(0, 0, 100, 100)])
     return str(root), str(boxes)
@@ -58,7 +61,7 @@ def inet(tmp_path_factory):
 @pytest.fixture(scope="module")
 def inet_figures(inet):
     records, counts = bp.imagenet_records(inet[0])
-    return bp.imagenet_stats(records, counts, n_images=10)
+    return an.imagenet_stats(records, counts, n_images=10)
 
 
 def test_imagenet_coverage_and_accuracy(inet_figures):
@@ -80,7 +83,7 @@ def test_imagenet_random_click_curve(inet_figures):
     # alpha = 1: 16 x 16 midpoints at 3.125 + 6.25 k px; per axis A's [9, 41] holds 6 (9.375..40.625), B's
     # [29, 71] 6 (34.375..65.625), C's [44, 56] 2 and [-1, 11] 2 -> (36 + 36 + 4 + 4) / 256 over 3 images
     assert f["random_click_acc"]["1.0"] == pytest.approx(100 * 80 / 768, abs=1e-3)
-    curve = [f["random_click_acc"][str(a)] for a in bp.ALPHAS]
+    curve = [f["random_click_acc"][str(a)] for a in an.ALPHAS]
     assert curve[-1] < curve[0]
 
 
@@ -117,7 +120,7 @@ def test_imagenet_workers(inet_figures):
 
 def test_imagenet_cli_with_box_tree(inet, tmp_path, capsys):
     out = tmp_path / "in.json"
-    assert bp.main(["stats", "imagenet", "--xml-root", inet[0], "--boxes", inet[1], "--out", str(out)]) == 0
+    assert an.main(["stats", "imagenet", "--xml-root", inet[0], "--boxes", inet[1], "--out", str(out)]) == 0
     f = json.loads(out.read_text())
     assert (f["evaluated"], f["click_acc"], f["centre_click_acc"]) == (1, 100.0, 100.0)  # only A, full-image box
     assert "click_acc" in capsys.readouterr().out
@@ -153,7 +156,7 @@ def coco(tmp_path_factory):
 
 
 def test_coco_stats(coco):
-    f, arrays = bp.coco_stats(bp.read_coco_ab(coco[0]), bp.read_coco_instances(coco[1]))
+    f, arrays = an.coco_stats(bp.read_coco_ab(coco[0]), bp.read_coco_instances(coco[1]))
     assert (f["images"], f["reannotated"], f["records_without_image"]) == (3, 2, 1)
     assert f["coverage_pct"] == pytest.approx(200 / 3, abs=1e-3)
     assert (f["gt_pairs"], f["recall"]) == (5, 80.0)  # all but image 2's dog
@@ -167,30 +170,23 @@ def test_coco_stats(coco):
     assert (o["n"], o["mean_u"], o["mean_v"]) == (4, -0.25, -0.25)
     assert f["per_class"]["dog"]["recall"] == 50.0 and f["per_class"]["person"]["recall"] == 100.0
     assert arrays["clicks"].shape == (5, 2)
-    g, _ = bp.coco_stats(bp.read_coco_ab(coco[0]), bp.read_coco_instances(coco[1]), mode="final-position")
+    g, _ = an.coco_stats(bp.read_coco_ab(coco[0]), bp.read_coco_instances(coco[1]), mode="final-position")
     assert (g["placements"], g["icon_precision"]) == (4, 100.0)  # the moved dog lands inside, cake gone
 
 
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("syn")
-    bp.synth(str(root), seed=0, n_classes=3, n_train=6, n_val=1, coco_train=8, coco_val=2)
-    return root
-
-
-def test_stats_commands_on_synth(synth_root, tmp_path):
-    r = synth_root
-    assert bp.main(["stats", "imagenet", "--xml-root", str(r / "imagenet_ab/train_xml"), "--boxes",
+def test_stats_commands_on_synth(synth_dir, tmp_path):
+    r = Path(synth_dir)
+    assert an.main(["stats", "imagenet", "--xml-root", str(r / "imagenet_ab/train_xml"), "--boxes",
                     str(r / "imagenet/boxes/train"), "--images", str(r / "imagenet/train"),
                     "--out", str(tmp_path / "i.json")]) == 0
     f = json.loads((tmp_path / "i.json").read_text())
-    assert f["images"] == 18 and 0 < f["with_entries"] <= 18 and f["appledouble_skipped"] == 2
+    assert f["images"] == 32 and 0 < f["with_entries"] <= 32 and f["appledouble_skipped"] == 2
     assert f["evaluated"] > 0 and 0 <= f["click_acc"] <= 100
     with pytest.warns(bp.BadInputWarning):  # synth writes one duplicate COCO-AB record on purpose
-        assert bp.main(["stats", "coco", "--coco-ab", str(r / "coco/coco_ab_v1_0.json"), "--instances",
+        assert an.main(["stats", "coco", "--coco-ab", str(r / "coco/coco_ab_v1_0.json"), "--instances",
                         str(r / "coco/annotations/instances_train2014.json"), "--out", str(tmp_path / "c.json")]) == 0
     g = json.loads((tmp_path / "c.json").read_text())
-    assert g["images"] == 8 and g["gt_pairs"] > 0 and g["action_sequences"]
+    assert g["images"] == 12 and g["gt_pairs"] > 0 and g["action_sequences"]
 
 
 def _png(path, width):
@@ -199,17 +195,17 @@ def _png(path, width):
         return np.asarray(im.convert("RGB"))
 
 
-def test_draw_commands_on_synth(synth_root, tmp_path):
-    r = synth_root
+def test_draw_commands_on_synth(synth_dir, tmp_path):
+    r = Path(synth_dir)
     import models
     ck = tmp_path / "ck.pth"
     torch.manual_seed(0)
     torch.save({"model": models.create_model("resnet18", num_classes=3, num_points=1).state_dict()}, ck)
     common = ["--xml-root", str(r / "imagenet_ab/train_xml"), "--images", str(r / "imagenet/train")]
-    assert bp.main(["draw", "imagenet", *common, "--out", str(tmp_path / "a"), "--n", "4"]) == 0
-    assert bp.main(["draw", "imagenet", *common, "--out", str(tmp_path / "b"), "--n", "2", "--model", "resnet18",
+    assert an.main(["draw", "imagenet", *common, "--out", str(tmp_path / "a"), "--n", "4"]) == 0
+    assert an.main(["draw", "imagenet", *common, "--out", str(tmp_path / "b"), "--n", "2", "--model", "resnet18",
                     "--checkpoint", str(ck)]) == 0
-    heatmap_width = 66 + 384 + 2 + bp.HEATMAP_BAR  # left margin, the histogram in its frame, the colour bar
+    heatmap_width = 66 + 384 + 2 + an.HEATMAP_BAR  # left margin, the histogram in its frame, the colour bar
     for d in ("a", "b"):
         for name in ("clicks", "box_centres", "click_offsets"):
             _png(tmp_path / d / f"{name}.png", heatmap_width)
@@ -217,10 +213,20 @@ def test_draw_commands_on_synth(synth_root, tmp_path):
     # point's colour only where a model is drawn (cells and legend)
     has = lambda a, colour: bool((a == colour).all(-1).any())  # noqa: E731
     a, b = _png(tmp_path / "a/grid.png", 560), _png(tmp_path / "b/grid.png", 560)
-    assert has(a, bp.CLICK_COLOUR) and has(a, bp.BOX_COLOUR) and not has(a, bp.PRED_COLOUR)
-    assert has(b, bp.PRED_COLOUR)
+    assert has(a, an.CLICK_COLOUR) and has(a, an.BOX_COLOUR) and not has(a, an.PRED_COLOUR)
+    assert has(b, an.PRED_COLOUR)
+    # a self-describing checkpoint without a point head (plain training): no --model needed, the CAM but no point;
+    # a bare state dict needs --model, said in one line
+    plain = tmp_path / "plain.pth"
+    torch.save({"model": models.create_model("resnet18", num_classes=3, num_points=0).state_dict(),
+                "meta": {"model": "resnet18", "num_classes": 3, "num_points": 0}}, plain)
+    assert an.main(["draw", "imagenet", *common, "--out", str(tmp_path / "p"), "--n", "2", "--checkpoint",
+                    str(plain)]) == 0
+    assert not has(_png(tmp_path / "p/grid.png", 560), an.PRED_COLOUR)
+    with pytest.raises(SystemExit, match=r"^--checkpoint .*ck.pth does not say which architecture .*pass --model"):
+        an.main(["draw", "imagenet", *common, "--out", str(tmp_path / "x"), "--checkpoint", str(ck)])
     with pytest.warns(bp.BadInputWarning):
-        assert bp.main(["draw", "coco", "--coco-ab", str(r / "coco/coco_ab_v1_0.json"), "--instances",
+        assert an.main(["draw", "coco", "--coco-ab", str(r / "coco/coco_ab_v1_0.json"), "--instances",
                         str(r / "coco/annotations/instances_train2014.json"), "--out", str(tmp_path / "c")]) == 0
     for name in ("icons", "box_centres", "icon_offsets"):
         _png(tmp_path / "c" / f"{name}.png", heatmap_width)
@@ -229,7 +235,7 @@ def test_draw_commands_on_synth(synth_root, tmp_path):
 def test_heatmap_orientation(tmp_path):
     # one point top-right (x = 0.95, y = 0.05) against one bottom-left: the pictures differ only in the two
     # 10 x 10 px cells (10 bins on 100 px), and the bright one of the first is up and to the right
-    a, b = (np.asarray(Image.open(bp.heatmap_png([p], str(tmp_path / f"{i}.png"), bins=10, size=100)))
+    a, b = (np.asarray(Image.open(an.heatmap_png([p], str(tmp_path / f"{i}.png"), bins=10, size=100)))
             for i, p in enumerate([(0.95, 0.05), (0.05, 0.95)]))
     ya, xa = np.nonzero((a != b).any(-1) & (a[..., 0] > 200))
     yb, xb = np.nonzero((a != b).any(-1) & (b[..., 0] > 200))

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -21,6 +22,9 @@ import byproducts as bp
 import evaluate as E
 import train_coco
 import train_imagenet
+from tools import analyses
+from tools.synth import SYNTH_WNIDS
+from tools.synth import synth as write_synth
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEAN_RGB = (124, 116, 104)  # round(255 * IMAGENET_MEAN): what a broken image and transparent pixels become
@@ -106,7 +110,7 @@ def test_modes_convert_faithfully(tmp_path, name, img, fmt, want):
     out = bp.read_image(path)
     assert out.mode == "RGB" and pixels(out) == want
     # the same pixels in training (ImageNetAB), evaluation (evaluate.ImageList) and COCO: one reader
-    ds = bp.ImageNetAB(str(tmp_path), points="none")
+    ds = bp.ImageNetAB(str(tmp_path), point_source="none")
     assert pixels(ds[0][0]) == want and ds.problem_counts() == {"broken_images": 0, "bad_records": 0}
     assert pixels(E.ImageList([path], lambda im: im).load(0)) == want
 
@@ -202,10 +206,8 @@ def test_evaluate_counts_a_truncated_val_jpeg_wrong(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    d = tmp_path_factory.mktemp("synth")
-    bp.synth(str(d), seed=0, n_classes=2, n_train=4, n_val=2, coco_train=6, coco_val=4)
-    return d
+def synth(synth_dir):  # the shared synthetic set (conftest.py) as a Path
+    return Path(synth_dir)
 
 
 def test_coco_val_zero_byte_image_is_a_counted_nan(synth, tmp_path):
@@ -228,9 +230,9 @@ def test_empty_class_folders_refused_unless_allowed(tmp_path):
     (tmp_path / "n2").mkdir()
     (tmp_path / "n3" / "sub").mkdir(parents=True)
     with pytest.raises(bp.BadInput, match=r"2 class folder\(s\) without images: n2, n3; .*--allow-empty-classes"):
-        bp.ImageNetAB(str(tmp_path), points="none")
+        bp.ImageNetAB(str(tmp_path), point_source="none")
     with pytest.warns(bp.BadInputWarning, match="empty-class x2: n2 .*n3"):
-        ds = bp.ImageNetAB(str(tmp_path), points="none", allow_empty_classes=True)
+        ds = bp.ImageNetAB(str(tmp_path), point_source="none", allow_empty_classes=True)
     assert ds.classes == ["n1", "n2", "n3"] and len(ds) == 1 and ds.problem_counts()["bad_records"] == 0
 
 
@@ -281,7 +283,7 @@ def test_index_of_another_dataset_does_not_pass_silently(synth, tmp_path):
     """The issue's case: an index built from other images with the same file names (synth seed 1 vs 0: same
     names, sizes drawn anew). Every click whose recorded size differs from the opened image gets weight 0."""
     other = tmp_path / "other"
-    bp.synth(str(other), seed=1, n_classes=2, n_train=4, n_val=1, coco_train=0, coco_val=0)
+    write_synth(str(other), seed=1, n_classes=2, n_train=4, n_val=1, coco_train=0, coco_val=0)
     bp.build_imagenet_index(str(other / "imagenet_ab"), str(tmp_path / "other.npz"), workers=1, progress=False)
     ds = bp.ImageNetAB(str(synth / "imagenet" / "train"), clicks=str(tmp_path / "other.npz"))
     with warnings.catch_warnings():
@@ -290,8 +292,8 @@ def test_index_of_another_dataset_does_not_pass_silently(synth, tmp_path):
     idx = bp.load_imagenet_index(str(tmp_path / "other.npz"))
     sizes = {k: tuple(s) for k, s in zip((k.decode() for k in idx.keys), idx.sizes.tolist())}
     mismatched = [k for k, (img, *_) in zip(ds.keys, items) if k in idx and img.size != sizes[k]]
-    assert len(mismatched) == ds.num_points  # every click of the other set is caught (all sizes differ)
-    assert ds.problem_counts()["bad_records"] == ds.num_points and sum(it[3].item() for it in items) == 0
+    assert len(mismatched) == ds.num_point_targets  # every click of the other set is caught (all sizes differ)
+    assert ds.problem_counts()["bad_records"] == ds.num_point_targets and sum(it[3].item() for it in items) == 0
 
 
 def test_old_index_without_sizes_warns_once_and_still_works(tmp_path):
@@ -376,14 +378,14 @@ def _entry_points(synth, out, evil):
         "train_coco --pretrained": lambda: train_coco.main(parse_co(["--coco-dir", coco, "--pretrained", evil, *tiny])),
         "evaluate --checkpoint": lambda: E.main(["--checkpoint", evil, "--device", "cpu", "--imagenet-val",
                                                  inet + "/val"]),
-        "byproducts draw --checkpoint": lambda: bp.main(
+        "analyses draw --checkpoint": lambda: analyses.main(
             ["draw", "imagenet", "--xml-root", str(synth / "imagenet_ab"), "--images", inet + "/train", "--out",
              str(out / "pics"), "--model", "resnet18", "--checkpoint", evil]),
     }
 
 
 @pytest.mark.parametrize("entry", ["train_imagenet --pretrained", "train_imagenet --resume",
-                                   "train_coco --pretrained", "evaluate --checkpoint", "byproducts draw --checkpoint"])
+                                   "train_coco --pretrained", "evaluate --checkpoint", "analyses draw --checkpoint"])
 def test_a_code_running_checkpoint_is_refused(synth, tmp_path, entry):
     marker = tmp_path / "pwned"
     out = tmp_path / "run"
@@ -406,8 +408,8 @@ def test_training_logs_broken_images_and_survives_a_zero_byte_coco_val_image(syn
     data = tmp_path / "data"
     shutil.copytree(synth / "imagenet", data / "imagenet")
     shutil.copytree(synth / "coco", data / "coco")
-    truncate(str(data / "imagenet" / "train" / bp.SYNTH_WNIDS[0] / f"{bp.SYNTH_WNIDS[0]}_0.JPEG"))
-    (data / "imagenet" / "val" / bp.SYNTH_WNIDS[1] / f"{bp.SYNTH_WNIDS[1]}_val_0.JPEG").write_bytes(b"")
+    truncate(str(data / "imagenet" / "train" / SYNTH_WNIDS[0] / f"{SYNTH_WNIDS[0]}_0.JPEG"))
+    (data / "imagenet" / "val" / SYNTH_WNIDS[1] / f"{SYNTH_WNIDS[1]}_val_0.JPEG").write_bytes(b"")
     val_coco = sorted((data / "coco" / "val2014").iterdir())
     val_coco[0].write_bytes(b"")
     common = ["--model", "resnet18", "--img-size", "32", "--batch-size", "4", "--workers", "1", "--device", "cpu",
@@ -420,7 +422,7 @@ def test_training_logs_broken_images_and_survives_a_zero_byte_coco_val_image(syn
             ["--coco-dir", str(data / "coco"), "--output-dir", str(tmp_path / "co"), "--rand-points", *common]))
     (line_in,) = [json.loads(x) for x in (tmp_path / "in" / "log.jsonl").read_text().splitlines()]
     (line_co,) = [json.loads(x) for x in (tmp_path / "co" / "log.jsonl").read_text().splitlines()]
-    # one step of 4 of the 8 train images need not meet the truncated one: only validation's count is exact
+    # one step of 4 of the 32 train images need not meet the truncated one: only validation's count is exact
     assert line_in["val_broken_images"] == 1 and line_in["train_bad_records"] == 0
     assert line_co["val_broken_images"] == 1 and "val_map" in line_co
     assert (tmp_path / "co" / "checkpoint.pt").exists() and (tmp_path / "in" / "checkpoint.pt").exists()

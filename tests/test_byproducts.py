@@ -1,16 +1,14 @@
-"""Tests for byproducts.py: every rule of issue 3, on fixture files written in the released layouts.
+"""Tests for byproducts.py (readers, point-aware transforms, datasets, Mixup / CutMix), on fixture files written
+in the released layouts.
 
 Fixtures reproduce published example records (a real ImageNet-AB XML, cited in docs/formats.md §1, and the COCO-AB
 record of docs/formats.md §2) byte for byte; hand-computed numbers are worked out in the comments.
 """
 
-import hashlib
 import json
-import math
 import os
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest
@@ -24,7 +22,7 @@ import byproducts as bp
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# formats.md §1, the real record from [ALD] (2 of 6 mouseTracking entries), whitespace removed.
+# formats.md §1, a real record (2 of 6 mouseTracking entries), whitespace removed.
 REAL_XML = (
     "<annotation><folder>n01440764</folder><filename>n01440764_105</filename>"
     "<source><database>ILSVRC_2012</database></source><size><width>500</width><height>375</height><depth>3</depth>"
@@ -81,13 +79,6 @@ def ab_file(path, *metas):
 def jpeg(path, size=(40, 30), colour=(120, 60, 30)):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     Image.new("RGB", size, colour).save(path, quality=90)
-
-
-@pytest.fixture(scope="module")
-def synth_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("synth")
-    bp.synth(str(d), seed=0, n_classes=4, n_train=8, n_val=2, coco_train=12, coco_val=4)
-    return str(d)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -360,9 +351,9 @@ def test_rle_and_polygon_masks_against_hand_made_masks(tmp_path):
                     [1, 0, 0]], np.uint8)
     np.testing.assert_array_equal(bp.rle_decode({"size": [2, 3], "counts": [1, 2, 3]}), toy)
     assert bp.rle_encode(toy) == {"size": [2, 3], "counts": [1, 2, 3]}
-    # compressed string, worked by hand: counts [0, 20, 10, 6] -> "0", "d0" (20 needs 2 chars), ":",
+    # compressed string, worked by hand: counts [0, 20, 10, 6] <- "0", "d0" (20 needs 2 chars), ":",
     # "B" (6 is stored as 6 - 20 = -14: low 5 bits 18 with the sign bit, + 48 = "B")
-    assert bp.rle_to_string([0, 20, 10, 6]) == "0d0:B" and bp.rle_from_string("0d0:B") == [0, 20, 10, 6]
+    assert bp.rle_from_string("0d0:B") == [0, 20, 10, 6]
     six = np.zeros((6, 6), np.uint8)
     six[:, 0:3] = 1      # 18 ones down columns 0-2 ...
     six[0:2, 3] = 1      # ... 2 more in column 3, then 10 zeros ...
@@ -449,15 +440,15 @@ def test_coco_dataset_modes_and_loader(synth_dir):
     tt = bp.TrainTransform(size=32)
     with pytest.warns(bp.BadInputWarning, match=r"duplicate-image-id x1"):  # synth writes one, as the release
         add = bp.CocoAB(*args, transform=tt)
-    pos = bp.CocoAB(*args, point_source="final-position", transform=tt)
-    assert (add._weights.sum() > pos._weights.sum())  # synth has icons removed for good: final-add keeps them
-    assert (add._weights <= add._targets).all() and (pos._weights <= pos._targets).all()
-    rnd = bp.CocoAB(*args, points="random", seed=3)
-    assert torch.equal(rnd._weights, rnd._targets)
-    assert torch.equal(rnd._points, bp.CocoAB(*args, points="random", seed=3)._points)
-    assert bp.CocoAB(*args, points="none")._weights.sum() == 0
+    pos = bp.CocoAB(*args, icon_rule="final-position", transform=tt)
+    assert (add.point_mask.sum() > pos.point_mask.sum())  # synth has icons removed for good: final-add keeps them
+    assert (add.point_mask <= add.targets).all() and (pos.point_mask <= pos.targets).all()
+    rnd = bp.CocoAB(*args, point_source="random", seed=3)
+    assert torch.equal(rnd.point_mask, rnd.targets)
+    assert torch.equal(rnd.points, bp.CocoAB(*args, point_source="random", seed=3).points)
+    assert bp.CocoAB(*args, point_source="none").point_mask.sum() == 0
     clicked = bp.random_points_where_clicked(bp.CocoAB(*args, seed=3), seed=3)  # the control on LUAB's pairs only
-    assert torch.equal(clicked._weights, add._weights) and torch.equal(clicked._points, rnd._points)
+    assert torch.equal(clicked.point_mask, add.point_mask) and torch.equal(clicked.points, rnd.points)
     img, t, p, w = next(iter(DataLoader(add, batch_size=4, num_workers=2)))
     assert img.shape == (4, 3, 32, 32) and img.dtype == torch.float32
     assert t.shape == (4, 80) and p.shape == (4, 80, 2) and w.shape == (4, 80) and p.dtype == torch.float32
@@ -473,13 +464,12 @@ def test_index_roundtrip_matches_reader(synth_dir, tmp_path):
     out = str(tmp_path / "index.npz")
     st = bp.build_imagenet_index(xml_root, out, workers=2, progress=False)
     idx = bp.load_imagenet_index(out)
-    paths, n_apple = bp._list_xml(xml_root)
-    assert st["files"] == len(paths) == len(idx.keys) and n_apple == 2 and st["bad"] == 0
+    records, counts = bp.imagenet_records(xml_root)  # the reader, file by file
+    assert st["files"] == len(records) == len(idx.keys) and counts["appledouble_skipped"] == 2 and st["bad"] == 0
     n_click = 0
-    for p in paths:
-        key = bp._xml_key(p)
-        expect = bp.imagenet_click(bp.read_imagenet_ab_xml(p))
-        got = idx.get(key)
+    for r in records:
+        expect = r["click"]
+        got = idx.get(r["key"])
         assert (got is None) == (expect is None)
         if expect is not None:
             n_click += 1
@@ -515,7 +505,7 @@ def test_imagenet_dataset_modes_shapes_and_loader(synth_dir):
     assert ds.samples == folder.samples and ds.classes == folder.classes and ds.targets == folder.targets
     assert ds.keys[0] == f"{ds.classes[0]}/{ds.classes[0]}_0"
     idx, _, _ = bp.ClickIndex.from_xml(xml)
-    w = ds._weights.flatten()
+    w = ds.point_mask.flatten()
     assert w.sum() == sum(k in idx for k in ds.keys) and 0 < w.sum() < len(ds)
     for i in (0, 3, 5):
         assert (ds.keys[i] in idx) == bool(w[i])
@@ -526,35 +516,35 @@ def test_imagenet_dataset_modes_shapes_and_loader(synth_dir):
     assert isinstance(raw[0][0], Image.Image) and raw[0][2].flatten().tolist() == pytest.approx(idx[ds.keys[0]])
     b = next(iter(DataLoader(ds, batch_size=6, num_workers=2, shuffle=True)))
     assert b[0].shape == (6, 3, 48, 48) and b[1].shape == (6,) and b[2].shape == (6, 1, 2) and b[3].shape == (6, 1)
-    none = bp.ImageNetAB(root, points="none", transform=tt)
-    assert none._weights.sum() == 0 and none._points.abs().sum() == 0
+    none = bp.ImageNetAB(root, point_source="none", transform=tt)
+    assert none.point_mask.sum() == 0 and none.points.abs().sum() == 0
 
 
 def test_random_points_fixed_per_image(synth_dir):
     root = os.path.join(synth_dir, "imagenet", "train")
-    a = bp.ImageNetAB(root, points="random", seed=1)
-    b = bp.ImageNetAB(root, points="random", seed=1, data_fraction=0.5)
-    c = bp.ImageNetAB(root, points="random", seed=2)
-    assert a._weights.sum() == len(a)
-    pa = dict(zip(a.keys, a._points[:, 0].tolist()))
-    assert all(pa[k] == p for k, p in zip(b.keys, b._points[:, 0].tolist()))  # fixed per image, not per index
-    assert not torch.equal(a._points, c._points)
-    assert ((a._points >= 0) & (a._points < 1)).all() and 0.35 < a._points.mean() < 0.65
-    assert [a[0][2].tolist() for _ in range(2)] == [a._points[0].tolist()] * 2  # not re-drawn per epoch
+    a = bp.ImageNetAB(root, point_source="random", seed=1)
+    b = bp.ImageNetAB(root, point_source="random", seed=1, data_fraction=0.5)
+    c = bp.ImageNetAB(root, point_source="random", seed=2)
+    assert a.point_mask.sum() == len(a)
+    pa = dict(zip(a.keys, a.points[:, 0].tolist()))
+    assert all(pa[k] == p for k, p in zip(b.keys, b.points[:, 0].tolist()))  # fixed per image, not per index
+    assert not torch.equal(a.points, c.points)
+    assert ((a.points >= 0) & (a.points < 1)).all() and 0.35 < a.points.mean() < 0.65
+    assert [a[0][2].tolist() for _ in range(2)] == [a.points[0].tolist()] * 2  # not re-drawn per epoch
     # --rand-points-on clicked: the same random points, on the images that have a click only
     xml = os.path.join(synth_dir, "imagenet_ab", "train_xml")
-    clicks = bp.ImageNetAB(root, clicks=xml, points="clicks")
-    d = bp.random_points_where_clicked(bp.ImageNetAB(root, clicks=xml, points="clicks"), seed=1)
-    assert torch.equal(d._weights, clicks._weights) and 0 < d._weights.sum() < len(d)
-    assert torch.equal(d._points, a._points) and not torch.equal(d._points, clicks._points)
+    clicks = bp.ImageNetAB(root, clicks=xml, point_source="clicks")
+    d = bp.random_points_where_clicked(bp.ImageNetAB(root, clicks=xml, point_source="clicks"), seed=1)
+    assert torch.equal(d.point_mask, clicks.point_mask) and 0 < d.point_mask.sum() < len(d)
+    assert torch.equal(d.points, a.points) and not torch.equal(d.points, clicks.points)
 
 
 def test_data_fraction_per_class(synth_dir):
     root = os.path.join(synth_dir, "imagenet", "train")
-    ds = bp.ImageNetAB(root, points="none", data_fraction=0.25, seed=5)
+    ds = bp.ImageNetAB(root, point_source="none", data_fraction=0.25, seed=5)
     assert np.bincount(ds.targets).tolist() == [2, 2, 2, 2]  # round(0.25 * 8) of each class
-    assert ds.keys == bp.ImageNetAB(root, points="none", data_fraction=0.25, seed=5).keys
-    assert ds.keys != bp.ImageNetAB(root, points="none", data_fraction=0.25, seed=6).keys
+    assert ds.keys == bp.ImageNetAB(root, point_source="none", data_fraction=0.25, seed=5).keys
+    assert ds.keys != bp.ImageNetAB(root, point_source="none", data_fraction=0.25, seed=6).keys
 
 
 def test_load_boxes_layouts_and_caveats(synth_dir, tmp_path):
@@ -638,11 +628,14 @@ def test_eval_transform_points_by_hand():
     x, p, w = t(img, torch.tensor([[0.5, 0.5], [0.3, 0.25], [0.6, 0.9]]), torch.ones(3))
     assert x.shape == (3, 32, 32)
     assert p.flatten().tolist() == pytest.approx([0.5, 0.5, -0.3, 0.0, 0.9, 1.3]) and w.tolist() == [1, 0, 0]
+    # eval_points_to_original inverts it: back to pixels of the 200 x 100 original, (0.5 * 200, 0.5 * 100) ...
+    assert bp.eval_points_to_original(p, [[200, 100]] * 3, resize=64, crop=32).ravel().tolist() == \
+        pytest.approx([100, 50, 60, 25, 120, 90])
     assert torch.equal(t(img), T.Compose([T.Resize(64), T.CenterCrop(32), T.ToTensor(),
                                           T.Normalize(bp.IMAGENET_MEAN, bp.IMAGENET_STD)])(img))
 
 
-def test_v2_keypoints_are_not_a_validity_mask():
+def test_v2_keypoints_are_not_a_validity_mask(monkeypatch):
     # Why the point maths is ours: torchvision v2 moves KeyPoints out of the canvas without saying so, its
     # ClampKeyPoints puts them on the border (a wrong target), and its flip is x -> W - 1 - x (pixel indices).
     from torchvision import tv_tensors
@@ -653,8 +646,10 @@ def test_v2_keypoints_are_not_a_validity_mask():
     assert F2.clamp_keypoints(out).tolist() == [[0.0, 0.0]]  # clamped = onto the border
     assert F2.horizontal_flip(tv_tensors.KeyPoints(torch.tensor([[0.0, 0.0]]), canvas_size=(10, 10))).tolist() \
         == [[9.0, 0.0]]  # continuous convention gives 10
-    # ours: same crop, the point leaves with weight 0 and its coordinate intact
-    p, w = bp._crop_points(torch.tensor([[0.05, 0.05]]), torch.tensor([1.0]), 100, 100, 50, 50, 50, 50, False)
+    # ours: same crop, the point leaves with mask 0 and its coordinate intact
+    monkeypatch.setattr(bp.T.RandomResizedCrop, "get_params", staticmethod(lambda img, s, r: (50, 50, 50, 50)))
+    _, p, w = bp.TrainTransform(size=25, hflip=0.0)(Image.new("RGB", (100, 100)), torch.tensor([[0.05, 0.05]]),
+                                                     torch.tensor([1.0]))
     assert w.item() == 0.0 and p.flatten().tolist() == pytest.approx([-0.9, -0.9])
 
 
@@ -734,34 +729,34 @@ def _batch(B=4, K=2, H=16, W=20):
     images = torch.arange(B, dtype=torch.float32).view(B, 1, 1, 1).expand(B, 3, H, W).clone()  # sample b = b
     targets = torch.eye(B)
     points = torch.rand(B, K, 2, generator=torch.Generator().manual_seed(1))
-    weights = torch.ones(B, K)
-    weights[1, 0] = 0.0
-    return images, targets, points, weights
+    mask = torch.ones(B, K)
+    mask[1, 0] = 0.0
+    return images, targets, points, mask
 
 
 def test_mixup_weights_scale_with_lam():
-    images, targets, points, weights = _batch()
+    images, targets, points, mask = _batch()
     g = torch.Generator().manual_seed(0)
-    x, y, p, w = bp.mix_batch(images, targets, points, weights, mixup_alpha=0.8, cutmix_alpha=0.0, generator=g)
+    x, y, p, w = bp.mix_batch(images, targets, points, mask, mixup_alpha=0.8, cutmix_alpha=0.0, generator=g)
     lam = 1 - x[0, 0, 0, 0].item() / 3  # sample 0 (all 0) mixed with sample 3 (all 3): 3 * (1 - lam)
     assert 0 < lam < 1 and torch.allclose(x, images * lam + images.flip(0) * (1 - lam))
     assert torch.allclose(y, targets * lam + targets.flip(0) * (1 - lam))
     assert p.shape == (4, 2, 2, 2) and torch.equal(p[:, 0], points) and torch.equal(p[:, 1], points.flip(0))
-    assert torch.allclose(w[:, 0], weights * lam) and torch.allclose(w[:, 1], weights.flip(0) * (1 - lam))
+    assert torch.allclose(w[:, 0], mask * lam) and torch.allclose(w[:, 1], mask.flip(0) * (1 - lam))
     assert torch.equal(images, _batch()[0])  # inputs untouched
 
 
 def test_cutmix_masks_points_under_the_pasted_box():
     B, K, H, W = 4, 64, 16, 20
-    images, targets, _, weights = _batch(B, 2, H, W)
+    images, targets, _, mask = _batch(B, 2, H, W)
     # a dense grid of points so some fall inside and some outside the box
     gy, gx = torch.meshgrid(torch.linspace(0.02, 0.98, 8), torch.linspace(0.02, 0.98, 8), indexing="ij")
     points = torch.stack([gx.flatten(), gy.flatten()], 1).expand(B, K, 2).clone()
     points[2] = points[2].flip(0)
-    weights = torch.ones(B, K)
+    mask = torch.ones(B, K)
     for seed in range(5):
         g = torch.Generator().manual_seed(seed)
-        x, y, p, w = bp.mix_batch(images, targets, points, weights, mixup_alpha=0.0, cutmix_alpha=1.0, generator=g)
+        x, y, p, w = bp.mix_batch(images, targets, points, mask, mixup_alpha=0.0, cutmix_alpha=1.0, generator=g)
         pasted = x[0, 0] != images[0, 0]  # sample 0 is 0 everywhere, its partner (3) is 3: the box is where x == 3
         if not pasted.any():
             continue
@@ -779,73 +774,13 @@ def test_cutmix_masks_points_under_the_pasted_box():
 
 
 def test_no_mix_and_determinism():
-    images, targets, points, weights = _batch()
-    x, y, p, w = bp.mix_batch(images, targets, points, weights, prob=0.0)
-    assert torch.equal(x, images) and torch.equal(y, targets) and torch.equal(w[:, 0], weights)
+    images, targets, points, mask = _batch()
+    x, y, p, w = bp.mix_batch(images, targets, points, mask, prob=0.0)
+    assert torch.equal(x, images) and torch.equal(y, targets) and torch.equal(w[:, 0], mask)
     assert (w[:, 1] == 0).all()
-    a = bp.mix_batch(images, targets, points, weights, generator=torch.Generator().manual_seed(7))
-    b = bp.mix_batch(images, targets, points, weights, generator=torch.Generator().manual_seed(7))
+    a = bp.mix_batch(images, targets, points, mask, generator=torch.Generator().manual_seed(7))
+    b = bp.mix_batch(images, targets, points, mask, generator=torch.Generator().manual_seed(7))
     assert all(torch.equal(u, v) for u, v in zip(a, b))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# synthetic data
-
-def _tree_hash(root):
-    h = hashlib.sha256()
-    for d, dirs, files in sorted(os.walk(root)):
-        dirs.sort()
-        for f in sorted(files):
-            h.update(os.path.relpath(os.path.join(d, f), root).encode())
-            h.update(open(os.path.join(d, f), "rb").read())
-    return h.hexdigest()
-
-
-def test_synth_deterministic_and_layout(tmp_path):
-    kw = dict(n_classes=2, n_train=6, n_val=1, coco_train=5, coco_val=2)
-    s1 = bp.synth(str(tmp_path / "a"), seed=3, **kw)
-    bp.synth(str(tmp_path / "b"), seed=3, **kw)
-    bp.synth(str(tmp_path / "c"), seed=4, **kw)
-    assert _tree_hash(tmp_path / "a") == _tree_hash(tmp_path / "b") != _tree_hash(tmp_path / "c")
-    a = tmp_path / "a"
-    w = bp.SYNTH_WNIDS[0]
-    assert (a / "imagenet/train" / w / f"{w}_0.JPEG").exists() and (a / "imagenet/val" / w / f"{w}_val_0.JPEG").exists()
-    assert not (a / "imagenet_ab/train_xml" / w / f"{w}_1.xml").exists()  # an image without XML
-    assert (a / "imagenet_ab/train_xml" / w / f"._{w}_0.xml").exists()
-    assert (a / "imagenet/boxes/val" / w / f"{w}_val_0.xml").exists()
-    assert (a / "coco/train2014").is_dir() and (a / "coco/annotations/instances_val2014.json").exists()
-    sizes = {Image.open(p).size for p in (a / "imagenet/train" / w).iterdir()}
-    assert any(x != y for x, y in sizes) and all(64 <= v <= 160 for s in sizes for v in s)
-    recs = json.loads((a / "coco/coco_ab_v1_0.json").read_text())
-    assert len({r["image_id"] for r in recs}) == len(recs) - 1  # the duplicate record
-    kinds = {tuple(x["actionType"] for x in r["actionHistories"]) for r in recs}
-    assert any("move" in k for k in kinds) and any("remove" in k for k in kinds)
-    assert s1["ab_multi_entry"] >= 2 and s1["ab_missing"] >= 2
-
-
-def test_synth_clicks_point_at_the_object(synth_dir):
-    # the point task is learnable: clicks land in the object's box far more often than uniform points would
-    idx, _, _ = bp.ClickIndex.from_xml(os.path.join(synth_dir, "imagenet_ab"))
-    boxes = bp.load_boxes(os.path.join(synth_dir, "imagenet", "boxes", "train"))
-    hit = rand = n = 0
-    rng = np.random.default_rng(0)
-    for key, b in boxes.items():
-        if key in idx:
-            W, H = b["size"]
-            (x0, y0, x1, y1), = b["boxes"]
-            for (x, y), counter in ((idx[key], "hit"), (tuple(rng.random(2)), "rand")):
-                inside = x0 - 1 <= x * W <= x1 + 1 and y0 - 1 <= y * H <= y1 + 1
-                hit, rand = hit + (inside and counter == "hit"), rand + (inside and counter == "rand")
-            n += 1
-    assert n >= 5 and hit / n > 0.7 and hit / n > rand / n + 0.3
-
-
-def test_synth_cli_runs(tmp_path):
-    r = subprocess.run([sys.executable, os.path.join(REPO, "byproducts.py"), "synth", "--out", str(tmp_path / "s"),
-                        "--classes", "2", "--train", "3", "--val", "1", "--coco-train", "2", "--coco-val", "1"],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    assert "synth ->" in r.stdout and (tmp_path / "s/coco/coco_ab_v1_0.json").exists()
 
 
 def test_duplicate_xml_under_two_prefixes(tmp_path):

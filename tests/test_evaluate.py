@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw
 import byproducts
 import evaluate as E
 import utils
+from tools.synth import synth
 
 W = E.IMAGENET_WNIDS
 MEAN = torch.tensor(E.IMAGENET_MEAN).view(1, 3, 1, 1)
@@ -1003,7 +1004,7 @@ def test_resnet18_checkpoint_end_to_end(tmp_path):
 @pytest.fixture(scope="module")
 def synth_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
-    byproducts.synth(str(root), seed=0)
+    synth(str(root), seed=0)
     return root
 
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-import byproducts
 import models
 import train_imagenet as T
+from tools.synth import synth_spurious
 
 
 @pytest.mark.parametrize("kind", ["normed", "plain"])
@@ -93,7 +93,7 @@ def test_point_grad_share_is_the_ratio_of_backbone_gradient_norms():
 def spurious(tmp_path_factory):
     """The study's data (benchmarks/spurious.py defaults: 6 classes x 100 train images, 32 px, p = 0.9)."""
     root = tmp_path_factory.mktemp("spurious")
-    byproducts.synth_spurious(str(root), p=0.9, seed=0, n_classes=6, n_train=100, n_val=30, size=32)
+    synth_spurious(str(root), p=0.9, seed=0, n_classes=6, n_train=100, n_val=30, size=32)
     return root
 
 

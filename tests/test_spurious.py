@@ -1,4 +1,4 @@
-"""The spurious-background generator of issue 9 (byproducts.synth_spurious, benchmarks/spurious.py)."""
+"""The spurious-background generator (tools/synth.py's synth_spurious, used by benchmarks/spurious.py)."""
 
 import json
 import os
@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import byproducts
+from tools import synth
 
 
 def _counts(meta):
@@ -16,8 +17,8 @@ def _counts(meta):
 @pytest.fixture(scope="module")
 def spurious_dir(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("spurious"))
-    assert byproducts.main(["synth", "--out", out, "--spurious", "0.75", "--classes", "4", "--train", "50",
-                            "--val", "6"]) == 0
+    assert synth.main(["--out", out, "--spurious", "0.75", "--classes", "4", "--train", "50",
+                       "--val", "6"]) == 0
     return out
 
 
@@ -58,7 +59,7 @@ def test_clicks_are_readable_and_near_the_object(spurious_dir):
 def test_deterministic_for_a_seed(tmp_path):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     for out in (a, b):
-        byproducts.synth_spurious(out, p=0.9, seed=3, n_classes=3, n_train=4, n_val=2, size=32)
+        synth.synth_spurious(out, p=0.9, seed=3, n_classes=3, n_train=4, n_val=2, size=32)
     for split in ("train", "mixed_rand"):
         for w in sorted(os.listdir(os.path.join(a, "imagenet", split))):
             for f in sorted(os.listdir(os.path.join(a, "imagenet", split, w))):
@@ -66,7 +67,7 @@ def test_deterministic_for_a_seed(tmp_path):
                 assert open(pa, "rb").read() == open(pb, "rb").read()
     assert open(os.path.join(a, "spurious.json")).read() == open(os.path.join(b, "spurious.json")).read()
     c = str(tmp_path / "c")
-    byproducts.synth_spurious(c, p=0.9, seed=4, n_classes=3, n_train=4, n_val=2, size=32)
+    synth.synth_spurious(c, p=0.9, seed=4, n_classes=3, n_train=4, n_val=2, size=32)
     assert open(os.path.join(a, "spurious.json")).read() != open(os.path.join(c, "spurious.json")).read()
 
 

@@ -12,6 +12,7 @@ import torch
 import byproducts
 import train_coco as C
 from models import create_model, load_pretrained
+from tools.synth import synth
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -29,7 +30,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def coco(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
-    byproducts.synth(str(root), seed=0, n_classes=2, n_train=1, n_val=1, coco_train=96, coco_val=25)
+    synth(str(root), seed=0, n_classes=2, n_train=1, n_val=1, coco_train=96, coco_val=25)
     return root / "coco"
 
 

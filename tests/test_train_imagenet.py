@@ -11,8 +11,8 @@ import time
 import pytest
 import torch
 
-import byproducts
 import train_imagenet as T
+from tools.synth import synth as write_synth
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -21,7 +21,7 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
-    byproducts.synth(str(root), seed=0)
+    write_synth(str(root), seed=0)
     return root
 
 
