@@ -1661,7 +1661,7 @@ def evaluate_all(model, args):
     args.channels_last = args.device.type == "cuda" and not getattr(model, "is_vit", False)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    args.has_points = getattr(model, "point_head", None) is not None
+    args.has_points = any(getattr(model, m, None) is not None for m in ("point_head", "attention"))  # LUAB's outputs
     args.bgc_batch_size = args.bgc_batch_size or args.batch_size
     args._ino_in_scores = None
     num_classes = model.classifier.out_features

@@ -56,6 +56,11 @@ class ImageClassifier(nn.Module):
         recipe the point loss overshoots for epochs. (No parameters here: both kinds have the same state dict.)"""
         return F.normalize(feats, dim=-1) if self.point_head_kind == "normed" else feats
 
+    def point_parameters(self):
+        """LUAB's parameters: the point head's, or an attentive pool's attention; [] for a plain classifier."""
+        heads = [getattr(self, "point_head", None), getattr(self, "attention", None)]
+        return [p for m in heads if m is not None for p in m.parameters()]
+
     def pooled_features(self, x):
         """x -> (features [B, D], points [B, K, 2] that the pooling predicted, or None)."""
         return self.forward_features(x), None

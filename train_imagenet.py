@@ -40,7 +40,7 @@ import byproducts
 import evaluate
 import utils
 from utils import UnpaddedDistributedSampler, all_reduce_sum, gather_by_index, is_main, log
-from models import MODEL_NAMES, POINT_HEADS, create_model, load_pretrained, param_groups, read_checkpoint
+from models import MODEL_NAMES, POINT_HEADS, POOLINGS, create_model, load_pretrained, param_groups, read_checkpoint
 
 # -----------------------------------------------------------------------------
 # Recipes. Every value is a flag default; any flag given on the command line wins.
@@ -160,6 +160,10 @@ def add_training_args(p, recipes, defaults, optimizers=("sgd", "adamw")):
                    help="what the point head reads: normed = the L2-normalised features (one SGD step moves a "
                         "point by 2 lr lambda dL/dpoint), plain = the raw features (the paper's Linear, default "
                         "init; unstable under the ResNet SGD recipe)")
+    g.add_argument("--pooling", choices=list(POOLINGS), default="avg",
+                   help="ResNets: avg = the global average pool (the paper's main method: the point head regresses "
+                        "the click); attentive = the appendix's point-guided pooling, a learned attention over the "
+                        "last feature map whose centre of mass is regressed to the click (no point head)")
     g.add_argument("--point-lr", type=float,
                    help="the point head's learning rate as a multiple of the scheduled LR (default: the recipe's "
                         "point_lr: 1 for SGD, where lambda x lr already sets the head's step, 10 for the Adam family)")
@@ -463,8 +467,7 @@ def optimizer_groups(args, model):
     lambda cannot speed the head up there, and at the backbone's lr the head barely leaves the centre."""
     groups = param_groups(model, args.weight_decay) if args.opt != "sgd" else \
         [{"params": list(model.parameters()), "weight_decay": args.weight_decay}]
-    point_head = getattr(model, "point_head", None)
-    head = {id(p) for p in point_head.parameters()} if point_head is not None else set()
+    head = {id(p) for p in model.point_parameters()}
     out = []
     for g in groups:
         for in_head in (False, True):
@@ -728,7 +731,7 @@ def point_grad_share(args, loss_cls, loss_pt):
     the norms over all backbone parameters (classifier and point head excluded), on this process's batch (no
     all-reduce). Two extra backward passes through the graph the training step then backpropagates."""
     m = args.model_without_ddp
-    heads = {id(p) for p in [*m.classifier.parameters(), *m.point_head.parameters()]}
+    heads = {id(p) for p in [*m.classifier.parameters(), *m.point_parameters()]}
     params = [p for p in m.parameters() if p.requires_grad and id(p) not in heads]
 
     def norm(loss):
@@ -765,7 +768,7 @@ def train_one_epoch(args, model, loader, optimizer, peak_lr, epoch, loss_fn, mix
     model.train()
     steps = len(loader) if not args.max_steps_per_epoch else min(len(loader), args.max_steps_per_epoch)
     sums = torch.zeros(4, device=args.device)  # loss, point loss, centre-baseline point loss, number of steps
-    grad_share, has_head = None, getattr(args.model_without_ddp, "point_head", None) is not None
+    grad_share, has_head = None, len(args.model_without_ddp.point_parameters()) > 0
     t_epoch = t_last = time.perf_counter()
     data_wait = 0.0
     it = iter(loader)
@@ -897,7 +900,8 @@ def fit(args, train_set, val_set, num_classes, num_points, loss_fn, mix, evaluat
     # LUAB: the model gets a point head (K points) on the penultimate features; 0 = a plain classifier
     num_points = num_points if args.points != "none" else 0
     model = create_model(args.model, num_classes=num_classes, num_points=num_points,
-                         drop_path=args.drop_path, img_size=args.img_size, point_head=args.point_head)
+                         drop_path=args.drop_path, img_size=args.img_size, point_head=args.point_head,
+                         pooling=args.pooling)
     if args.pretrained:  # fine-tuning: a classifier / point head of another size keeps its fresh initialisation
         try:
             notes = load_pretrained(model, args.pretrained, drop_mismatched_heads=True)
@@ -926,7 +930,7 @@ def fit(args, train_set, val_set, num_classes, num_points, loss_fn, mix, evaluat
     meta = {"model": args.model, "num_classes": num_classes, "num_points": num_points,
             "img_size": args.img_size, "val_resize": args.val_resize, "interpolation": args.interpolation,
             "classes": list(class_names) if class_names is not None else None, "points": args.points,
-            "point_head": args.point_head, "torch": str(torch.__version__)}
+            "point_head": args.point_head, "pooling": args.pooling, "torch": str(torch.__version__)}
 
     out = args.output_dir
     ckpt_path, best_path, log_path = (os.path.join(out, f) for f in ("checkpoint.pt", "best.pt", "log.jsonl"))
