@@ -818,7 +818,8 @@ def eval_imagenet_val(model, args):
         boxes, sizes, source = val_point_boxes(paths, args)
         keep = [i for i, b in enumerate(boxes) if b is not None]
         if keep:
-            px = eval_points_to_original(points[0][:, 0].numpy()[keep], sizes[keep], resize=args.resize, crop=args.img_size)
+            pts = points[0][:, 0].numpy()[keep]
+            px = eval_points_to_original(pts, sizes[keep], resize=args.resize, crop=args.img_size)
             res["point_acc"] = point_in_box_accuracy(px / sizes[keep], [boxes[i] for i in keep])
             n["point_acc"] = len(keep)
             proto["point_acc"] = (f"point head output on the IN-1k input ({describe_default(args)}) mapped back to "
@@ -1274,9 +1275,9 @@ def coco_mask_pass(model, args, ds, logits):
     edges = pxap_bin_edges(args.cam_curve_interval)
     hist = np.zeros((2, C, len(edges) - 1), np.float64)
     fill = cocc_fill(args.ctx_fill).to(args.device).view(3, 1, 1)
-    mine_idx, mine_ctx = [], []
+    loader, ctx = _loader(masked, args, collate_fn=_collate_with_masks), [torch.zeros(0, C, 4)]
     progress = Progress("COCO masks", len(ds))
-    for x, idx, classes, masks in _loader(masked, args, collate_fn=_collate_with_masks):
+    for x, idx, classes, masks in loader:
         x = x.to(args.device, non_blocking=True)
         if args.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -1290,12 +1291,10 @@ def coco_mask_pass(model, args, ds, logits):
                 fg_h, bg_h = pxap_histograms(normalize_cam(cam), m, edges)
                 hist[0, k] += fg_h
                 hist[1, k] += bg_h
-        mine_idx.append(idx)
-        mine_ctx.append(context_scores(model, args, x, logits[idx], classes, masks, idx, fill) if args.coco_context
-                        else torch.full((len(idx), C, 4), float("nan")))
+        ctx.append(context_scores(model, args, x, logits[idx], classes, masks, idx, fill) if args.coco_context
+                   else torch.full((len(idx), C, 4), float("nan")))
         progress.update(len(idx) * get_world_size())
-    empty = lambda xs, shape, dtype: torch.cat(xs) if xs else torch.zeros(shape, dtype=dtype)
-    (ctx,) = gather_by_index(empty(mine_idx, (0,), torch.long), empty(mine_ctx, (0, C, 4), torch.float32))
+    (ctx,) = gather_by_index(torch.tensor(list(loader.sampler), dtype=torch.long), torch.cat(ctx))
     return all_reduce_sum(hist), ctx
 
 def pxap_results(hist, is_vit):
@@ -1822,8 +1821,8 @@ def get_args_parser():
     g.add_argument("--num-points", type=int, default=None, help="point-head size; default: from the checkpoint")
     g.add_argument("--name", default=None, help="row name in the table (default: the checkpoint's file name)")
     g = p.add_argument_group("run")
-    g.add_argument("--batch-size", type=int, default=128, help="global: images per step summed over the "
-                   "processes (each of N torchrun processes takes 1/N; must divide evenly), as in training")
+    g.add_argument("--batch-size", type=int, default=128,
+                   help="global, as in training: each of N processes takes 1/N (must divide evenly)")
     g.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="data-loading workers per process (default: min(8, CPU count))")
     g.add_argument("--device", default=None, help="default: this process's GPU if there is one, else cpu")

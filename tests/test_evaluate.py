@@ -638,7 +638,8 @@ def test_import_reads_no_data_file():
     code = ("import pathlib; reads = []; read = pathlib.Path.read_text; data = pathlib.Path('data').resolve()\n"
             "pathlib.Path.read_text = lambda self, *a, **k: (self.parent == data and reads.append(self.name)) or "
             "read(self, *a, **k)\n"
-            "import evaluate; print(reads); evaluate.subset_indices('imagenet_a'); evaluate.wnids('imagenet'); print(reads)")
+            "import evaluate; print(reads); evaluate.subset_indices('imagenet_a'); evaluate.wnids('imagenet')\n"
+            "print(reads)")
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(E.__file__).parent, capture_output=True, text=True,
                          check=True).stdout.splitlines()
     assert out == ["[]", "['imagenet_a_wnids.txt', 'imagenet_wnids.txt']"]  # each table once, on first use
@@ -1145,7 +1146,10 @@ def test_figures_are_written_with_title_and_legend(fixture_root, tmp_path):
     n_i = draw(CocoFake(), *coco)
     assert [p.name for p in m + n_i] == ["fig_m_points_imagenet_val.png", "fig_n_points_coco_val.png",
                                          "fig_i_icons_coco.png"]
-    with Image.open(m[0]) as im:  # one row of 3 cells (4 px gutters) plus the title and legend bands
-        assert im.width == 3 * 192 + 4 * 4 and im.height > 192 + 4 * 17
+    # one row of 3 cells with 4 px gutters (592 x 200), then 17 px a text line at 592 // 7 = 84 characters: the
+    # title wraps to 2 lines; the legend (images 5, 3, 4 are drawn; only image 3 has a WSOL box, and the centre
+    # point is inside it: "... inside a box in 1 of the 1 images with boxes") to 3; plus 12 px of margins
+    with Image.open(m[0]) as im:
+        assert (im.width, im.height) == (3 * 192 + 4 * 4, 192 + 2 * 4 + 17 * (2 + 3) + 12)
     msg = _exit_message(lambda: draw(PaletteModel(num_points=1), *coco))  # an ImageNet model on COCO
     assert "Fig. N needs one point head per category (3)" in msg
