@@ -753,7 +753,7 @@ def predict(model, loader, device, autocast=contextlib.nullcontext, channels_las
     return gather_by_index(indices, *cols)
 
 def _autocast(args):
-    """evaluate.py's autocast: bf16 on CUDA (no GradScaler needed), unless --no-amp; none on CPU."""
+    """The context every forward of evaluate.py runs in: bf16 autocast on CUDA unless --no-amp, none on CPU."""
     if _amp_on(args):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -915,9 +915,9 @@ def eval_sketch(model, args):
     return {"sketch": top1(logits, labels)}, {"sketch": f"{describe_default(args)}; {label_space_doc(args)}"}, \
         {"sketch": len(labels)}
 
-def eval_imagenet_o(model, args, in_scores=None):
+def eval_imagenet_o(model, args, in_scores):
     """IN-O against in_scores [M], the anomaly scores of the IN-val images of the same 200 wnids (what
-    eval_imagenet_val returns as results["ino_in_scores"]); Skip without them."""
+    eval_imagenet_val returns as results["ino_in_scores"]); Skip if they are None (no --imagenet-val)."""
     if in_scores is None:
         raise Skip("IN-O needs --imagenet-val for its in-distribution side (val images of the 200 IN-O wnids)")
     ds = ImageList(scan_class_folders(args.imagenet_o, lambda n: wnid_label(n, "imagenet_o"))[0],
