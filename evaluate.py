@@ -25,7 +25,9 @@ y down; boxes are (x0, y0, x1, y1) pixels.
 
 import argparse
 import contextlib
+import copy
 import csv
+import functools
 import json
 import math
 import multiprocessing as mp
@@ -53,26 +55,46 @@ from utils import Progress, UnpaddedDistributedSampler, all_reduce_sum, dist_on,
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
-def _data_lines(name):
-    return (DATA_DIR / name).read_text().split()
+# Each table is read on first use (functools.cache), so importing evaluate (the training scripts do) reads no file.
 
-def _data_json(name):
-    return json.loads((DATA_DIR / name).read_text())
+@functools.cache
+def wnids(label_space):
+    """The wnids of a label space, from data/<label_space>_wnids.txt: "imagenet" = the 1000 sorted wnids
+    (position = torchvision class index); "imagenet_a", "imagenet_r" (200 each, in 1k order; also their folder
+    names) and "imagenet_o" (200: the label space of the IN-O detector)."""
+    return tuple((DATA_DIR / f"{label_space}_wnids.txt").read_text().split())
 
-IMAGENET_WNIDS = _data_lines("imagenet_wnids.txt")  # position = torchvision class index (sorted wnids)
-WNID_TO_INDEX = {w: i for i, w in enumerate(IMAGENET_WNIDS)}
-IMAGENET_A_WNIDS = _data_lines("imagenet_a_wnids.txt")  # 200, in 1k order; also IN-A's folder names
-IMAGENET_O_WNIDS = _data_lines("imagenet_o_wnids.txt")  # 200, the label space of the IN-O detector
-IMAGENET_R_WNIDS = _data_lines("imagenet_r_wnids.txt")  # 200, in 1k order; also IN-R's folder names
-IMAGENET_A_MASK = np.array([WNID_TO_INDEX[w] for w in IMAGENET_A_WNIDS])
-IMAGENET_O_MASK = np.array([WNID_TO_INDEX[w] for w in IMAGENET_O_WNIDS])
-IMAGENET_R_MASK = np.array([WNID_TO_INDEX[w] for w in IMAGENET_R_WNIDS])
-_in9 = _data_json("in_to_in9.json")
-IN_TO_IN9 = np.array([_in9[str(i)] for i in range(1000)])  # -1: the class is outside IN-9 (always wrong)
-IN9_CLASSES = [line.split()[0].lower() for line in (DATA_DIR / "in9_classes.txt").read_text().splitlines()
-               if line.strip()]
-SI_SCORE_LABELS = _data_json("si_score_labels.json")  # SI-Score class folder -> 1k index
-OBJECTNET_TO_IMAGENET = _data_json("objectnet_folder_to_imagenet_indices.json")  # 113 folders -> 1k indices
+@functools.cache
+def wnid_positions(label_space):
+    """{wnid: its position in wnids(label_space)}; for "imagenet" the 1k class index."""
+    return {w: i for i, w in enumerate(wnids(label_space))}
+
+@functools.cache
+def subset_indices(label_space):
+    """The 1k indices [200] of a 200-class benchmark's wnids ("imagenet_a", "_o", "_r"): its argmax mask."""
+    return np.array([wnid_positions("imagenet")[w] for w in wnids(label_space)])
+
+@functools.cache
+def imagenet_to_in9():
+    """[1000]: the IN-9 class of each 1k class, -1 outside IN-9 (always wrong)."""
+    table = json.loads((DATA_DIR / "in_to_in9.json").read_text())
+    return np.array([table[str(i)] for i in range(1000)])
+
+@functools.cache
+def in9_classes():
+    """The 9 IN-9 class names, lower case, in label order."""
+    lines = (DATA_DIR / "in9_classes.txt").read_text().splitlines()
+    return tuple(line.split()[0].lower() for line in lines if line.strip())
+
+@functools.cache
+def si_score_labels():
+    """{SI-Score class folder: 1k index}."""
+    return json.loads((DATA_DIR / "si_score_labels.json").read_text())
+
+@functools.cache
+def objectnet_to_imagenet():
+    """{ObjectNet folder: [1k indices]}: the 113 folders that map to ImageNet."""
+    return json.loads((DATA_DIR / "objectnet_folder_to_imagenet_indices.json").read_text())
 
 # the 15 IN-C corruptions of the benchmark (the 4 "extra" ones are not part of it) and AlexNet's mean error
 # over the 5 severities (easyrobust imagenet_c.py get_ce_alexnet), the mCE normaliser
@@ -209,20 +231,24 @@ def objectnet_accuracy(logits, folder_ids):
     logits = _np(logits)
     if len(logits) == 0:
         return float("nan"), float("nan")
-    sub = np.array(sorted({i for ids in OBJECTNET_TO_IMAGENET.values() for i in ids}))
+    sub = np.array(sorted({i for ids in objectnet_to_imagenet().values() for i in ids}))
     pred_a = safe_argmax(logits)
     pred_b = np.where(pred_a < 0, -1, sub[safe_argmax(logits[:, sub])])
     a = np.mean([p in ids for p, ids in zip(pred_a, folder_ids)])
     b = np.mean([p in ids for p, ids in zip(pred_b, folder_ids)])
     return 100.0 * float(a), 100.0 * float(b)
 
-def in9_predictions(logits, in_to_in9=IN_TO_IN9):
-    """Background Challenge: IN-9 class of the 1000-way argmax (-1 = outside IN-9, always wrong). With
-    in_to_in9=None the logits are already over the 9 (or any) classes: plain argmax."""
+def in9_predictions(logits, in_to_in9="imagenet"):
+    """Background Challenge: IN-9 class of the 1000-way argmax (-1 = outside IN-9, always wrong) through
+    imagenet_to_in9() ("imagenet") or any [C] mapping. With in_to_in9=None the logits are already over the 9 (or
+    any) classes: plain argmax."""
     pred = safe_argmax(_np(logits))
-    return pred if in_to_in9 is None else np.where(pred < 0, -1, np.asarray(in_to_in9)[pred])
+    if in_to_in9 is None:
+        return pred
+    table = imagenet_to_in9() if isinstance(in_to_in9, str) else np.asarray(in_to_in9)
+    return np.where(pred < 0, -1, table[pred])
 
-def in9_accuracy(logits, labels, in_to_in9=IN_TO_IN9):
+def in9_accuracy(logits, labels, in_to_in9="imagenet"):
     """logits [N, 1000] (or [N, 9] with in_to_in9=None), IN-9 labels [N] -> top-1 %."""
     labels = _np(labels)
     return 100.0 * float(np.mean(in9_predictions(logits, in_to_in9) == labels)) if len(labels) else float("nan")
@@ -454,13 +480,6 @@ class BoxAccumulator:
             out["maxboxacc_v1"] = float(best[1, self.iou_thresholds.index(50)])
         return out
 
-def max_box_acc(cams, gt_boxes, cam_curve_interval=0.001, iou_thresholds=(30, 50, 70)):
-    """cams: [N, H, W] normalised CAMs, gt_boxes: N arrays [G, 4] -> the BoxAccumulator.compute() dict."""
-    acc = BoxAccumulator(cam_curve_interval, iou_thresholds)
-    for cam, boxes in zip(cams, gt_boxes):
-        acc.accumulate(cam, boxes)
-    return acc.compute()
-
 def pxap_bin_edges(cam_curve_interval=0.001):
     """wsolevaluation MaskEvaluator bins: [0, d), ..., [1 - d, 1), [1, 2), [2, 3]."""
     return np.append(np.arange(0, 1, cam_curve_interval), [1.0, 2.0, 3.0])
@@ -520,9 +539,9 @@ def scan_class_folders(root, label_of):
             folders.append(d.name)
     return paths, np.array(labels, dtype=np.int64), folders
 
-def wnid_label(name, wnids=None):
-    """A wnid folder -> its 1k index (or its position in `wnids`); a clear error for anything else."""
-    table = WNID_TO_INDEX if wnids is None else {w: i for i, w in enumerate(wnids)}
+def wnid_label(name, label_space="imagenet"):
+    """A wnid folder -> its position in wnids(label_space) (the 1k index by default); a clear error otherwise."""
+    table = wnid_positions(label_space)
     if name not in table:
         raise ValueError(f"folder {name!r} is not a wnid of this benchmark's label space")
     return table[name]
@@ -533,9 +552,9 @@ def label_space(classes, num_classes):
     (a checkpoint's meta["classes"], e.g. the synthetic data's 10). SystemExit if the names are not wnids."""
     if classes is None:
         return None if num_classes == 1000 else {}  # {}: unknown names, no ImageNet benchmark can be scored
-    if list(classes) == IMAGENET_WNIDS:
+    if tuple(classes) == wnids("imagenet"):
         return None
-    if len(classes) != num_classes or not all(c in WNID_TO_INDEX for c in classes):
+    if len(classes) != num_classes or not all(c in wnid_positions("imagenet") for c in classes):
         return {}
     return {c: i for i, c in enumerate(classes)}
 
@@ -567,8 +586,8 @@ def in9_label(name, sorted_position):
     head = name.split("_", 1)[0]
     if head.isdigit():
         return int(head)
-    if name.lower() in IN9_CLASSES:
-        return IN9_CLASSES.index(name.lower())
+    if name.lower() in in9_classes():
+        return in9_classes().index(name.lower())
     return sorted_position
 
 def imagenet_val_index(path):
@@ -668,64 +687,99 @@ def _collate_with_masks(batch):
             [b[2] for b in batch], [b[3] for b in batch])
 
 # -----------------------------------------------------------------------------
-# inference: batched, multi-worker, bf16 autocast on CUDA, a progress line per benchmark
-
-def _autocast(args):
-    if args.device.type == "cuda" and args.amp:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-def _loader(dataset, args, collate_fn=None):
-    return DataLoader(dataset, batch_size=args.batch_size, sampler=UnpaddedDistributedSampler(dataset),
-                      num_workers=args.workers, pin_memory=args.device.type == "cuda", collate_fn=collate_fn)
+# inference: the one prediction loop (evaluation and the training scripts' validation), batched, multi-worker,
+# exact under torchrun
 
 @torch.no_grad()
-def predict(model, dataset, args, desc, pre=None, post=None, points=False):
-    """Run model over this rank's share of `dataset` (items (image, index)) and gather everyone's results in
-    dataset order. pre(x) edits the normalised batch on the device (Cocc's hole); post(output) -> tensor or
-    tuple of tensors [B, ...] to keep, where output is the logits, or (logits, points) with points=True
-    (default: them as float32). Returns a tuple of tensors [N, ...]."""
-    post = post or (lambda out: tuple(o.float() for o in out) if points else out.float())
-    outs, idx = [], []
-    progress = Progress(desc, len(dataset))
-    for x, i in _loader(dataset, args):
-        x = x.to(args.device, non_blocking=True)
-        if args.channels_last:
+def predict(model, loader, device, autocast=contextlib.nullcontext, channels_last=False, points=False, pre=None,
+            post=None, desc=None):
+    """Run `model` over this process's share of a dataset and gather every process's outputs in dataset order.
+
+    loader: a DataLoader whose sampler is a utils.UnpaddedDistributedSampler (list(loader.sampler) are the
+    dataset indices of this process's rows) and whose items start with the image batch [B, 3, H, W] (the rest of
+    an item is ignored). device: where the model is. autocast: a zero-argument factory of the context the model
+    runs in (the scripts' bf16 / fp16 autocast; only the model runs inside it). channels_last: NHWC inputs.
+    points: the output is model(x, return_points=True) = (logits, points [B, K, 2] or None), else model(x).
+    pre(x) edits the normalised batch on the device (Cocc's hole). post(output) -> tensor or tuple of tensors
+    [B, ...] to keep; default: every output as float32, a None output (a model without point head) left out.
+    desc: the name of a Progress line (None: no line). The caller sets model.eval().
+    Returns a tuple of CPU tensors [N, ...], row n = dataset item n, the same on every process."""
+    if not isinstance(loader.sampler, UnpaddedDistributedSampler):
+        raise TypeError("predict: the loader's sampler must be a UnpaddedDistributedSampler (each item once)")
+    post = post or (lambda out: tuple(o.float() for o in (out if isinstance(out, tuple) else (out,)) if o is not None))
+    indices = torch.tensor(list(loader.sampler), dtype=torch.long)
+    progress = Progress(desc, len(loader.dataset)) if desc else None
+    outs = []
+    for batch in loader:
+        x = batch[0].to(device, non_blocking=True)
+        if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if pre is not None:
             x = pre(x)
-        with _autocast(args):
-            out = post(model(x, return_points=True) if points else model(x))
+        with autocast():
+            out = model(x, return_points=True) if points else model(x)
+        out = post(out)
         outs.append(tuple(o.cpu() for o in (out if isinstance(out, tuple) else (out,))))
-        idx.append(i)
-        progress.update(len(i) * (get_world_size()))
-    indices = torch.cat(idx) if idx else torch.zeros(0, dtype=torch.long)
+        if progress:
+            progress.update(len(x) * get_world_size())
+    if sum(len(o[0]) for o in outs if o) != len(indices):
+        raise ValueError("predict: the loader dropped items (drop_last=True?); every item must be predicted")
     ncols = len(outs[0]) if outs else None
-    if dist_on():  # a rank without images does not know how many outputs `post` gives: ask the others
-        everyone = [None] * dist.get_world_size()
+    if dist_on():  # a process without items does not know how many outputs `post` gives: ask the others
+        everyone = [None] * get_world_size()
         dist.all_gather_object(everyone, ncols)
         ncols = next((k for k in everyone if k is not None), None)
     cols = [torch.cat(c) for c in zip(*outs)] if outs else [torch.zeros(0)] * (ncols or 1)
     return gather_by_index(indices, *cols)
 
+def _autocast(args):
+    """The context every forward of evaluate.py runs in: bf16 autocast on CUDA unless --no-amp, none on CPU."""
+    if _amp_on(args):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+def _amp_on(args):
+    return args.device.type == "cuda" and args.amp
+
+def per_process(batch, flag):
+    """A global batch size (summed over the processes, as the training scripts' --batch-size) -> this
+    process's share; SystemExit if the processes cannot split it evenly."""
+    world = get_world_size()
+    if batch % world:
+        raise SystemExit(f"{flag} {batch} (global) must be divisible by {world} processes")
+    return batch // world
+
+def _loader(dataset, args, collate_fn=None):
+    return DataLoader(dataset, batch_size=args.process_batch, sampler=UnpaddedDistributedSampler(dataset),
+                      num_workers=args.workers, pin_memory=args.device.type == "cuda", collate_fn=collate_fn)
+
+def predict_set(model, dataset, args, desc, **hooks):
+    """predict over `dataset` with this run's loader, device, autocast and memory format; hooks: points, pre,
+    post of predict."""
+    return predict(model, _loader(dataset, args), args.device, lambda: _autocast(args), args.channels_last,
+                   desc=desc, **hooks)
+
 # -----------------------------------------------------------------------------
-# the benchmarks; each returns (results dict, protocol dict, counts dict)
+# the benchmarks: each runner returns (results, protocol, counts), dicts keyed by the JSON keys (numbers, how
+# they were measured, images used), or raises Skip(reason) when it cannot run for this model or these inputs
+
+class Skip(Exception):
+    """A benchmark that cannot run (e.g. a COCO root for an ImageNet model): evaluate_all records the reason in
+    the JSON's `skipped` and goes on."""
 
 def eval_imagenet_val(model, args):
     """IN-1k top-1/top-5, IN-ReaL, and the in-distribution side of IN-O, from one pass over IN-val; Cocc on a
     second pass with the centre hole; the point head's accuracy if the checkpoint has one and boxes are found.
-    A class-subset model (args.label_space) sees only the folders of its own classes, top-1 over those."""
+    A class-subset model (args.label_space) sees only the folders of its own classes, top-1 over those.
+    With --imagenet-o, results["ino_in_scores"] holds IN-O's in-distribution side, the anomaly scores of the val
+    images of the 200 IN-O wnids: evaluate_all takes it out of the results and hands it to eval_imagenet_o."""
     res, proto, n = {}, {}, {}
     paths, labels, _ = scan_class_folders(args.imagenet_val, imagenet_label_of(args))
     if not paths:
         raise SystemExit(f"--imagenet-val {args.imagenet_val}: no <wnid>/ folder of the model's classes holds an "
                          "image; give the val/ folder of the set the model was trained on")
     ds = ImageList(paths, default_transform(args))
-    if args.has_points:
-        logits, points = predict(model, ds, args, "IN-1k", points=True,
-                                 post=lambda o: (o[0].float(), o[1][:, 0].float()))
-    else:
-        (logits,) = predict(model, ds, args, "IN-1k")
+    logits, *points = predict_set(model, ds, args, "IN-1k", points=args.has_points)  # points: [] or [[N, 1, 2]]
     acc = topk_accuracy(logits, labels)
     res["in1k"], res["in1k_top5"] = acc["top1"], acc["top5"]
     proto["in1k"] = f"{describe_default(args)}; {label_space_doc(args)}"
@@ -738,20 +792,21 @@ def eval_imagenet_val(model, args):
                            "excluded (official: 46,837 of 50,000)")
         proto["inreal_all"] = "the same hits over all IN-val images (an empty list counts as wrong; appendix tables)"
     if args.imagenet_o:
-        in_o = np.isin(labels, IMAGENET_O_MASK)
-        args._ino_in_scores = -max_softmax(logits[torch.from_numpy(in_o)], IMAGENET_O_MASK)
-    if args.has_points:
+        in_o = torch.from_numpy(np.isin(labels, subset_indices("imagenet_o")))
+        res["ino_in_scores"] = -max_softmax(logits[in_o], subset_indices("imagenet_o"))
+    if points:
         boxes, sizes, source = val_point_boxes(paths, args)
         keep = [i for i, b in enumerate(boxes) if b is not None]
         if keep:
-            px = eval_points_to_original(points.numpy()[keep], sizes[keep], resize=args.resize, crop=args.img_size)
+            pts = points[0][:, 0].numpy()[keep]
+            px = eval_points_to_original(pts, sizes[keep], resize=args.resize, crop=args.img_size)
             res["point_acc"] = point_in_box_accuracy(px / sizes[keep], [boxes[i] for i in keep])
             n["point_acc"] = len(keep)
             proto["point_acc"] = (f"point head output on the IN-1k input ({describe_default(args)}) mapped back to "
                                   f"the original image; hit iff inside any GT box of {source} (inclusive)")
     fill = cocc_fill(args.cocc_fill)
-    (pred,) = predict(model, ds, args, "Cocc", pre=lambda x: occlude_center(x, args.cocc_hole, fill.to(x.device)),
-                      post=lambda o: safe_argmax(o.float()))
+    (pred,) = predict_set(model, ds, args, "Cocc", pre=lambda x: occlude_center(x, args.cocc_hole, fill.to(x.device)),
+                          post=lambda o: safe_argmax(o.float()))
     res["cocc"] = 100.0 * float(np.mean(pred.numpy() == labels))
     res["cocc_params"] = {"hole": args.cocc_hole, "fill": args.cocc_fill, "input": args.img_size}
     proto["cocc"] = (f"[A] centre occlusion on IN-val: {describe_default(args)}, then a {args.cocc_hole}x"
@@ -812,29 +867,27 @@ def eval_top1_folder(model, args, root, label_of, desc, transform=None, border=0
     """Logits [N, C] of every image under root/<folder>/ that label_of maps, labels [N], and the folder names
     (or, with return_paths, the image paths) [N]."""
     paths, labels, folders = scan_class_folders(root, label_of)
-    (pred,) = predict(model, ImageList(paths, transform or default_transform(args), border), args, desc,
-                      post=lambda o: o.float())
+    (pred,) = predict_set(model, ImageList(paths, transform or default_transform(args), border), args, desc)
     return pred, labels, (paths if return_paths else folders)
 
 def eval_imagenet_v2(model, args):
-    label_of = imagenet_label_of(args, lambda name: IMAGENET_WNIDS[imagenet_v2_label(name)])
+    label_of = imagenet_label_of(args, lambda name: wnids("imagenet")[imagenet_v2_label(name)])
     logits, labels, _ = eval_top1_folder(model, args, args.imagenet_v2, label_of, "IN-V2")
     return ({"inv2": top1(logits, labels)},
             {"inv2": f"{describe_default(args)}; label = int(folder name); {label_space_doc(args)}"},
             {"inv2": len(labels)})
 
-def _eval_200_classes(model, args, root, wnids, mask, key, desc, source):
+def _eval_200_classes(model, args, root, label_space, key, desc, source):
     """IN-A / IN-R: folder wnid -> position among the 200, argmax over those 200 classes only."""
-    logits, labels, _ = eval_top1_folder(model, args, root, lambda n: wnid_label(n, wnids), desc)
-    return ({key: masked_top1(logits, labels, mask)},
+    logits, labels, _ = eval_top1_folder(model, args, root, lambda n: wnid_label(n, label_space), desc)
+    return ({key: masked_top1(logits, labels, subset_indices(label_space))},
             {key: f"{describe_default(args)}; argmax over the 200 {desc} classes ({source})"}, {key: len(labels)})
 
 def eval_imagenet_a(model, args):
-    return _eval_200_classes(model, args, args.imagenet_a, IMAGENET_A_WNIDS, IMAGENET_A_MASK, "ina", "IN-A",
-                             "hendrycks eval.py")
+    return _eval_200_classes(model, args, args.imagenet_a, "imagenet_a", "ina", "IN-A", "hendrycks eval.py")
 
 def eval_imagenet_r(model, args):
-    return _eval_200_classes(model, args, args.imagenet_r, IMAGENET_R_WNIDS, IMAGENET_R_MASK, "inr", "IN-R",
+    return _eval_200_classes(model, args, args.imagenet_r, "imagenet_r", "inr", "IN-R",
                              "hendrycks imagenet-r eval.py")
 
 def eval_sketch(model, args):
@@ -842,19 +895,21 @@ def eval_sketch(model, args):
     return {"sketch": top1(logits, labels)}, {"sketch": f"{describe_default(args)}; {label_space_doc(args)}"}, \
         {"sketch": len(labels)}
 
-def eval_imagenet_o(model, args):
-    if getattr(args, "_ino_in_scores", None) is None:
-        return None, "IN-O needs --imagenet-val for its in-distribution side (val images of the 200 IN-O wnids)"
-    ds = ImageList(scan_class_folders(args.imagenet_o, lambda n: wnid_label(n, IMAGENET_O_WNIDS))[0],
+def eval_imagenet_o(model, args, in_scores):
+    """IN-O against in_scores [M], the anomaly scores of the IN-val images of the same 200 wnids (what
+    eval_imagenet_val returns as results["ino_in_scores"]); Skip if they are None (no --imagenet-val)."""
+    if in_scores is None:
+        raise Skip("IN-O needs --imagenet-val for its in-distribution side (val images of the 200 IN-O wnids)")
+    ds = ImageList(scan_class_folders(args.imagenet_o, lambda n: wnid_label(n, "imagenet_o"))[0],
                    default_transform(args))
-    (logits,) = predict(model, ds, args, "IN-O")
-    m = ood_measures(-max_softmax(logits, IMAGENET_O_MASK), args._ino_in_scores)
+    (logits,) = predict_set(model, ds, args, "IN-O")
+    m = ood_measures(-max_softmax(logits, subset_indices("imagenet_o")), in_scores)
     proto = (f"{describe_default(args)}; anomaly score = -max softmax over the 200 IN-O classes; OOD (IN-O) is "
              f"the positive class against IN-val images of the same 200 wnids (hendrycks get_measures)")
     return ({"ino_aupr": m["aupr"], "ino_auroc": m["auroc"], "ino_fpr95": m["fpr95"]},
             {"ino_aupr": proto, "ino_auroc": proto + "; [A] the table's IN-O column shows AUROC by default "
              "(56.7 for R50 is far above AUPR's 16.7% chance level and Hendrycks' ResNet AUPRs)"},
-            {"ino": len(ds), "ino_in_distribution": len(args._ino_in_scores)})
+            {"ino": len(ds), "ino_in_distribution": len(in_scores)})
 
 def eval_imagenet_c(model, args):
     """One pass over every (corruption, severity) set found among the 15 benchmark corruptions."""
@@ -871,7 +926,7 @@ def eval_imagenet_c(model, args):
     labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
     # IN-C images are already 224 x 224: CenterCrop only (Resize(256) would zoom in once more)
     tf = T.Compose([T.CenterCrop(args.img_size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    (pred,) = predict(model, ImageList(paths, tf), args, "IN-C", post=lambda o: safe_argmax(o.float()))
+    (pred,) = predict_set(model, ImageList(paths, tf), args, "IN-C", post=lambda o: safe_argmax(o.float()))
     names = sorted(set(groups))
     position = {g: j for j, g in enumerate(names)}
     group = np.fromiter((position[g] for g in groups), np.int64, len(groups))
@@ -888,10 +943,10 @@ def eval_imagenet_c(model, args):
 def eval_objectnet(model, args):
     root = Path(args.objectnet)
     images = root / "images" if (root / "images").is_dir() else root
-    paths, _, folders = scan_class_folders(images, lambda n: 0 if n in OBJECTNET_TO_IMAGENET else None)
+    paths, _, folders = scan_class_folders(images, lambda n: 0 if n in objectnet_to_imagenet() else None)
     border = args.objectnet_border
-    (logits,) = predict(model, ImageList(paths, default_transform(args), border=border), args, "ObjectNet")
-    a, b = objectnet_accuracy(logits, [OBJECTNET_TO_IMAGENET[f] for f in folders])
+    (logits,) = predict_set(model, ImageList(paths, default_transform(args), border=border), args, "ObjectNet")
+    a, b = objectnet_accuracy(logits, [objectnet_to_imagenet()[f] for f in folders])
     base = f"{border}px border cropped, then {describe_default(args)}; only the 113 folders that map to ImageNet"
     return ({"objnet_A": a, "objnet_B": b},
             {"objnet_A": base + "; protocol A (table default): argmax over 1000, correct iff one of the folder's "
@@ -909,9 +964,9 @@ def eval_si_score(model, args):
         tf, desc = default_transform(args), describe_default(args) + " (clips the image border)"
 
     def label_of(name):
-        if name not in SI_SCORE_LABELS:
+        if name not in si_score_labels():
             raise ValueError(f"SI-Score class folder {name!r} is not in data/si_score_labels.json")
-        return SI_SCORE_LABELS[name]
+        return si_score_labels()[name]
 
     for key, names in SI_SCORE_FACTORS.items():
         d = next((root / nm for nm in names if (root / nm).is_dir()), None)
@@ -972,20 +1027,22 @@ def bgc_split(root, split):
     return paths, np.array(labels, np.int64), names
 
 @torch.no_grad()
-def bgc_vulnerability(model, args, fg_paths, mask_paths, labels, bg_paths, in_to_in9=IN_TO_IN9):
+def bgc_vulnerability(model, args, fg_paths, mask_paths, labels, bg_paths):
     """BGC-acc (challenge_eval.py, adv_bgs_eval_model): foreground i (image fg_paths[i], mask [H, W] 0/1
-    .npy) is vulnerable if some background b of the pool makes the model predict another class on
-    x = b (1 - m) + m fg, composed in [0, 1] before normalisation. Backgrounds are batched; a foreground stops
-    at its first fooling batch. Each rank takes a strided share of the foregrounds. Returns vulnerable [N] bool."""
+    .npy) is vulnerable if some background b of the pool makes the model predict another IN-9 class on
+    x = b (1 - m) + m fg, composed in [0, 1] before normalisation. Backgrounds are batched (--bgc-batch-size
+    over all processes); a foreground stops at its first fooling batch. Each rank takes a strided share of the
+    foregrounds. Returns vulnerable [N] bool.
+    Its own loop, not predict's: each foreground is one answer from up to |pool| composites built on the device."""
     to_tensor = T.ToTensor()
     mean = torch.tensor(IMAGENET_MEAN, device=args.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=args.device).view(1, 3, 1, 1)
     bgs = []
-    for x, _ in DataLoader(ImageList(bg_paths, T.PILToTensor()), batch_size=args.batch_size,
+    for x, _ in DataLoader(ImageList(bg_paths, T.PILToTensor()), batch_size=args.process_batch,
                            num_workers=args.workers):
         bgs.append(x)
     bgs = torch.cat(bgs).to(args.device)  # uint8 [Nb, 3, H, W]: 4050 x 224^2 is 0.6 GB
-    map9 = None if in_to_in9 is None else torch.as_tensor(np.asarray(in_to_in9), device=args.device)
+    map9 = torch.as_tensor(imagenet_to_in9(), device=args.device)
     mine = list(UnpaddedDistributedSampler(len(fg_paths)))
     vulnerable, progress = [], Progress("BGC-acc foregrounds", len(fg_paths))
     fg_reader = byproducts.ImageReader(len(fg_paths), broken="nan")  # a broken foreground: NaN, "vulnerable"
@@ -996,14 +1053,14 @@ def bgc_vulnerability(model, args, fg_paths, mask_paths, labels, bg_paths, in_to
             m = m.max(-1) if m.shape[-1] in (1, 3) else m.max(0)
         m = torch.from_numpy(m).to(args.device).clamp(0, 1)[None, None]
         fooled = False
-        for s in range(0, len(bgs), args.bgc_batch_size):
-            x = bgs[s:s + args.bgc_batch_size].float() / 255 * (1 - m) + m * fg
+        for s in range(0, len(bgs), args.process_bgc_batch):
+            x = bgs[s:s + args.process_bgc_batch].float() / 255 * (1 - m) + m * fg
             x = (x - mean) / std
             if args.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with _autocast(args):
                 pred = safe_argmax(model(x).float())
-            pred = pred if map9 is None else torch.where(pred < 0, -1, map9[pred.clamp(min=0)])
+            pred = torch.where(pred < 0, -1, map9[pred.clamp(min=0)])
             if bool((pred != int(labels[i])).any()):
                 fooled = True
                 break
@@ -1012,7 +1069,7 @@ def bgc_vulnerability(model, args, fg_paths, mask_paths, labels, bg_paths, in_to
     (out,) = gather_by_index(torch.tensor(mine, dtype=torch.long), torch.tensor(vulnerable, dtype=torch.bool))
     return out.numpy()
 
-def eval_bg_challenge(model, args, in_to_in9=IN_TO_IN9):
+def eval_bg_challenge(model, args):
     """Accuracy on each split found, BGC-gap = mixed_same - mixed_rand, and BGC-acc over all foregrounds
     against every only_bg_t background (same class included)."""
     root = Path(args.bg_challenge)
@@ -1021,8 +1078,8 @@ def eval_bg_challenge(model, args, in_to_in9=IN_TO_IN9):
     for split in BGC_SPLITS:
         if (root / split / "val").is_dir():
             paths, labels, _ = bgc_split(root, split)
-            (logits,) = predict(model, ImageList(paths, tf), args, f"BGC {split}")
-            split_acc[split] = in9_accuracy(logits, labels, in_to_in9)
+            (logits,) = predict_set(model, ImageList(paths, tf), args, f"BGC {split}")
+            split_acc[split] = in9_accuracy(logits, labels)
             n[f"bgc_{split}"] = len(paths)
     res["bgc_split_acc"] = split_acc
     if "mixed_same" in split_acc and "mixed_rand" in split_acc:
@@ -1035,13 +1092,13 @@ def eval_bg_challenge(model, args, in_to_in9=IN_TO_IN9):
         fg_paths, mask_paths, labels = [], [], []
         for pos, d in enumerate(_subdirs(masks_dir)):
             originals = {Path(p).stem: p for p in _images(root / "original" / "val" / d.name)}
-            for mp in sorted(d.glob("*.npy")):
-                if mp.stem in originals:
-                    fg_paths.append(originals[mp.stem])
-                    mask_paths.append(str(mp))
+            for npy in sorted(d.glob("*.npy")):
+                if npy.stem in originals:
+                    fg_paths.append(originals[npy.stem])
+                    mask_paths.append(str(npy))
                     labels.append(in9_label(d.name, pos))
         bg_paths = bgc_split(root, "only_bg_t")[0]
-        vulnerable = bgc_vulnerability(model, args, fg_paths, mask_paths, labels, bg_paths, in_to_in9)
+        vulnerable = bgc_vulnerability(model, args, fg_paths, mask_paths, labels, bg_paths)
         res["bgc_acc"] = bgc_accuracy(vulnerable)
         n["bgc_acc_foregrounds"], n["bgc_acc_backgrounds"] = len(fg_paths), len(bg_paths)
         proto["bgc_acc"] = ("worst case over all only_bg_t backgrounds: x = bg (1 - m) + m fg in [0, 1], a "
@@ -1104,7 +1161,8 @@ def eval_wsol(model, args):
     ds = ImageList(paths, tf)
     acc = BoxAccumulator(args.cam_curve_interval, args.iou_thresholds)
     progress = Progress("WSOL MaxBoxAccV2", len(ds))
-    # the box search (~15-20 ms per image on one core) runs in a pool while the model computes the next CAMs
+    # Its own loop, not predict's: the CAMs (feature maps, not logits) are consumed batch by batch, the box search
+    # (~15-20 ms per image on one core) in a pool while the model computes the next CAMs; only counts are kept
     pool = mp.get_context("spawn").Pool(args.workers) if args.workers > 0 else None
     pending = deque()
     for x, idx in _loader(ds, args):
@@ -1124,7 +1182,7 @@ def eval_wsol(model, args):
                 acc.accumulate(normalize_cam(cam), gt)
             else:
                 pending.append(pool.apply_async(cam_box_ious, (normalize_cam(cam), gt, acc.thresholds)))
-        while len(pending) > 4 * args.batch_size:
+        while len(pending) > 4 * args.process_batch:
             acc.add(*pending.popleft().get())
         progress.update(len(idx) * get_world_size())
     while pending:
@@ -1143,101 +1201,113 @@ def eval_wsol(model, args):
 
 @torch.no_grad()
 def eval_coco(model, args):
-    """COCO val: mAP (80 classes, images with >= 1 annotation), class-mean PxAP of the GT-class CAMs, the two
-    context-bias metrics, and the point head's per-class accuracy. One pass over the images."""
+    """COCO val: mAP (80 classes, images with >= 1 annotation) and the point head's per-class accuracy from one
+    predict pass; class-mean PxAP of the GT-class CAMs and the two context-bias metrics from a second pass that
+    also loads the instance masks."""
     root = Path(args.coco)
-    image_dir = root / args.coco_split
     instances = root / "annotations" / f"instances_{args.coco_split}.json"
-    S = args.coco_size
-    want_masks = args.coco_pxap or args.coco_context
-    ds = CocoEvalSet(image_dir, instances, S, masks=want_masks, interpolation=args.interpolation)
+    ds = CocoEvalSet(root / args.coco_split, instances, args.coco_size, interpolation=args.interpolation)
     C = len(ds.category_ids)
     if model.classifier.out_features != C:
-        return None, f"needs a {C}-class model (the categories of {instances.name}), this one has " \
-                     f"{model.classifier.out_features}"
-    edges = pxap_bin_edges(args.cam_curve_interval)
-    hist = np.zeros((2, C, len(edges) - 1), np.float64)  # [fg|bg, class, bin]
-    fill = cocc_fill(args.ctx_fill).to(args.device).view(3, 1, 1)
-    mine_idx, mine_logits, mine_ctx, mine_hits = [], [], [], []
-    progress = Progress("COCO", len(ds))
-    loader = _loader(ds, args, collate_fn=_collate_with_masks if want_masks else None)
-    for batch in loader:
-        x, idx = batch[0].to(args.device, non_blocking=True), batch[1]
-        if args.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(args):
-            logits, points = model(x, return_points=True)
-        logits = logits.float()
-        mine_idx.append(idx)
-        mine_logits.append(logits.cpu())
-        hits = torch.full((len(idx), C), -1, dtype=torch.int8)
-        if args.has_points:
-            pts = points.float().cpu().numpy()
-            for b, i in enumerate(idx.tolist()):
-                info = ds.images[i]
-                for k, boxes in ds.boxes(i).items():
-                    p = pts[b, k] * np.array([info["width"], info["height"]])
-                    hits[b, k] = int(point_in_box_accuracy(p[None], [boxes]) > 0)
-        mine_hits.append(hits)
-        ctx = torch.full((len(idx), C, 4), float("nan"))
-        if want_masks:
-            classes, masks = batch[2], batch[3]
-            if args.coco_pxap:
-                flat = torch.cat(classes).to(args.device)
-                owner = torch.repeat_interleave(torch.arange(len(idx)), torch.tensor([len(c) for c in classes]))
-                with _autocast(args):
-                    fmap = model.feature_map(x)  # once per image, shared by its GT classes
-                cams = compute_cams(model, fmap[owner.to(args.device)], flat, S).cpu().numpy()
-                for cam, k, m in zip(cams, flat.tolist(), torch.cat(masks).numpy()):
-                    fg_h, bg_h = pxap_histograms(normalize_cam(cam), m, edges)
-                    hist[0, k] += fg_h
-                    hist[1, k] += bg_h
-            if args.coco_context:
-                ctx = context_scores(model, args, x, logits, classes, masks, idx, fill)
-        mine_ctx.append(ctx)
-        progress.update(len(idx) * get_world_size())
-    cat = lambda xs, shape, dtype: torch.cat(xs) if xs else torch.zeros(shape, dtype=dtype)
-    indices = cat(mine_idx, (0,), torch.long)
-    logits, ctx, hits = gather_by_index(indices, cat(mine_logits, (0, C), torch.float32),
-                                        cat(mine_ctx, (0, C, 4), torch.float32), cat(mine_hits, (0, C), torch.int8))
+        raise Skip(f"needs a {C}-class model (the categories of {instances.name}), this one has "
+                   f"{model.classifier.out_features}")
+    logits, *points = predict_set(model, ds, args, "COCO", points=args.has_points)
     res, proto, n = {}, {}, {"coco": len(ds)}
     res["coco_map"], ap = mean_average_precision(logits.numpy(), ds.targets)
     res["coco_ap_per_class"] = {str(c): float(a) for c, a in zip(ds.category_ids, ap)}
     no_pos = int((ds.targets.sum(0) == 0).sum())
-    proto["coco_map"] = (f"Resize(({S}, {S})); {args.coco_split} images with >= 1 annotation; ASL average precision "
-                         f"(ties grouped), mean over {C} classes" + (f"; {no_pos} classes without positives count as 0"
-                                                                    if no_pos else ""))
-    if args.coco_pxap:
-        hist = all_reduce_sum(hist)
-        per_class = [pxap(hist[0, k], hist[1, k]) for k in range(C)]
-        present = [v for v in per_class if not math.isnan(v)]
-        res["pxap"] = float(np.mean(present)) if present else float("nan")
-        res["pxap_pooled"] = pxap(hist[0].sum(0), hist[1].sum(0))
-        proto["pxap"] = ("[A] class-mean PxAP: per GT class of an image, its CAM (Resize((S, S)) input, bicubic, "
-                         "min-max normalised) against the union of its instance masks (nearest-resized); crowd-only "
-                         "pixels ignored; histograms per class over the whole set, mean over classes with a positive"
-                         " pixel" + (" [ViT: patch-token CAM]" if model.is_vit else ""))
-        n["pxap_classes"] = len(present)
-    if args.coco_context:
-        c = ctx.numpy().reshape(-1, 4)
-        c = c[~np.isnan(c[:, 0])]
-        what = (f"[A] Shetty et al. reconstructed: pairs (image, GT class c) with sigmoid score > {args.ctx_thr} and "
-                f"another GT class; erase another class o's masks minus c's mask (or c's own masks), fill = "
-                f"{args.ctx_fill} ({_FILL_DOC[args.ctx_fill]}); o = ")
-        for key, col, which in (("ctx_random", 1, f"one other class drawn uniformly (seed {args.ctx_seed})"),
-                                ("ctx_worst", 2, "the other class whose erasure lowers s_c most")):
-            m = context_bias(c[:, 0], c[:, col], c[:, 3], args.ctx_thr)
-            res.update({key: m["diff"], f"{key}_flip": m["flip"], f"{key}_drop": m["drop"]})
-            proto[key] = what + which + "; mean of s_c(o erased) - s_c(c erased), in points (table default)"
-            proto[f"{key}_flip"] = what + which + "; % pairs whose s_c(o erased) <= thr"
-            proto[f"{key}_drop"] = what + which + "; mean of s_c - s_c(o erased), in points"
-        n["ctx_pairs"] = len(c)
-    if args.has_points:
-        h = hits.numpy()
-        valid = h >= 0
-        res["coco_point_acc"] = 100.0 * float(h[valid].mean()) if valid.any() else float("nan")
+    proto["coco_map"] = (f"Resize(({args.coco_size}, {args.coco_size})); {args.coco_split} images with >= 1 "
+                         f"annotation; ASL average precision (ties grouped), mean over {C} classes"
+                         + (f"; {no_pos} classes without positives count as 0" if no_pos else ""))
+    if args.coco_pxap or args.coco_context:
+        hist, ctx = coco_mask_pass(model, args, ds, logits)
+        parts = ([pxap_results(hist, model.is_vit)] if args.coco_pxap else []) + \
+            ([context_results(ctx, args)] if args.coco_context else [])
+        for r, p, c in parts:
+            res.update(r)
+            proto.update(p)
+            n.update(c)
+    if points:
+        h = coco_point_hits(ds, points[0].numpy())
+        res["coco_point_acc"] = 100.0 * float(h[h >= 0].mean()) if (h >= 0).any() else float("nan")
         proto["coco_point_acc"] = "per (image, GT class): the class's predicted point inside any GT box of the class"
     return res, proto, n
+
+def coco_point_hits(ds, points):
+    """points [N, C, 2] (normalised, one per class head) -> hits int8 [N, C]: 1 if the point of GT class k of
+    image n is inside one of its boxes (inclusive), 0 if not, -1 where k is not in image n."""
+    hits = np.full(points.shape[:2], -1, np.int8)
+    for i, info in enumerate(ds.images):
+        for k, boxes in ds.boxes(i).items():
+            p = points[i, k] * np.array([info["width"], info["height"]])
+            hits[i, k] = int(point_in_box_accuracy(p[None], [boxes]) > 0)
+    return hits
+
+@torch.no_grad()
+def coco_mask_pass(model, args, ds, logits):
+    """The pass over COCO val with the instance masks: PxAP histograms hist [2 (fg | bg), C, bins] summed over
+    all images and processes, and the context scores ctx [N, C, 4] of context_scores (NaN where a pair does not
+    qualify; all NaN without --coco-context), in dataset order. logits [N, C]: predict's, to pick the pairs.
+    Its own loop, not predict's: per image the GT classes' CAMs and one forward per erased class."""
+    masked = copy.copy(ds)  # the same images and reader (a broken image is counted once)
+    masked.masks = True
+    C, S = len(ds.category_ids), args.coco_size
+    edges = pxap_bin_edges(args.cam_curve_interval)
+    hist = np.zeros((2, C, len(edges) - 1), np.float64)
+    fill = cocc_fill(args.ctx_fill).to(args.device).view(3, 1, 1)
+    loader, ctx = _loader(masked, args, collate_fn=_collate_with_masks), [torch.zeros(0, C, 4)]
+    progress = Progress("COCO masks", len(ds))
+    for x, idx, classes, masks in loader:
+        x = x.to(args.device, non_blocking=True)
+        if args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if args.coco_pxap:
+            flat = torch.cat(classes).to(args.device)
+            owner = torch.repeat_interleave(torch.arange(len(idx)), torch.tensor([len(c) for c in classes]))
+            with _autocast(args):
+                fmap = model.feature_map(x)  # once per image, shared by its GT classes
+            cams = compute_cams(model, fmap[owner.to(args.device)], flat, S).cpu().numpy()
+            for cam, k, m in zip(cams, flat.tolist(), torch.cat(masks).numpy()):
+                fg_h, bg_h = pxap_histograms(normalize_cam(cam), m, edges)
+                hist[0, k] += fg_h
+                hist[1, k] += bg_h
+        ctx.append(context_scores(model, args, x, logits[idx], classes, masks, idx, fill) if args.coco_context
+                   else torch.full((len(idx), C, 4), float("nan")))
+        progress.update(len(idx) * get_world_size())
+    (ctx,) = gather_by_index(torch.tensor(list(loader.sampler), dtype=torch.long), torch.cat(ctx))
+    return all_reduce_sum(hist), ctx
+
+def pxap_results(hist, is_vit):
+    """hist [2, C, bins] -> ({pxap, pxap_pooled}, protocol, counts): the class-mean PxAP over the classes with
+    a positive pixel, and the PxAP of the histograms pooled over classes."""
+    C = hist.shape[1]
+    per_class = [pxap(hist[0, k], hist[1, k]) for k in range(C)]
+    present = [v for v in per_class if not math.isnan(v)]
+    res = {"pxap": float(np.mean(present)) if present else float("nan"),
+           "pxap_pooled": pxap(hist[0].sum(0), hist[1].sum(0))}
+    proto = {"pxap": "[A] class-mean PxAP: per GT class of an image, its CAM (Resize((S, S)) input, bicubic, "
+                     "min-max normalised) against the union of its instance masks (nearest-resized); crowd-only "
+                     "pixels ignored; histograms per class over the whole set, mean over classes with a positive"
+                     " pixel" + (" [ViT: patch-token CAM]" if is_vit else "")}
+    return res, proto, {"pxap_classes": len(present)}
+
+def context_results(ctx, args):
+    """ctx [N, C, 4] of context_scores -> (ctx_random / ctx_worst with their _flip and _drop variants,
+    protocol, counts) over the qualifying (image, class) pairs."""
+    c = ctx.numpy().reshape(-1, 4)
+    c = c[~np.isnan(c[:, 0])]
+    what = (f"[A] Shetty et al. reconstructed: pairs (image, GT class c) with sigmoid score > {args.ctx_thr} and "
+            f"another GT class; erase another class o's masks minus c's mask (or c's own masks), fill = "
+            f"{args.ctx_fill} ({_FILL_DOC[args.ctx_fill]}); o = ")
+    res, proto = {}, {}
+    for key, col, which in (("ctx_random", 1, f"one other class drawn uniformly (seed {args.ctx_seed})"),
+                            ("ctx_worst", 2, "the other class whose erasure lowers s_c most")):
+        m = context_bias(c[:, 0], c[:, col], c[:, 3], args.ctx_thr)
+        res.update({key: m["diff"], f"{key}_flip": m["flip"], f"{key}_drop": m["drop"]})
+        proto[key] = what + which + "; mean of s_c(o erased) - s_c(c erased), in points (table default)"
+        proto[f"{key}_flip"] = what + which + "; % pairs whose s_c(o erased) <= thr"
+        proto[f"{key}_drop"] = what + which + "; mean of s_c - s_c(o erased), in points"
+    return res, proto, {"ctx_pairs": len(c)}
 
 def context_scores(model, args, x, logits, classes, masks, idx, fill):
     """Per image of the batch: [C, 4] = (clean s_c, s_c after erasing the random other class, after the worst
@@ -1253,8 +1323,8 @@ def context_scores(model, args, x, logits, classes, masks, idx, fill):
             if probs[b, c] > args.ctx_thr and len(cls) > 1:
                 jobs += [(b, c, o) for o in cls]  # o == c: the class of interest itself
     scores = []
-    for s in range(0, len(jobs), args.batch_size):
-        chunk = jobs[s:s + args.batch_size]
+    for s in range(0, len(jobs), args.process_batch):
+        chunk = jobs[s:s + args.process_batch]
         xs = x[[b for b, _, _ in chunk]].clone()
         for j, (b, c, o) in enumerate(chunk):
             cls = classes[b].tolist()
@@ -1598,7 +1668,8 @@ def load_model(args):
     return model
 
 # (flag attribute, runner, label space it needs: "imagenet" = the 1000 classes or a class subset of them,
-# "1k" = exactly the 1000 ImageNet classes, None = the runner checks (COCO: the instances file's categories))
+# "1k" = exactly the 1000 ImageNet classes, None = the runner checks (COCO: the instances file's categories)).
+# IN-val comes before IN-O: it gives IN-O its in-distribution side (see evaluate_all).
 BENCHMARKS = [
     ("imagenet_val", eval_imagenet_val, "imagenet"), ("imagenet_v2", eval_imagenet_v2, "imagenet"),
     ("imagenet_a", eval_imagenet_a, "1k"), ("imagenet_r", eval_imagenet_r, "1k"),
@@ -1607,10 +1678,7 @@ BENCHMARKS = [
     ("si_score", eval_si_score, "1k"), ("bg_challenge", eval_bg_challenge, "1k"), ("wsol_metadata", eval_wsol, "1k"),
     ("coco", eval_coco, None),
 ]
-# inputs that are files or folders of fixed files rather than image trees
-_FILE_INPUTS = {"imagenet_real": (), "wsol_metadata": ("image_ids.txt", "class_labels.txt", "image_sizes.txt",
-                                                       "localization.txt"),
-                "coco": ()}
+WSOL_METADATA_FILES = ("image_ids.txt", "class_labels.txt", "image_sizes.txt", "localization.txt")
 
 def _has_image(root):
     for _, _, names in os.walk(root, followlinks=True):
@@ -1636,7 +1704,7 @@ def check_inputs(args):
             if not Path(root).is_file():
                 raise SystemExit(f"{name} {root}: not a file; give real.json of google-research/reassessed-imagenet")
         elif flag == "wsol_metadata":
-            missing = [f for f in _FILE_INPUTS[flag] if not (Path(root) / f).is_file()]
+            missing = [f for f in WSOL_METADATA_FILES if not (Path(root) / f).is_file()]
             if missing:
                 raise SystemExit(f"{name} {root}: missing {', '.join(missing)}; give wsolevaluation's "
                                  "metadata/ILSVRC/<split>/ folder")
@@ -1652,8 +1720,10 @@ def check_inputs(args):
             raise SystemExit(f"{name} {root}: holds no image ({', '.join(IMG_EXTENSIONS)}); give the folder "
                              "with the layout --help describes")
 
-def evaluate_all(model, args):
-    """Every benchmark whose root flag is set. -> the results dict that --out writes (same on every rank)."""
+def prepare(model, args):
+    """Ready a model and the parsed flags for the runners: checks the roots, resolves the geometry, the device,
+    channels_last, the per-process batches, whether there is a point head and the model's label space.
+    -> the model in eval mode (NHWC on CUDA for a CNN)."""
     model.eval()
     check_inputs(args)
     resolve_eval_geometry(args)
@@ -1661,11 +1731,27 @@ def evaluate_all(model, args):
     args.channels_last = args.device.type == "cuda" and not getattr(model, "is_vit", False)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    args.process_batch = per_process(args.batch_size, "--batch-size")
+    args.process_bgc_batch = per_process(args.bgc_batch_size or args.batch_size, "--bgc-batch-size")
     args.has_points = any(getattr(model, m, None) is not None for m in ("point_head", "attention"))  # LUAB's outputs
-    args.bgc_batch_size = args.bgc_batch_size or args.batch_size
-    args._ino_in_scores = None
+    args.label_space = label_space(getattr(args, "classes", None), model.classifier.out_features)
+    return model
+
+def require_label_space(needs, args, num_classes):
+    """Skip unless the model's classes are those a benchmark's metric needs (see BENCHMARKS)."""
+    if needs and args.label_space == {}:
+        raise Skip(f"the model's {num_classes} classes are not ImageNet classes (no wnid class names in the "
+                   "checkpoint)")
+    if needs == "1k" and args.label_space is not None:
+        raise Skip(f"needs the 1000 ImageNet classes; this model has {num_classes} of them")
+
+def evaluate_all(model, args):
+    """Every benchmark whose root flag is set. -> the results dict that --out writes (same on every rank).
+    One value goes from one benchmark to another: IN-O's in-distribution side, the anomaly scores of the IN-val
+    images of the 200 IN-O wnids, which eval_imagenet_val returns as results["ino_in_scores"] (not written to
+    the JSON) and eval_imagenet_o takes as an argument."""
+    model = prepare(model, args)
     num_classes = model.classifier.out_features
-    args.label_space = label_space(getattr(args, "classes", None), num_classes)
     name = args.name or (Path(args.checkpoint).stem if args.checkpoint else args.model) or type(model).__name__
     results = {"meta": {"name": name,
                         "model": args.model, "checkpoint": args.checkpoint, "num_classes": num_classes,
@@ -1676,25 +1762,22 @@ def evaluate_all(model, args):
                         "img_size": args.img_size, "resize": args.resize, "interpolation": args.interpolation,
                         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S")},
                "protocol": {}, "counts": {}, "skipped": {}, "seconds": {}}
+    ino_in_scores = None
     for flag, run, needs in BENCHMARKS:
         root = getattr(args, flag)
         if not root:
             results["skipped"][flag] = f"--{flag.replace('_', '-')} not given"
             continue
         t0 = time.time()
-        with byproducts.ImageReader.collect() as readers:  # those of the datasets this benchmark makes
-            if needs and args.label_space == {}:
-                out = None, f"the model's {num_classes} classes are not ImageNet classes (no wnid class names in " \
-                            "the checkpoint)"
-            elif needs == "1k" and args.label_space is not None:
-                out = None, f"needs the 1000 ImageNet classes; this model has {num_classes} of them"
-            else:
-                out = run(model, args)
-        if out[0] is None:
-            results["skipped"][flag] = out[1]
-            log(f"warning: skipping {flag}: {out[1]}")
+        try:
+            with byproducts.ImageReader.collect() as readers:  # those of the datasets this benchmark makes
+                require_label_space(needs, args, num_classes)
+                res, proto, counts = run(model, args, ino_in_scores) if run is eval_imagenet_o else run(model, args)
+        except Skip as why:
+            results["skipped"][flag] = str(why)
+            log(f"warning: skipping {flag}: {why}")
             continue
-        res, proto, counts = out
+        ino_in_scores = res.pop("ino_in_scores", ino_in_scores)
         results.update(res)
         results["protocol"].update(proto)
         results["counts"].update(counts)
@@ -1705,9 +1788,6 @@ def evaluate_all(model, args):
     if args.imagenet_real and "inreal" not in results:
         results["skipped"]["imagenet_real"] = "needs --imagenet-val and the 1000 ImageNet classes"
     return results
-
-def _amp_on(args):
-    return args.device.type == "cuda" and args.amp
 
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
@@ -1721,7 +1801,8 @@ def get_args_parser():
     g.add_argument("--num-points", type=int, default=None, help="point-head size; default: from the checkpoint")
     g.add_argument("--name", default=None, help="row name in the table (default: the checkpoint's file name)")
     g = p.add_argument_group("run")
-    g.add_argument("--batch-size", type=int, default=128, help="per process")
+    g.add_argument("--batch-size", type=int, default=128,
+                   help="global, as in training: each of N processes takes 1/N (must divide evenly)")
     g.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="data-loading workers per process (default: min(8, CPU count))")
     g.add_argument("--device", default=None, help="default: this process's GPU if there is one, else cpu")
@@ -1759,7 +1840,8 @@ def get_args_parser():
     g.add_argument("--objectnet-border", type=int, default=2, help="pixels cropped off each side (red frame)")
     g.add_argument("--si-transform", default="center-crop", choices=["center-crop", "resize"],
                    help="SI-Score: the default Resize+CenterCrop, or Resize((S, S)) keeping the whole image")
-    g.add_argument("--bgc-batch-size", type=int, default=None, help="backgrounds per forward in BGC-acc")
+    g.add_argument("--bgc-batch-size", type=int, default=None, help="BGC-acc: backgrounds per forward, global "
+                   "like --batch-size (default: --batch-size)")
     g.add_argument("--bgc-skip-acc", action="store_true", help="skip BGC-acc (up to 4050^2 forward passes)")
     g.add_argument("--cam-curve-interval", type=float, default=0.001, help="CAM threshold step (MaxBoxAcc, PxAP)")
     g.add_argument("--iou-thresholds", type=int, nargs="+", default=[30, 50, 70], help="MaxBoxAccV2 deltas")

@@ -32,8 +32,8 @@ import byproducts
 import evaluate
 import train_imagenet
 from train_imagenet import add_training_args, autocast, demo_data_dir, fit, init_distributed, point_loss, \
-    resolve_args, to_device
-from utils import gather_by_index, log
+    resolve_args
+from utils import log
 
 # -----------------------------------------------------------------------------
 # The paper's COCO recipe (appendix F). Epochs, warm-up, batch, image size, AdamP and "RRC with a raised minimum
@@ -276,23 +276,14 @@ def evaluate_coco(args, model, loader, geometry=None):
     """Predict this rank's share of the val set, gather everything by dataset index (every image counted once
     whatever the world size), then coco_metrics on every rank; geometry = val_geometry(val) for a point head."""
     model.eval()
-    C = len(loader.dataset.category_ids)
-    idx, logits, points = [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, C)], [torch.zeros(0, C, 2)]
-    for batch in loader:
-        images, i = to_device(args, batch)
-        with autocast(args):
-            out_logits, out_points = model(images, return_points=True)
-        idx.append(i.cpu())
-        logits.append(out_logits.float().cpu())
-        if out_points is not None:
-            points.append(out_points.float().cpu())
     with_points = geometry is not None
-    gathered = gather_by_index(torch.cat(idx), torch.cat(logits), *[torch.cat(points)] * with_points)
+    logits, *points = evaluate.predict(model, loader, args.device, lambda: autocast(args), args.channels_last,
+                                       points=with_points)
     # a broken val image is a NaN input, so its logits rank last for every class (counted wrong)
     broken = {"val_broken_images": loader.dataset.reader.counts(all_ranks=True)["broken_images"]}
     if not with_points:
-        return {**coco_metrics(gathered[0].numpy(), loader.dataset.targets), **broken}
-    return {**coco_metrics(gathered[0].numpy(), loader.dataset.targets, gathered[1].numpy(), *geometry), **broken}
+        return {**coco_metrics(logits.numpy(), loader.dataset.targets), **broken}
+    return {**coco_metrics(logits.numpy(), loader.dataset.targets, points[0].numpy(), *geometry), **broken}
 
 
 # -----------------------------------------------------------------------------

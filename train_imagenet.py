@@ -39,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import byproducts
 import evaluate
 import utils
-from utils import UnpaddedDistributedSampler, all_reduce_sum, gather_by_index, is_main, log
+from utils import UnpaddedDistributedSampler, all_reduce_sum, is_main, log
 from models import MODEL_NAMES, POINT_HEADS, POOLINGS, create_model, load_pretrained, param_groups, read_checkpoint
 
 # -----------------------------------------------------------------------------
@@ -834,22 +834,11 @@ def evaluate_imagenet(args, model, loader, boxes=None):
     beat, the accuracy of always answering the centre of the eval crop ("val_point_acc_centre")."""
     model.eval()
     dataset = loader.dataset
-    logits_all, points_all = [], []
-    for batch in loader:
-        images = to_device(args, batch)[0]
-        with autocast(args):
-            logits, points = model(images, return_points=True)
-        logits_all.append(logits.float())
-        if points is not None:
-            points_all.append(points.float()[:, 0])
-    indices = torch.tensor(list(loader.sampler), dtype=torch.long, device=args.device)
-    logits = torch.cat(logits_all) if logits_all else torch.zeros(0, len(dataset.classes), device=args.device)
-    tensors = [logits] + ([torch.cat(points_all)] if points_all else [])
-    gathered = gather_by_index(indices, *tensors)
-    labels = torch.tensor(dataset.targets)
-    stats = {f"val_{k}": v for k, v in evaluate.topk_accuracy(gathered[0].cpu(), labels).items()}
-    if boxes is not None and len(gathered) > 1:
-        pts = gathered[1].cpu().numpy()
+    logits, *points = evaluate.predict(model, loader, args.device, lambda: autocast(args), args.channels_last,
+                                       points=boxes is not None)  # points: [] or [[N, K, 2]]
+    stats = {f"val_{k}": v for k, v in evaluate.topk_accuracy(logits, torch.tensor(dataset.targets)).items()}
+    if points:
+        pts = points[0][:, 0].numpy()
         keep = [i for i, b in enumerate(boxes) if b is not None]
         sizes = np.array([boxes[i][1] for i in keep], dtype=np.float64)
         for name, p in (("val_point_acc", pts[keep]), ("val_point_acc_centre", np.full_like(pts[keep], 0.5))):

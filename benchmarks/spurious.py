@@ -41,6 +41,7 @@ import evaluate  # noqa: E402
 import train_imagenet  # noqa: E402
 from models import create_model  # noqa: E402
 from tools.synth import synth_spurious  # noqa: E402
+from utils import UnpaddedDistributedSampler  # noqa: E402
 
 METHODS = {"plain": ("none", []), "random points": ("random", ["--rand-points"]),
            "LUAB (clicks)": ("clicks", ["--luab"])}  # table row -> (points, train_imagenet.py flags)
@@ -89,10 +90,9 @@ def predict(model, root, split, size):
     """Logits [N, C], points [N, 2] or None, and the dataset of one split (eval crop = the whole image)."""
     ds = byproducts.ImageNetAB(os.path.join(root, "imagenet", split), point_source="none",
                                transform=byproducts.EvalTransform(size=size, resize=size))
-    outs = [model(b[0], return_points=True) for b in torch.utils.data.DataLoader(ds, batch_size=128, num_workers=0)]
-    if outs[0][1] is None:
-        return torch.cat([o[0] for o in outs]), None, ds
-    return torch.cat([o[0] for o in outs]), torch.cat([o[1][:, 0] for o in outs]).numpy(), ds
+    loader = torch.utils.data.DataLoader(ds, batch_size=128, sampler=UnpaddedDistributedSampler(ds))
+    logits, *points = evaluate.predict(model, loader, "cpu", points=True)  # points: [] without a point head
+    return logits, (points[0][:, 0].numpy() if points else None), ds
 
 
 def point_scores(points, objects):

@@ -183,7 +183,7 @@ def test_strict_data_raises_one_line_even_from_a_worker(broken_tree):
 def test_evaluate_counts_a_truncated_val_jpeg_wrong(tmp_path):
     """evaluate.py's IN-val: two images of class 0, the second truncated. The fake model answers class 0 for any
     real image, so in1k = 1 right / 2 = 50.0 exactly: the broken one is a NaN input, hence a wrong answer."""
-    val = tmp_path / "val" / E.IMAGENET_WNIDS[0]
+    val = tmp_path / "val" / E.wnids("imagenet")[0]
     jpeg(val / "a.JPEG")
     truncate(jpeg(val / "b.JPEG"))
 

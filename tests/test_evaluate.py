@@ -7,8 +7,11 @@ end without a trained network; every expected number below is worked out by hand
 
 import json
 import math
+import contextlib
 import os
 import socket
+import subprocess
+import sys
 from collections import deque
 from pathlib import Path
 
@@ -19,13 +22,14 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
+from torch.utils.data import DataLoader
 
 import byproducts
 import evaluate as E
 import utils
 from tools.synth import synth
 
-W = E.IMAGENET_WNIDS
+W = E.wnids("imagenet")
 MEAN = torch.tensor(E.IMAGENET_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(E.IMAGENET_STD).view(1, 3, 1, 1)
 GREY = (124, 116, 104)  # the ImageNet mean pixel: what a "mean" fill looks like
@@ -324,7 +328,7 @@ def test_nan_logits_count_as_wrong():
 
 
 def test_real_accuracy_spec_example():
-    # evaluation.md section 3: real.json [[0], [], [1, 2]], predictions (0, x, 2) -> 100 % over 2 images
+    # real.json [[0], [], [1, 2]], predictions (0, x, 2): image 1 has no label, so 2 hits of 2 -> 100 %
     # the official denominator counts the 2 labelled images; "all" divides the same 2 hits by all 3 images
     assert E.real_accuracy([0, 7, 2], [0, 1, 2], [[0], [], [1, 2]]) == {"labelled": 100.0, "all": 200 / 3,
                                                                           "n_labelled": 2}
@@ -336,16 +340,17 @@ def test_real_accuracy_spec_example():
 def test_masked_top1_ignores_an_excluded_class():
     logits = np.zeros((2, 1000))
     logits[:, 0] = 20  # class 0 is in neither the A nor the R mask
-    logits[0, E.IMAGENET_A_MASK[5]] = 10
-    logits[1, E.IMAGENET_A_MASK[7]] = 10
-    assert E.top1(logits, [E.IMAGENET_A_MASK[5], E.IMAGENET_A_MASK[7]]) == 0.0
-    assert E.masked_top1(logits, [5, 7], E.IMAGENET_A_MASK) == 100.0
-    assert list(E.IMAGENET_A_MASK[:8]) == [6, 11, 13, 15, 17, 22, 23, 27]
-    assert list(E.IMAGENET_A_MASK[-4:]) == [984, 986, 987, 988]
-    assert list(E.IMAGENET_R_MASK[:8]) == [1, 2, 4, 6, 8, 9, 11, 13]
-    assert list(E.IMAGENET_R_MASK[-4:]) == [980, 981, 983, 988]
-    assert list(E.IMAGENET_O_MASK[:8]) == [1, 51, 70, 79, 89, 90, 107, 109]
-    assert list(E.IMAGENET_O_MASK[-4:]) == [980, 987, 988, 996]
+    a_mask, r_mask, o_mask = (E.subset_indices(s) for s in ("imagenet_a", "imagenet_r", "imagenet_o"))
+    logits[0, a_mask[5]] = 10
+    logits[1, a_mask[7]] = 10
+    assert E.top1(logits, [a_mask[5], a_mask[7]]) == 0.0
+    assert E.masked_top1(logits, [5, 7], a_mask) == 100.0
+    assert list(a_mask[:8]) == [6, 11, 13, 15, 17, 22, 23, 27]
+    assert list(a_mask[-4:]) == [984, 986, 987, 988]
+    assert list(r_mask[:8]) == [1, 2, 4, 6, 8, 9, 11, 13]
+    assert list(r_mask[-4:]) == [980, 981, 983, 988]
+    assert list(o_mask[:8]) == [1, 51, 70, 79, 89, 90, 107, 109]
+    assert list(o_mask[-4:]) == [980, 987, 988, 996]
 
 
 def test_imagenet_c_summary_weights_each_set_equally():
@@ -357,7 +362,7 @@ def test_imagenet_c_summary_weights_each_set_equally():
 
 
 def test_ood_measures_spec_example_and_ties():
-    # evaluation.md section 6: out = [.9, .8], in = [.85, .1]: AP = 1 * 0.5 + (2/3) * 0.5
+    # out = [.9, .8], in = [.85, .1]: ranked .9+ .85- .8+ .1-, AP = 1 * 0.5 + (2/3) * 0.5
     m = E.ood_measures([0.9, 0.8], [0.85, 0.1])
     assert m["aupr"] == pytest.approx(100 * (0.5 + 0.5 * 2 / 3))
     assert m["auroc"] == pytest.approx(75.0)  # 3 of the 4 (out, in) pairs ordered correctly
@@ -374,15 +379,16 @@ def test_objectnet_protocols():
     logits[0, 530] = 10  # A right, B right
     logits[1, 0], logits[1, 409] = 10, 5  # A wrong (0 is not mapped), B right
     logits[2, 1], logits[2, 414] = 10, 5  # A wrong, B wrong (414 is the backpack folder)
-    ids = [E.OBJECTNET_TO_IMAGENET["alarm_clock"]] * 3
+    ids = [E.objectnet_to_imagenet()["alarm_clock"]] * 3
     assert sorted(ids[0]) == [409, 530]
     a, b = E.objectnet_accuracy(logits, ids)
     assert (a, b) == pytest.approx((100 / 3, 200 / 3))
 
 
 def test_in9_mapping():
-    assert list(np.bincount(E.IN_TO_IN9[E.IN_TO_IN9 >= 0])) == [116, 52, 42, 36, 35, 27, 26, 20, 16]
-    assert (E.IN_TO_IN9 == -1).sum() == 630
+    in9 = E.imagenet_to_in9()
+    assert list(np.bincount(in9[in9 >= 0])) == [116, 52, 42, 36, 35, 27, 26, 20, 16]
+    assert (in9 == -1).sum() == 630
     logits = np.zeros((3, 1000))
     logits[0, 151] = 1  # dog
     logits[1, 999] = 1  # toilet tissue: outside IN-9 -> -1, always wrong
@@ -498,6 +504,14 @@ def two_blob_cam():
     return cam
 
 
+def box_accuracy(cams, gt_boxes):
+    """MaxBoxAcc over images as eval_wsol accumulates it, thresholds every 0.01."""
+    acc = E.BoxAccumulator(cam_curve_interval=0.01)
+    for cam, boxes in zip(cams, gt_boxes):
+        acc.accumulate(cam, boxes)
+    return acc.compute()
+
+
 def test_maxboxacc_two_blobs_v1_vs_v2():
     cam = two_blob_cam()
     gt = np.array([[150, 120, 199, 159]])  # blob B, inclusive ends
@@ -508,11 +522,11 @@ def test_maxboxacc_two_blobs_v1_vs_v2():
     iou_b = 2000 / (51 * 41)
     assert v2 == pytest.approx([iou_b, iou_b, iou_b, 0, 0])
     assert v1 == pytest.approx([0, 0, 0, 0, 0])  # V1 only boxes the largest blob, A, which misses the GT
-    out = E.max_box_acc([cam], [gt], cam_curve_interval=0.01)
+    out = box_accuracy([cam], [gt])
     assert out["maxboxacc_v2"] == 100.0 and out["maxboxacc_v1"] == 0.0
     # a GT box on blob A instead: V1 hits too; and a second image that never hits halves it
     gt_a = np.array([[30, 10, 129, 89]])
-    out = E.max_box_acc([cam, cam], [gt_a, np.array([[0, 200, 10, 210]])], cam_curve_interval=0.01)
+    out = box_accuracy([cam, cam], [gt_a, np.array([[0, 200, 10, 210]])])
     assert out["maxboxacc_v2"] == 50.0 and out["maxboxacc_v1"] == 50.0
     # the box of a component touching the border is clipped to width-1 / height-1, as wsolevaluation does
     full = np.ones((224, 224), np.float32)
@@ -573,6 +587,65 @@ def test_coco_mask_decoding_used_by_pxap():
     assert m.sum() == 15 and m[2:5, 2:7].all()
 
 # -----------------------------------------------------------------------------
+# the one prediction loop
+
+class Rows(torch.utils.data.Dataset):
+    """Item i: (a 3 x 2 x 2 image whose pixels are all i, the label i)."""
+
+    def __len__(self):
+        return 5
+
+    def __getitem__(self, i):
+        return torch.full((3, 2, 2), float(i)), i
+
+
+class MeanModel(nn.Module):
+    """Logits = the mean of each channel [B, 3]; no point head: return_points gives (logits, None)."""
+
+    def forward(self, x, return_points=False):
+        logits = x.mean((2, 3))
+        return (logits, None) if return_points else logits
+
+
+def test_predict_gathers_in_dataset_order_with_hooks_and_autocast():
+    ds, entered = Rows(), []
+    loader = lambda **kw: DataLoader(ds, batch_size=2, sampler=utils.UnpaddedDistributedSampler(ds, **kw))
+    (logits,) = E.predict(MeanModel(), loader(), "cpu", points=True)  # the headless model's None is left out
+    assert logits.dtype == torch.float32 and logits[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    # pre edits the batch before the model, post picks what to keep; the model runs in autocast(), once a batch
+    autocast = lambda: entered.append(1) or contextlib.nullcontext()
+    pred, kept = E.predict(MeanModel(), loader(), "cpu", autocast, pre=lambda x: x + 1,
+                           post=lambda o: (o.argmax(1), 2 * o[:, 0]))
+    assert pred.tolist() == [0] * 5 and kept.tolist() == [2.0, 4.0, 6.0, 8.0, 10.0] and len(entered) == 3
+    # the rows are the sampler's dataset indices: rank 1 of 2 (without a process group) holds items 1 and 3
+    (logits,) = E.predict(MeanModel(), loader(rank=1, world_size=2), "cpu")
+    assert logits[:, 0].tolist() == [1.0, 3.0]
+    with pytest.raises(TypeError, match="UnpaddedDistributedSampler"):  # a padding or shuffling sampler
+        E.predict(MeanModel(), DataLoader(ds, batch_size=2), "cpu")
+    with pytest.raises(ValueError, match="drop_last"):
+        E.predict(MeanModel(), DataLoader(ds, batch_size=2, sampler=utils.UnpaddedDistributedSampler(ds),
+                                          drop_last=True), "cpu")
+
+
+def test_global_batch_is_split_over_the_processes(monkeypatch):
+    assert E.per_process(6, "--batch-size") == 6
+    monkeypatch.setattr(E, "get_world_size", lambda: 3)
+    assert E.per_process(6, "--batch-size") == 2
+    assert _exit_message(lambda: E.per_process(4, "--bgc-batch-size")) == \
+        "--bgc-batch-size 4 (global) must be divisible by 3 processes"
+
+
+def test_import_reads_no_data_file():
+    code = ("import pathlib; reads = []; read = pathlib.Path.read_text; data = pathlib.Path('data').resolve()\n"
+            "pathlib.Path.read_text = lambda self, *a, **k: (self.parent == data and reads.append(self.name)) or "
+            "read(self, *a, **k)\n"
+            "import evaluate; print(reads); evaluate.subset_indices('imagenet_a'); evaluate.wnids('imagenet')\n"
+            "print(reads)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(E.__file__).parent, capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert out == ["[]", "['imagenet_a_wnids.txt', 'imagenet_wnids.txt']"]  # each table once, on first use
+
+# -----------------------------------------------------------------------------
 # loaders and benchmarks end to end (single process)
 
 def test_imagenet_val_real_cocc_and_point_acc(results):
@@ -590,14 +663,9 @@ def test_imagenet_val_real_cocc_and_point_acc(results):
 
 def test_cocc_black_fill(fixture_root):
     args = eval_args(fixture_root, ["--cocc-fill", "black"])
-    res, proto, _ = E.eval_imagenet_val(PaletteModel(), _prepared(args))
+    model = E.prepare(PaletteModel(), args)
+    res, proto, _ = E.eval_imagenet_val(model, args)
     assert res["cocc"] == 0.0 and "black" in proto["cocc"]  # the centre is black = class 0: nobody's label
-
-
-def _prepared(args):
-    args.device, args.channels_last, args.has_points = torch.device("cpu"), False, False
-    args._ino_in_scores, args.label_space = None, None
-    return E.resolve_eval_geometry(args)
 
 
 def test_imagenet_v2_numeric_folders(fixture_root, results):
@@ -628,6 +696,7 @@ def test_imagenet_o(results):
     assert results["ino_auroc"] == pytest.approx(100 * 8.5 / 12)
     assert results["ino_fpr95"] == pytest.approx(100.0)
     assert results["counts"]["ino"] == 3 and results["counts"]["ino_in_distribution"] == 4
+    assert "ino_in_scores" not in results  # handed from IN-val to IN-O, not written
 
 
 def test_objectnet(fixture_root, results):
@@ -675,8 +744,8 @@ def test_bg_challenge(fixture_root, results):
     fg = [f"{root}/original/val/{c}/n0000000{j}_{j}.JPEG" for c in ("00_dog", "01_bird") for j in (0, 1)]
     masks = [f"{root}/fg_mask/val/{c}/n0000000{j}_{j}.npy" for c in ("00_dog", "01_bird") for j in (0, 1)]
     bgs = E.bgc_split(root, "only_bg_t")[0]
-    args = _prepared(eval_args(fixture_root))
-    vul = E.bgc_vulnerability(model, args, fg, masks, [0, 0, 1, 1], bgs)
+    args = eval_args(fixture_root)
+    vul = E.bgc_vulnerability(E.prepare(model, args), args, fg, masks, [0, 0, 1, 1], bgs)
     assert list(vul) == [False, True, False, True] and model.images == 7
 
 
@@ -698,8 +767,8 @@ def test_wsol_images_found_in_the_imagenet_val_tree(fixture_root):
 
 
 def test_wsol_box_search_in_worker_processes(fixture_root, results):
-    args = _prepared(eval_args(fixture_root, ["--workers", "2"]))
-    res, _, n = E.eval_wsol(PaletteModel(), args)
+    args = eval_args(fixture_root, ["--workers", "2"])
+    res, _, n = E.eval_wsol(E.prepare(PaletteModel(), args), args)
     assert n["wsol"] == 3
     assert {k: v for k, v in res.items()} == {k: results[k] for k in res}  # same counts as the inline path
 
@@ -721,6 +790,13 @@ def test_coco(coco_results):
     assert r["counts"]["pxap_classes"] == 3
     # points at the centre (112, 112): only B's box contains it, of the pairs (10, A), (10, B), (20, C)
     assert r["coco_point_acc"] == pytest.approx(100 / 3)
+
+
+def test_coco_for_an_imagenet_model_is_skipped_with_the_reason(fixture_root):
+    args = E.get_args_parser().parse_args(["--coco", f"{fixture_root}/coco", "--workers", "0", "--device", "cpu"])
+    res = E.evaluate_all(PaletteModel(), args)
+    assert res["skipped"]["coco"] == ("needs a 3-class model (the categories of instances_val2014.json), this one "
+                                      "has 1000") and "coco_map" not in res
 
 
 def test_coco_masks_and_targets(fixture_root):
@@ -854,7 +930,7 @@ def test_class_subset_model_on_the_matching_subset(fixture_root):
     assert "class-subset model: top-1 over its own 2 classes" in res["protocol"]["in1k"]
     assert "inreal" not in res and "1000 ImageNet classes" in res["skipped"]["imagenet_real"]  # a 1000-way metric
     assert res["skipped"]["imagenet_a"] == "needs the 1000 ImageNet classes; this model has 2 of them"
-    assert E.label_space(None, 1000) is None and E.label_space(E.IMAGENET_WNIDS, 1000) is None
+    assert E.label_space(None, 1000) is None and E.label_space(list(E.wnids("imagenet")), 1000) is None
     assert E.label_space(["person", "car"], 2) == {} and E.label_space([W[3], W[0]], 2) == {W[3]: 0, W[0]: 1}
 
 
@@ -910,16 +986,14 @@ def _dist_worker(rank, world, port, root, out_dir):
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        res = E.evaluate_all(PaletteModel(num_points=1), eval_args(root))
+        # the batch sizes are global: --batch-size 2 and --bgc-batch-size 2 are the single run's 2 and 1 per process
+        res = E.evaluate_all(PaletteModel(num_points=1), eval_args(root, ["--bgc-batch-size", "2"]))
         coco_args = E.get_args_parser().parse_args(["--coco", f"{root}/coco", "--batch-size", "2", "--workers", "0",
                                                     "--device", "cpu", "--cam-curve-interval", "0.01"])
         res["coco"] = E.evaluate_all(CocoFake(), coco_args)
-        # the helpers the training scripts import, on uneven shards (5 items over 2 ranks)
-        sampler = list(utils.UnpaddedDistributedSampler(5))
-        idx = torch.tensor(sampler)
-        (vals,) = utils.gather_by_index(idx, idx.float() * 10)
-        res["gathered"] = vals.tolist()
-        res["shard"] = sampler
+        with pytest.raises(SystemExit) as e:  # 3 images per step cannot be split over 2 processes
+            E.evaluate_all(PaletteModel(), eval_args(root, ["--batch-size", "3"]))
+        res["odd_batch"] = str(e.value)
         with open(f"{out_dir}/rank{rank}.json", "w") as f:
             json.dump(res, f, default=float)
     finally:
@@ -936,23 +1010,14 @@ def test_distributed_equals_single_process(fixture_root, results, coco_results, 
     mp.spawn(_dist_worker, args=(2, port, str(fixture_root), str(tmp_path)), nprocs=2, join=True)
     r0 = json.loads((tmp_path / "rank0.json").read_text())
     r1 = json.loads((tmp_path / "rank1.json").read_text())
-    assert r0["shard"] == [0, 2, 4] and r1["shard"] == [1, 3]
-    assert r0["gathered"] == r1["gathered"] == [0.0, 10.0, 20.0, 30.0, 40.0]
+    assert r0.pop("odd_batch") == r1.pop("odd_batch") == "--batch-size 3 (global) must be divisible by 2 processes"
     single = json.loads(json.dumps(_comparable(results), default=float))
     single_coco = json.loads(json.dumps(_comparable(coco_results), default=float))
     assert r0["meta"]["world_size"] == 2
     for r in (r0, r1):  # every rank ends with the same, exact numbers
         coco = r.pop("coco")
         assert _comparable(coco) == single_coco
-        assert {k: v for k, v in _comparable(r).items() if k not in ("gathered", "shard")} == single
-
-
-def test_gather_and_sampler_without_process_group():
-    s = utils.UnpaddedDistributedSampler(7, rank=1, world_size=3)
-    assert list(s) == [1, 4] and len(s) == 2
-    assert list(utils.UnpaddedDistributedSampler(3)) == [0, 1, 2]
-    a, b = utils.gather_by_index(torch.tensor([2, 0, 1]), torch.tensor([20, 0, 10]), torch.tensor([[2.0], [0.0], [1.0]]))
-    assert a.tolist() == [0, 10, 20] and b.view(-1).tolist() == [0.0, 1.0, 2.0]
+        assert _comparable(r) == single
 
 # -----------------------------------------------------------------------------
 # through models.py: a real ResNet-18 checkpoint in our training format
@@ -1082,7 +1147,10 @@ def test_figures_are_written_with_title_and_legend(fixture_root, tmp_path):
     n_i = draw(CocoFake(), *coco)
     assert [p.name for p in m + n_i] == ["fig_m_points_imagenet_val.png", "fig_n_points_coco_val.png",
                                          "fig_i_icons_coco.png"]
-    with Image.open(m[0]) as im:  # one row of 3 cells (4 px gutters) plus the title and legend bands
-        assert im.width == 3 * 192 + 4 * 4 and im.height > 192 + 4 * 17
+    # one row of 3 cells with 4 px gutters (592 x 200), then 17 px a text line at 592 // 7 = 84 characters: the
+    # title wraps to 2 lines; the legend (images 5, 3, 4 are drawn; only image 3 has a WSOL box, and the centre
+    # point is inside it: "... inside a box in 1 of the 1 images with boxes") to 3; plus 12 px of margins
+    with Image.open(m[0]) as im:
+        assert (im.width, im.height) == (3 * 192 + 4 * 4, 192 + 2 * 4 + 17 * (2 + 3) + 12)
     msg = _exit_message(lambda: draw(PaletteModel(num_points=1), *coco))  # an ImageNet model on COCO
     assert "Fig. N needs one point head per category (3)" in msg
