@@ -31,6 +31,7 @@ class ImageClassifier(nn.Module):
     is_vit = False
 
     def _init_point_head(self, dim, num_points, point_head="normed"):
+        # LUAB: the point head, a Linear from the penultimate features to K (x, y) points; None without points
         if point_head not in POINT_HEADS:
             raise ValueError(f"unknown point head {point_head!r}; choose from {', '.join(POINT_HEADS)}")
         self.num_points = num_points
@@ -43,7 +44,7 @@ class ImageClassifier(nn.Module):
             nn.init.constant_(self.point_head.bias, 0.5)
 
     def point_input(self, feats):
-        """What the point head reads: [B, D] -> [B, D]. "normed" (default): the features divided by their L2
+        """LUAB: what the point head reads: [B, D] -> [B, D]. "normed" (default): the features divided by their L2
         norm, so one SGD step on the head moves its prediction for that image by exactly 2 x lr x lambda x
         dLoss/dpoint (weights and bias contribute 1 each), whatever the backbone, its width D and its feature
         scale. "plain": the paper's Linear on the raw features, PyTorch's default init; one step moves the point
@@ -297,12 +298,16 @@ _CONFIGS = {
 }
 MODEL_NAMES = tuple(_CONFIGS)
 
+def is_vit_name(name):
+    """Whether a model name is one of the ViTs (for choices made before the model exists; else model.is_vit)."""
+    return name.startswith("vit")
+
 def create_model(name, num_classes=1000, num_points=0, drop_path=0.0, img_size=224, point_head="normed"):
     """A backbone by name (MODEL_NAMES); num_points=K > 0 adds the point head, which reads the features as
     `point_head` (POINT_HEADS, see ImageClassifier.point_input) says. img_size only matters for ViTs."""
     if name not in _CONFIGS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
-    if name.startswith("vit"):
+    if is_vit_name(name):
         return VisionTransformer(**_CONFIGS[name], num_classes=num_classes, num_points=num_points,
                                  drop_path=drop_path, img_size=img_size, point_head=point_head)
     if drop_path:

@@ -11,6 +11,7 @@ import torch
 
 import byproducts
 import train_coco as C
+import train_imagenet as T
 from models import create_model, load_pretrained
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -174,7 +175,7 @@ def test_mixup_cutmix_batches_go_through_the_objective():
     batch = (torch.randn(B, 3, 16, 16), targets, torch.rand(B, K, 2), targets * (torch.rand(B, K) < 0.7))
     args = C.get_args_parser().parse_args(["--mixup", "0.8", "--cutmix", "1.0"])
     for seed in range(4):  # both Mixup and CutMix batches
-        mixed = C.coco_mix(args)(*batch, generator=torch.Generator().manual_seed(seed))
+        mixed = T.make_mix(args, K, multi_label=True)(batch, torch.Generator().manual_seed(seed))
         assert mixed[2].shape == (B, 2, K, 2) and mixed[3].shape == (B, 2, K)
         bce, pt = C.coco_loss(args, (torch.zeros(B, K), torch.full((B, K, 2), 0.5)), mixed)
         assert torch.isfinite(bce) and torch.isfinite(pt) and pt > 0

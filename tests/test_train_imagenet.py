@@ -188,6 +188,32 @@ def test_plain_luab_rand_learn(three_runs):
     assert "val_point_acc" not in three_runs["plain"][-1]  # no point head, nothing to localise
 
 
+def test_args_are_not_changed_after_init_distributed(synth, tmp_path, monkeypatch):
+    """`args` is complete once init_distributed has run: a LUAB run (with EMA, best.pt, checkpoints) trains and
+    saves with an args object that refuses every attribute set from then on."""
+    class FrozenArgs(T.argparse.Namespace):
+        frozen = False  # a class attribute, so vars(args) (config.json, checkpoints) does not show it
+
+        def __setattr__(self, name, value):
+            if type(self).frozen:
+                raise AttributeError(f"args.{name} set after init_distributed")
+            super().__setattr__(name, value)
+
+    real_init = T.init_distributed
+
+    def init_then_freeze(args):
+        real_init(args)
+        FrozenArgs.frozen = True
+    monkeypatch.setattr(T, "init_distributed", init_then_freeze)
+    args = T.get_args_parser().parse_args(base_args(synth, tmp_path, "--model", "resnet18", "--luab", "--epochs",
+                                                    "1", "--max-steps-per-epoch", "1", "--model-ema"),
+                                          namespace=FrozenArgs())
+    stats = T.main(args)
+    assert FrozenArgs.frozen and [e["epoch"] for e in read_log(tmp_path)] == [0] and read_log(tmp_path)[0] == stats
+    with pytest.raises(AttributeError, match="args.device set after init_distributed"):
+        args.device = "cpu"
+
+
 def test_luab_reports_point_localisation(synth, tmp_path):
     stats = run(base_args(synth, tmp_path, "--model", "vit_tiny", "--recipe", "resnet", "--epochs", "1",
                           "--luab", "--val-boxes", str(synth / "imagenet" / "boxes" / "val"),
