@@ -114,7 +114,7 @@ def get_args_parser(add_help=True):
                                        "enables the point head's localisation accuracy")
     g.add_argument("--allow-empty-classes", action="store_true",
                    help="keep class folders without images as classes (default: refuse them)")
-    add_training_args(p, recipes=RECIPES, defaults=DEFAULTS)
+    add_training_args(p, recipes=RECIPES, defaults=DEFAULTS, optimizers=OPTIMIZERS)
     return p
 
 
@@ -147,9 +147,10 @@ class PointsAction(argparse.Action):
         setattr(namespace, self.dest, value)
 
 
-def add_training_args(p, recipes, defaults, optimizers=("sgd", "adamw")):
-    """The flags every training script shares (train_coco.py adds its data flags and these). Flags whose value
-    comes from a preset default to None here and are filled by resolve_args."""
+def add_training_args(p, recipes, defaults, optimizers):
+    """The flags every training script shares (train_coco.py adds its data flags and these); `optimizers` is the
+    script's {--opt: class} table. Flags whose value comes from a preset default to None here and are filled by
+    resolve_args."""
     p.add_argument("--model", choices=MODEL_NAMES, help=f"backbone (default: {defaults['model']})")
     p.add_argument("--recipe", choices=list(recipes), default=None,
                    help="hyper-parameter preset (listed below); default: resnet for ResNets, deit for ViTs"
@@ -432,6 +433,7 @@ def make_loader(args, dataset, sampler, train):
         num_workers=args.workers, pin_memory=args.device.startswith("cuda"),
         persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers > 0 else None)
 
+
 def to_device(args, batch):
     """A loader's batch -> the same list on args.device (images channels_last if args.channels_last)."""
     images, *rest = batch
@@ -697,7 +699,7 @@ def train_one_epoch(args, model, loader, epoch, steps_per_epoch, optimizer, peak
     always predicting the image centre on the same targets ("train_point_centre_loss", the level an idle head
     stays at), their ratio, and point_grad_share of the epoch's first batch ("point_grad_share"). progress (a
     dict) gets the current step, for the message of an interrupted run."""
-    train_model = train_model or model
+    train_model = model if train_model is None else train_model
     train_model.train()
     steps = len(loader) if not args.max_steps_per_epoch else min(len(loader), args.max_steps_per_epoch)
     sums = torch.zeros(4, device=args.device)  # loss, point loss, centre-baseline point loss, number of steps
@@ -1102,6 +1104,11 @@ def demo_preset():
 
 # -----------------------------------------------------------------------------
 
+def _interrupt(signum, frame):
+    """SIGTERM (torchrun, schedulers) ends a run as Ctrl-C does: one line, status 130."""
+    raise KeyboardInterrupt
+
+
 def main(args):
     args = resolve_args(args, RECIPES, DEFAULTS, demo_preset() if args.demo else None)
     init_distributed(args)
@@ -1121,10 +1128,6 @@ def main(args):
     finally:
         if args.distributed:
             dist.destroy_process_group()
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

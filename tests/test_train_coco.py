@@ -256,6 +256,15 @@ def test_distributed_validation_equals_single_process(coco, tmp_path):
                                                              "val_broken_images"}
 
 
+def test_args_are_not_changed_after_init_distributed(coco, tmp_path, monkeypatch):
+    from test_train_imagenet import frozen_after_init_distributed
+    FrozenArgs = frozen_after_init_distributed(monkeypatch, C)
+    args = C.get_args_parser().parse_args(base_args(coco, tmp_path, "--luab", "--epochs", "1",
+                                                    "--max-steps-per-epoch", "1"), namespace=FrozenArgs())
+    stats = C.main(args)
+    assert FrozenArgs.frozen and read_log(tmp_path) == [stats]
+
+
 def test_clear_errors(coco, tmp_path):
     with pytest.raises(SystemExit, match="--coco-dir"):
         run(base_args(coco, tmp_path, "--coco-dir", str(tmp_path / "nope")))

@@ -188,9 +188,9 @@ def test_plain_luab_rand_learn(three_runs):
     assert "val_point_acc" not in three_runs["plain"][-1]  # no point head, nothing to localise
 
 
-def test_args_are_not_changed_after_init_distributed(synth, tmp_path, monkeypatch):
-    """`args` is complete once init_distributed has run: a LUAB run (with EMA, best.pt, checkpoints) trains and
-    saves with an args object that refuses every attribute set from then on."""
+def frozen_after_init_distributed(monkeypatch, script):
+    """A Namespace class for script.main (train_imagenet or train_coco) whose instances refuse every attribute
+    set once script.init_distributed has returned: the moment `args` is complete."""
     class FrozenArgs(T.argparse.Namespace):
         frozen = False  # a class attribute, so vars(args) (config.json, checkpoints) does not show it
 
@@ -199,12 +199,19 @@ def test_args_are_not_changed_after_init_distributed(synth, tmp_path, monkeypatc
                 raise AttributeError(f"args.{name} set after init_distributed")
             super().__setattr__(name, value)
 
-    real_init = T.init_distributed
+    real_init = script.init_distributed
 
     def init_then_freeze(args):
         real_init(args)
         FrozenArgs.frozen = True
-    monkeypatch.setattr(T, "init_distributed", init_then_freeze)
+    monkeypatch.setattr(script, "init_distributed", init_then_freeze)
+    return FrozenArgs
+
+
+def test_args_are_not_changed_after_init_distributed(synth, tmp_path, monkeypatch):
+    """`args` is complete once init_distributed has run: a LUAB run (with EMA, best.pt, checkpoints) trains and
+    saves with an args object that refuses every attribute set from then on."""
+    FrozenArgs = frozen_after_init_distributed(monkeypatch, T)
     args = T.get_args_parser().parse_args(base_args(synth, tmp_path, "--model", "resnet18", "--luab", "--epochs",
                                                     "1", "--max-steps-per-epoch", "1", "--model-ema"),
                                           namespace=FrozenArgs())
