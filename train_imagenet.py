@@ -875,13 +875,13 @@ def fit(args, train_set, val_set, classes, num_points, loss_fn, evaluate_fn, opt
 def print_run_header(args, model, train_set, val_set, num_classes, peak_lr, start_epoch, steps_per_epoch):
     """The resolved configuration in one block at the start of every run (rank 0)."""
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    points = "none (plain training)" if args.points == "none" else f"{args.points}, lambda {args.point_weight:g}"
+    targets = "none (plain training)" if args.points == "none" else f"{args.points}, lambda {args.point_weight:g}"
     if args.points == "random":
-        points += f", on {args.rand_points_on} images"
+        targets += f", on {args.rand_points_on} images"
     lines = [
         f"run    {args.output_dir} ({f'resumed at epoch {start_epoch}' if start_epoch else 'new'}), seed {args.seed}, "
         f"{args.world_size} process(es) on {args.device}",
-        f"model  {args.model} ({params:.1f} M params), {num_classes} classes, points: {points}",
+        f"model  {args.model} ({params:.1f} M params), {num_classes} classes, points: {targets}",
         f"data   {len(train_set)} train / {len(val_set)} val images, {args.img_size} px, global batch "
         f"{args.batch_size} ({args.batch_size // args.world_size} per process), {args.workers} workers",
         f"optim  recipe {args.recipe}: {args.opt} lr {peak_lr:.4g} (= {args.lr:g} x {args.batch_size}/"
