@@ -36,6 +36,7 @@ class ImageClassifier(nn.Module):
     is_vit = False
 
     def _init_point_head(self, dim, num_points, point_head="normed"):
+        # LUAB: the point head, a Linear from the penultimate features to K (x, y) points; None without points
         if point_head not in POINT_HEADS:
             raise ValueError(f"unknown point head {point_head!r}; choose from {', '.join(POINT_HEADS)}")
         self.num_points = num_points
@@ -48,7 +49,7 @@ class ImageClassifier(nn.Module):
             nn.init.constant_(self.point_head.bias, 0.5)
 
     def point_input(self, feats):
-        """What the point head reads: [B, D] -> [B, D]. "normed" (default): the features divided by their L2
+        """LUAB: what the point head reads: [B, D] -> [B, D]. "normed" (default): the features divided by their L2
         norm, so one SGD step on the head moves its prediction for that image by exactly 2 x lr x lambda x
         dLoss/dpoint (weights and bias contribute 1 each), whatever the backbone, its width D and its feature
         scale. "plain": the paper's Linear on the raw features, PyTorch's default init; one step moves the point
@@ -352,6 +353,10 @@ _CONFIGS = {
 }
 MODEL_NAMES = tuple(_CONFIGS)
 
+def is_vit_name(name):
+    """Whether a model name is one of the ViTs (for choices made before the model exists; else model.is_vit)."""
+    return name.startswith("vit")
+
 def create_model(name, num_classes=1000, num_points=0, drop_path=0.0, img_size=224, point_head="normed",
                  pooling="avg"):
     """A backbone by name (MODEL_NAMES); num_points=K > 0 adds the point head, which reads the features as
@@ -359,7 +364,7 @@ def create_model(name, num_classes=1000, num_points=0, drop_path=0.0, img_size=2
     pooling="attentive" (ResNets, K <= 1): the attention's centre of mass is the point, no point head."""
     if name not in _CONFIGS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
-    if name.startswith("vit"):
+    if is_vit_name(name):
         if pooling != "avg":
             raise ValueError(f"pooling {pooling!r} is only implemented for the ResNets")
         return VisionTransformer(**_CONFIGS[name], num_classes=num_classes, num_points=num_points,
@@ -462,7 +467,8 @@ def model_from_checkpoint(path_or_ckpt, name=None, num_classes=None, num_points=
         rows = [v.shape[0] for k, v in sd.items() if k.endswith(("fc.weight", "heads.head.weight", "head.weight"))
                 and "point_head" not in k]
         num_classes = meta.get("num_classes") or (rows[0] if rows else 1000)
-    pooling = meta.get("pooling") or ("attentive" if any(_strip_prefixes(k) == "attention.weight" for k in sd) else "avg")
+    attentive = any(_strip_prefixes(k) == "attention.weight" for k in sd)  # older files name no pooling
+    pooling = meta.get("pooling") or ("attentive" if attentive else "avg")
     model = create_model(name, num_classes=num_classes, num_points=num_points,
                          img_size=img_size or meta.get("img_size") or 224, point_head=meta.get("point_head", "normed"),
                          pooling=pooling)

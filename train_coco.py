@@ -83,7 +83,7 @@ def get_args_parser(add_help=True):
                         "icon finally rests after moves (removed icons dropped)")
     g.add_argument("--min-scale", type=float, help="RandomResizedCrop minimum area scale (recipe: 0.5; the paper's "
                                                    "'raised minimum' value was lost)")
-    add_training_args(p, recipes=RECIPES, defaults=DEFAULTS, optimizers=("adamp", "adamw", "sgd"))
+    add_training_args(p, recipes=RECIPES, defaults=DEFAULTS, optimizers=OPTIMIZERS)
     p.set_defaults(recipe="coco")
     # argparse has no public way to amend a flag defined elsewhere; these only touch help texts
     flags = p._option_string_actions
@@ -161,14 +161,10 @@ class AdamP(torch.optim.Optimizer):
         return loss
 
 
-def build_optimizer(args, model):
-    """train_imagenet.build_optimizer plus --opt adamp: AdamP on the same groups (no decay on norms, biases,
-    class token, position embedding; the point heads at lr x --point-lr) with the same linearly scaled LR;
-    returns (optimizer, peak LR)."""
-    if args.opt != "adamp":
-        return train_imagenet.build_optimizer(args, model)
-    lr = args.lr * args.batch_size / args.lr_base_batch
-    return AdamP(train_imagenet.optimizer_groups(args, model), lr=lr, weight_decay=args.weight_decay), lr
+# --opt -> optimiser class: train_imagenet's, and AdamP; train_imagenet.build_optimizer gives each the same
+# parameter groups (no decay on norms, biases, class token, position embedding; the point heads at lr x
+# --point-lr) and the same linearly scaled LR
+OPTIMIZERS = {"adamp": AdamP, **train_imagenet.OPTIMIZERS}
 
 
 # -----------------------------------------------------------------------------
@@ -222,26 +218,18 @@ def build_datasets(args):
 # Objective
 
 def coco_loss(args, outputs, batch):
-    """(BCE over the classes, LUAB point loss). targets [B, C] multi-hot (or mixed); weights [B, K] (or
-    [B, 2, K] after Mixup/CutMix) are 0 for absent classes, classes without an icon and icons outside the crop."""
-    _, targets, points, weights = batch
+    """(BCE over the classes, LUAB point loss). targets [B, C] multi-hot (or mixed); point_mask [B, K] (or
+    [B, 2, K] after Mixup/CutMix) is 0 for absent classes, classes without an icon and icons outside the crop."""
+    _, targets, points, point_mask = batch
     logits, pred_points = outputs
     bce = F.binary_cross_entropy_with_logits(logits.float(), targets)
     if pred_points is None:  # plain training: the model has no point head
         return bce, logits.new_zeros(())
     # LUAB: the paper's "mean of the SmoothL1 losses for every class present in the image": each image's
     # points share a total weight of 1, and point_loss then averages over the images that have any point
-    n_points = (weights > 0).flatten(1).sum(1).clamp(min=1)
-    per_image = weights / n_points.view(-1, *[1] * (weights.dim() - 1))
+    n_points = (point_mask > 0).flatten(1).sum(1).clamp(min=1)
+    per_image = point_mask / n_points.view(-1, *[1] * (point_mask.dim() - 1))
     return bce, point_loss(pred_points, points, per_image, args.point_loss, args.smoothl1_beta)
-
-
-def coco_mix(args):
-    """Mixup/CutMix (not in the paper's COCO recipe) mixes the multi-hot targets and carries the points."""
-    if not (args.mixup > 0 or args.cutmix > 0):
-        return None
-    return lambda *batch, generator: byproducts.mix_batch(*batch, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix,
-                                                          generator=generator)
 
 
 # -----------------------------------------------------------------------------
@@ -309,10 +297,10 @@ def main(args):
     train_set, val_set = build_datasets(args)
     num_classes = train_set.instances.num_classes
     geometry = val_geometry(val_set) if args.points != "none" else None
-    try:
-        stats = fit(args, train_set, val_set, num_classes, num_classes, coco_loss, coco_mix(args),
-                    lambda model, loader: evaluate_coco(args, model, loader, geometry), make_optimizer=build_optimizer,
-                    class_names=[c["name"] for c in train_set.instances.categories], best_key="val_map")
+    try:  # LUAB: one point target (head output) per class
+        stats = fit(args, train_set, val_set, [c["name"] for c in train_set.instances.categories], num_classes,
+                    coco_loss, lambda model, loader: evaluate_coco(args, model, loader, geometry),
+                    optimizers=OPTIMIZERS, multi_label=True, best_key="val_map")
     finally:
         if args.distributed:
             dist.destroy_process_group()

@@ -5,10 +5,28 @@ LUAB on ImageNet: supervised training plus a point-regression head supervised by
     torchrun --nproc_per_node=8 train_imagenet.py --model vit_small --luab ...   # DeiT recipe for ViTs
     python train_imagenet.py --demo                                              # CPU demo on synthetic data
 
-Plain DDP, no framework. What LUAB adds to ordinary supervised training is small and marked "LUAB:" below:
-the model gets a `point_head`, each sample carries a point target with a weight (0 = no click, or the click
-left the crop), and the loss gets `point_weight` x a masked SmoothL1 term. Without --luab / --rand-points this
-script is a plain ResNet / DeiT training script.
+Plain DDP, no framework; without --luab / --rand-points this is a plain ResNet / DeiT training script. It reads
+top to bottom: recipes and flags (resolve_args, then init_distributed completes `args`, which nothing changes
+afterwards) -> data -> model -> objective -> optimiser -> train_step -> the epoch loop (train_one_epoch, fit)
+-> validation -> the run folder and checkpoints -> the demo -> main. train_coco.py reuses all of it and only
+says what COCO does differently.
+
+LUAB in 9 places (each marked "LUAB:" in the code); everything else is ordinary supervised training:
+  1. models.py: ImageClassifier._init_point_head - the point head, a Linear to K (x, y) points that starts by
+     answering the image centre
+  2. models.py: ImageClassifier.point_input - the head reads the L2-normalised penultimate features
+  3. models.py: ImageClassifier.forward - return_points=True gives (logits, points) in one forward pass
+  4. byproducts.py: the point targets - imagenet_click and coco_points (which click / icon position counts),
+     ImageNetAB and CocoAB (a point and a point_mask per sample), TrainTransform and RandAugment (points move
+     with the crop, flip and geometric ops; a point that leaves the crop is masked), mix_batch (points
+     through Mixup/CutMix), random_points_where_clicked (the random-point control)
+  5. train_imagenet.py: build_model - a point head only with --luab / --rand-points
+  6. train_imagenet.py: point_loss - masked SmoothL1, averaged over the points that count in the global batch
+  7. train_imagenet.py: train_step - loss = task loss + point_weight (lambda) x point loss
+  8. train_imagenet.py: optimizer_groups - the point head learns at lr x --point-lr
+  9. train_coco.py: coco_loss and main - one point head output per class, averaged over each image's classes
+The evidence that the head learns (train_point_vs_centre, point_grad_share, val_point_acc next to the centre's)
+is measured in train_one_epoch and evaluate_imagenet; it changes no weight.
 
 Multi-node: torchrun's own launch, e.g. `torchrun --nnodes=2 --node_rank=R --master_addr=HOST
 --nproc_per_node=8 train_imagenet.py ...`. `--batch-size` is always the *global* batch.
@@ -40,10 +58,11 @@ import byproducts
 import evaluate
 import utils
 from utils import UnpaddedDistributedSampler, all_reduce_sum, is_main, log
-from models import MODEL_NAMES, POINT_HEADS, POOLINGS, create_model, load_pretrained, param_groups, read_checkpoint
+from models import MODEL_NAMES, POINT_HEADS, POOLINGS, create_model, is_vit_name, load_pretrained, param_groups, \
+    read_checkpoint
 
 # -----------------------------------------------------------------------------
-# Recipes. Every value is a flag default; any flag given on the command line wins.
+# Recipes and flags. Every recipe value is a flag default; any flag given on the command line wins.
 
 RECIPES = {
     # "the standard 100-epochs setup [36]" of the paper for ResNets: He et al., torchvision's ResNet V1 recipe
@@ -95,7 +114,7 @@ def get_args_parser(add_help=True):
                                        "enables the point head's localisation accuracy")
     g.add_argument("--allow-empty-classes", action="store_true",
                    help="keep class folders without images as classes (default: refuse them)")
-    add_training_args(p, recipes=RECIPES, defaults=DEFAULTS)
+    add_training_args(p, recipes=RECIPES, defaults=DEFAULTS, optimizers=OPTIMIZERS)
     return p
 
 
@@ -128,9 +147,10 @@ class PointsAction(argparse.Action):
         setattr(namespace, self.dest, value)
 
 
-def add_training_args(p, recipes, defaults, optimizers=("sgd", "adamw")):
-    """The flags every training script shares (train_coco.py adds its data flags and these). Flags whose value
-    comes from a preset default to None here and are filled by resolve_args."""
+def add_training_args(p, recipes, defaults, optimizers):
+    """The flags every training script shares (train_coco.py adds its data flags and these); `optimizers` is the
+    script's {--opt: class} table. Flags whose value comes from a preset default to None here and are filled by
+    resolve_args."""
     p.add_argument("--model", choices=MODEL_NAMES, help=f"backbone (default: {defaults['model']})")
     p.add_argument("--recipe", choices=list(recipes), default=None,
                    help="hyper-parameter preset (listed below); default: resnet for ResNets, deit for ViTs"
@@ -241,14 +261,14 @@ def add_training_args(p, recipes, defaults, optimizers=("sgd", "adamw")):
 
 def resolve_args(args, recipes, defaults=DEFAULTS, preset=None):
     """Fill every flag left unset, in this order: `preset` (a dict, e.g. the demo's), the recipe, `defaults`;
-    an explicit flag always wins. Then derive the quantities the loop needs."""
+    an explicit flag always wins. Then derive the quantities the loop needs. (init_distributed completes `args`.)"""
     for k, v in (preset or {}).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
     if args.model is None:
         args.model = defaults["model"]
     if args.recipe is None:
-        args.recipe = ("deit" if args.model.startswith("vit") else "resnet") if "deit" in recipes else next(iter(recipes))
+        args.recipe = ("deit" if is_vit_name(args.model) else "resnet") if "deit" in recipes else next(iter(recipes))
     for k, v in {**defaults, **recipes[args.recipe]}.items():  # the recipe's value wins over a default
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -259,19 +279,32 @@ def resolve_args(args, recipes, defaults=DEFAULTS, preset=None):
     return args
 
 
-# -----------------------------------------------------------------------------
-# Distributed set-up: torchrun's environment variables, nothing else
-
 def init_distributed(args):
+    """The rest of the configuration, which torchrun and the machine decide: join the process group
+    (utils.init_distributed) and set args.rank, world_size, local_rank, distributed and device, then the
+    device-dependent speed flags (resolve_speed_flags). After this call `args` is complete and nothing changes
+    it: runtime objects (the model, the steps per epoch) travel as arguments."""
     args.rank, args.world_size, args.device = utils.init_distributed(args.device, args.dist_timeout)
     args.local_rank = int(os.environ.get("LOCAL_RANK", 0))
     args.distributed = args.world_size > 1
     if args.batch_size % args.world_size:
         raise SystemExit(f"--batch-size {args.batch_size} (global) must be divisible by {args.world_size} processes")
+    resolve_speed_flags(args)
+
+
+def resolve_speed_flags(args):
+    """Refuse the CUDA-only speed flags on another device; default channels_last where it pays."""
+    cuda = args.device.startswith("cuda")
+    if args.amp and args.amp_dtype == "float16" and not cuda:
+        raise SystemExit("--amp-dtype float16 needs CUDA (fp16 needs the GradScaler); on CPU --amp uses bfloat16")
+    if args.sync_bn and not cuda:
+        raise SystemExit("--sync-bn needs CUDA (torch's SyncBatchNorm has no CPU kernel): drop it on CPU")
+    if args.channels_last is None:  # cuDNN's tensor-core convolutions want NHWC; a ViT has one conv only
+        args.channels_last = cuda and not is_vit_name(args.model)
 
 
 # -----------------------------------------------------------------------------
-# Sampling. The sampler owns all data randomness: it yields (index, seed) and the dataset seeds its
+# Data: sampling. The sampler owns all data randomness: it yields (index, seed) and the dataset seeds its
 # augmentation from that seed, so crops do not depend on the number of workers or processes and a
 # resumed run sees exactly the data the uninterrupted run would have seen.
 
@@ -331,7 +364,7 @@ class SeededItems(torch.utils.data.Dataset):
 
 
 # -----------------------------------------------------------------------------
-# Data
+# Data: datasets and loaders
 
 def build_datasets(args):
     for d in ("train", "val"):
@@ -405,15 +438,56 @@ def make_loader(args, dataset, sampler, train):
         persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers > 0 else None)
 
 
-# -----------------------------------------------------------------------------
-# Objective
+def to_device(args, batch):
+    """A loader's batch -> the same list on args.device (images channels_last if args.channels_last)."""
+    images, *rest = batch
+    images = images.to(args.device, non_blocking=True)
+    if args.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return [images] + [t.to(args.device, non_blocking=True) for t in rest]
 
-def point_loss(pred, points, weights, kind="smoothl1", beta=1.0):
+
+# -----------------------------------------------------------------------------
+# Model
+
+def build_model(args, num_classes, num_points):
+    """The backbone on args.device, from --pretrained if given. LUAB: with --luab / --rand-points it gets a
+    point head regressing `num_points` (x, y) targets per image (ImageNet 1, COCO one per class) on the
+    penultimate features (models.ImageClassifier); plain training (--points none) builds a plain classifier."""
+    try:
+        model = create_model(args.model, num_classes=num_classes, num_points=num_points if args.points != "none" else 0,
+                             drop_path=args.drop_path, img_size=args.img_size, point_head=args.point_head,
+                             pooling=args.pooling)
+    except ValueError as e:  # e.g. --pooling attentive with a ViT or with COCO's 80 points
+        raise SystemExit(f"--model {args.model} --pooling {args.pooling}: {e}")
+    if args.pretrained:  # fine-tuning: a classifier / point head of another size keeps its fresh initialisation
+        try:
+            notes = load_pretrained(model, args.pretrained, drop_mismatched_heads=True)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"--pretrained {args.pretrained}: {e}")
+        log(f"initialised from {args.pretrained}" + (f" ({'; '.join(notes)})" if notes else ""))
+        if args.eval_only and model.point_head is not None and any(
+                n.startswith("point_head.") and "not in the checkpoint" in n for n in notes):
+            raise SystemExit(f"--pretrained {args.pretrained} has no point head: its point accuracy cannot be "
+                             "measured; evaluate it with --points none")
+    if args.sync_bn and args.distributed:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(args.device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+# -----------------------------------------------------------------------------
+# Objective: the task loss, and LUAB's point loss
+
+def point_loss(pred, points, point_mask, kind="smoothl1", beta=1.0):
     """LUAB: masked point regression, averaged over the points that count in the *global* batch.
 
-    pred [B, K, 2]; points [B, K, 2] or [B, J, K, 2] (J targets per sample after Mixup/CutMix); weights the
-    same without the last dim. Dividing by the global weight sum (times world size, because DDP averages
-    gradients) makes the loss and its gradients identical for any number of processes.
+    pred [B, K, 2]; points [B, K, 2] or [B, J, K, 2] (J targets per sample after Mixup/CutMix); point_mask the
+    same without the last dim: 0 where a point does not count (no byproduct, or it left the crop), else its
+    weight (1, or the mixing weight after Mixup/CutMix). Dividing by the global mask sum (times world size,
+    because DDP averages gradients) makes the loss and its gradients identical for any number of processes.
     """
     if points.dim() == 4:
         pred = pred.unsqueeze(1)
@@ -422,9 +496,9 @@ def point_loss(pred, points, weights, kind="smoothl1", beta=1.0):
         per_point = F.smooth_l1_loss(pred, points, reduction="none", beta=beta).sum(-1)  # [B, (J,) K]
     else:
         per_point = F.mse_loss(pred, points, reduction="none").sum(-1)
-    denom = all_reduce_sum(weights.sum().detach().clone())
+    denom = all_reduce_sum(point_mask.sum().detach().clone())
     world = utils.get_world_size()
-    return (per_point * weights).sum() * world / denom.clamp(min=1e-6)
+    return (per_point * point_mask).sum() * world / denom.clamp(min=1e-6)
 
 
 def classification_loss(logits, targets, label_smoothing):
@@ -435,29 +509,36 @@ def classification_loss(logits, targets, label_smoothing):
 
 
 def imagenet_loss(args, outputs, batch):
+    """(cross-entropy, LUAB point loss) of outputs = (logits [B, C], points [B, 1, 2] or None) on batch =
+    (images, labels [B] or soft [B, C], points [B, 1, 2] or [B, 2, 1, 2], point_mask without the last dim)."""
     logits, pred_points = outputs
-    _, targets, points, weights = batch
-    loss_cls = classification_loss(logits, targets, args.label_smoothing)
+    _, targets, points, point_mask = batch
+    loss_task = classification_loss(logits, targets, args.label_smoothing)
     if pred_points is None:
-        return loss_cls, torch.zeros((), device=logits.device)
-    return loss_cls, point_loss(pred_points, points, weights, args.point_loss, args.smoothl1_beta)
+        return loss_task, torch.zeros((), device=logits.device)
+    return loss_task, point_loss(pred_points, points, point_mask, args.point_loss, args.smoothl1_beta)
 
 
-def imagenet_mix(args, num_classes):
-    """Mixup/CutMix on the device, points carried along (byproducts.mix_batch); None when off."""
+def make_mix(args, num_classes, multi_label=False):
+    """Mixup/CutMix on the device with the points carried along (byproducts.mix_batch), or None when both are
+    off: mix(batch, generator) -> batch. Single-label targets become label-smoothed one-hot vectors first;
+    multi-label ones (COCO's multi-hot) are mixed as they are."""
     if not (args.mixup > 0 or args.cutmix > 0):
         return None
 
-    def mix(images, labels, points, weights, generator):
-        soft = F.one_hot(labels, num_classes).float()
-        soft = soft * (1 - args.label_smoothing) + args.label_smoothing / num_classes
-        return byproducts.mix_batch(images, soft, points, weights, mixup_alpha=args.mixup,
-                                    cutmix_alpha=args.cutmix, generator=generator)
+    def mix(batch, generator):
+        images, targets, points, point_mask = batch
+        if not multi_label:
+            targets = F.one_hot(targets, num_classes).float()
+            targets = targets * (1 - args.label_smoothing) + args.label_smoothing / num_classes
+        return list(byproducts.mix_batch(images, targets, points, point_mask, mixup_alpha=args.mixup,
+                                         cutmix_alpha=args.cutmix, generator=generator))
     return mix
 
 
 # -----------------------------------------------------------------------------
-# Optimiser, LR as a pure function of the step (so resume needs no scheduler state), EMA
+# Optimiser (LUAB: the point head's LR scale), LR as a pure function of the step (so resume needs no scheduler
+# state), EMA
 
 def optimizer_groups(args, model):
     """Parameter groups: DeiT's no-decay rule for the Adam family (models.param_groups); for SGD one group,
@@ -473,7 +554,7 @@ def optimizer_groups(args, model):
         for in_head in (False, True):
             params = [p for p in g["params"] if (id(p) in head) == in_head]
             if params:
-                out.append({**g, "params": params, "lr_scale": args.point_lr if in_head else 1.0})
+                out.append({**g, "params": params, "lr_scale": args.point_lr if in_head else 1.0})  # LUAB
     return out
 
 
@@ -490,18 +571,20 @@ def has_fused(opt_class, device):
         return False
 
 
-def build_optimizer(args, model):
+# --opt -> optimiser class; train_coco.py adds AdamP to its copy of this table
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
+
+
+def build_optimizer(args, model, optimizers=OPTIMIZERS):
+    """optimizers[args.opt] on optimizer_groups, at the linearly scaled LR -> (optimizer, that peak LR)."""
     lr = args.lr * args.batch_size / args.lr_base_batch
-    groups = optimizer_groups(args, model)
-    opt_class = torch.optim.SGD if args.opt == "sgd" else torch.optim.AdamW
+    opt_class = optimizers[args.opt]
+    kwargs = {"momentum": args.momentum} if args.opt == "sgd" else {}
     # fused: one kernel per parameter does the whole update; without it torch's default (foreach kernels
     # over all parameters on CUDA, a Python loop of small ops on CPU)
-    fused = True if has_fused(opt_class, args.device) else None
-    if args.opt == "sgd":
-        opt = opt_class(groups, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay, fused=fused)
-    else:
-        opt = opt_class(groups, lr=lr, weight_decay=args.weight_decay, fused=fused)
-    return opt, lr
+    if has_fused(opt_class, args.device):
+        kwargs["fused"] = True
+    return opt_class(optimizer_groups(args, model), lr=lr, weight_decay=args.weight_decay, **kwargs), lr
 
 
 def lr_at(args, peak_lr, step, steps_per_epoch):
@@ -542,6 +625,303 @@ class ModelEma:
         torch._foreach_lerp_(ema_p, p, 1 - self.decay)
         for b_ema, b in zip(self.module.buffers(), model.buffers()):
             b_ema.copy_(b)
+
+
+# -----------------------------------------------------------------------------
+# One training step
+
+def autocast(args):
+    """The context the forward pass runs in: with --amp, autocast to --amp-dtype on CUDA or CPU (bf16 there).
+    Only the model runs inside it: the losses cast its outputs to fp32 (.float()) and are computed outside,
+    as are the metrics, so the numbers reported do not depend on --amp."""
+    if not args.amp:
+        return contextlib.nullcontext()
+    return torch.autocast(args.device.split(":")[0], dtype=getattr(torch, args.amp_dtype))
+
+
+def point_grad_share(model, point_weight, loss_task, loss_point):
+    """LUAB at work, measured on one batch: ||d(lambda x point loss)/d backbone|| / ||d(task loss)/d backbone||,
+    the norms over all backbone parameters of `model` (unwrapped; classifier and point head excluded), on this
+    process's batch (no all-reduce). Two extra backward passes through the graph the step then backpropagates."""
+    heads = {id(p) for p in [*model.classifier.parameters(), *model.point_parameters()]}
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in heads]
+
+    def norm(loss):
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        return torch.sqrt(sum(g.float().pow(2).sum() for g in grads if g is not None))
+    return (norm(point_weight * loss_point) / norm(loss_task).clamp(min=1e-12)).item()
+
+
+def train_step(args, model, batch, optimizer, loss_fn, scaler=None, grad_share_of=None):
+    """One optimisation step on a batch already on the device (and mixed): forward under autocast, the task
+    and point losses, their LUAB sum, zero_grad / backward / clip (--clip-grad) / step; with the fp16
+    GradScaler (CUDA only) the loss is scaled up for the backward pass and the gradients unscaled before
+    clipping. `model` is what runs the step (DDP or compiled wrapper or the model itself); grad_share_of, the
+    unwrapped model, asks for point_grad_share on this batch first. Returns (outputs, task loss, point loss,
+    grad share or None), the losses detached; outputs = (logits, points or None)."""
+    with autocast(args):
+        outputs = model(batch[0], return_points=True)  # LUAB: (logits, points), points None without a head
+    loss_task, loss_point = loss_fn(args, outputs, batch)
+    loss = loss_task + args.point_weight * loss_point  # LUAB: the whole change to the objective
+    share = None
+    if grad_share_of is not None and outputs[1] is not None:
+        share = point_grad_share(grad_share_of, args.point_weight, loss_task, loss_point)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    if args.clip_grad > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return outputs, loss_task.detach(), loss_point.detach(), share
+
+
+# -----------------------------------------------------------------------------
+# The epoch loop
+
+# A LUAB run warns when, from this epoch on, its point loss is still above this fraction of the centre baseline.
+IDLE_HEAD_EPOCHS, IDLE_HEAD_RATIO = 3, 0.9
+
+
+def centre_point_loss(args, loss_fn, outputs, batch):
+    """The point loss that always predicting the image centre would get on this batch's targets: the level an
+    idle point head stays at. 0 for a plain run."""
+    if outputs[1] is None:
+        return torch.zeros((), device=args.device)
+    return loss_fn(args, (outputs[0].detach(), torch.full_like(outputs[1].detach(), 0.5)), batch)[1]
+
+
+def train_one_epoch(args, model, loader, epoch, steps_per_epoch, optimizer, peak_lr, loss_fn, mix=None,
+                    scaler=None, ema=None, train_model=None, progress=None):
+    """One pass over `loader` (at most --max-steps-per-epoch steps) of train_step; returns the mean losses,
+    throughput and data-wait fraction of the epoch. `model` is the unwrapped model (EMA, gradient share),
+    train_model what runs the steps (its DDP / compiled wrapper; default: model); steps_per_epoch = len(loader)
+    places the steps on the LR schedule; mix = make_mix(...) or None. LUAB runs also log the point loss of
+    always predicting the image centre on the same targets ("train_point_centre_loss", the level an idle head
+    stays at), their ratio, and point_grad_share of the epoch's first batch ("point_grad_share"). progress (a
+    dict) gets the current step, for the message of an interrupted run."""
+    train_model = model if train_model is None else train_model
+    train_model.train()
+    steps = len(loader) if not args.max_steps_per_epoch else min(len(loader), args.max_steps_per_epoch)
+    sums = torch.zeros(4, device=args.device)  # loss, point loss, centre-baseline point loss, number of steps
+    grad_share, has_head = None, len(model.point_parameters()) > 0
+    t_epoch = t_last = time.perf_counter()
+    data_wait = 0.0
+    it = iter(loader)
+    for i in range(steps):
+        t0 = time.perf_counter()
+        batch = to_device(args, next(it))
+        data_wait += time.perf_counter() - t0
+        step = epoch * steps_per_epoch + i
+        if progress is not None:
+            progress["step"] = i
+        for g in optimizer.param_groups:
+            g["lr"] = lr_at(args, peak_lr, step, steps_per_epoch) * g["lr_scale"]
+        if mix is not None:  # a CPU generator (mix_batch draws on the CPU), seeded by step and rank: resumable
+            batch = mix(batch, torch.Generator().manual_seed(args.seed * 7919 + step * 131 + args.rank))
+        # the gradient share on the first batch; not through a torch.compile'd graph (autograd.grad there gave
+        # 0 alone and NaN weights under DDP), so a compiled run logs none
+        outputs, loss_task, loss_point, share = train_step(
+            args, train_model, batch, optimizer, loss_fn, scaler,
+            grad_share_of=model if i == 0 and not args.compile else None)
+        if i == 0:
+            grad_share = share
+        loss_centre = centre_point_loss(args, loss_fn, outputs, batch)  # LUAB evidence: better than the centre?
+        if ema is not None:
+            ema.update(model)
+        loss = loss_task + args.point_weight * loss_point
+        sums += torch.stack([loss, loss_point, loss_centre, torch.ones((), device=args.device)])
+        if is_main() and ((i + 1) % args.print_freq == 0 or i + 1 == steps):
+            now = time.perf_counter()
+            done = (i + 1) / steps
+            n = min(args.print_freq, (i % args.print_freq) + 1)
+            ips = n * args.batch_size / max(now - t_last, 1e-9)
+            eta = (now - t_epoch) / done * (1 - done) + (now - t_epoch) / done * (args.epochs - epoch - 1)
+            vs = f" ({loss_point.item() / max(loss_centre.item(), 1e-12):.2f} x centre)" if has_head else ""
+            print(f"epoch {epoch} [{i + 1}/{steps}] loss {loss.item():.4f} point {loss_point.item():.4f}{vs} "
+                  f"lr {optimizer.param_groups[0]['lr']:.3g} {ips:.0f} img/s "
+                  f"data {100 * data_wait / (now - t_epoch):.0f}% eta {eta / 60:.1f} min", flush=True)
+            t_last = now
+    all_reduce_sum(sums)
+    elapsed = time.perf_counter() - t_epoch
+    loss, loss_point, loss_centre = (sums[:3] / sums[3]).tolist()
+    stats = {"train_loss": loss, "train_point_loss": loss_point}
+    if has_head:
+        stats.update(train_point_centre_loss=loss_centre, train_point_vs_centre=loss_point / max(loss_centre, 1e-12))
+        if grad_share is not None:
+            stats["point_grad_share"] = grad_share
+        if args.points == "clicks" and epoch >= IDLE_HEAD_EPOCHS and stats["train_point_vs_centre"] > IDLE_HEAD_RATIO:
+            share = f", gradient share {grad_share:.3f}" if grad_share is not None else ""
+            log(f"warning: epoch {epoch}: the point head is still at the centre baseline (point loss "
+                      f"{stats['train_point_vs_centre']:.2f} x centre{share}): LUAB "
+                      f"acts like plain training; raise --point-weight (SGD) or --point-lr (AdamW, AdamP)")
+    problems = loader.dataset.dataset.problem_counts(all_ranks=True)  # found so far, by every worker and rank
+    return {**stats, "img_per_s": steps * args.batch_size / elapsed, "data_wait": data_wait / elapsed,
+            "epoch_time_s": elapsed, **{f"train_{k}": v for k, v in problems.items()}}
+
+
+def fit(args, train_set, val_set, classes, num_points, loss_fn, evaluate_fn, optimizers=OPTIMIZERS,
+        multi_label=False, best_key="val_top1"):
+    """The training run shared by train_imagenet.py and train_coco.py: model, optimiser, run folder, resume,
+    the epoch loop, validation, checkpoints and logs. What differs between the two is passed in: `classes`
+    (names), `num_points` (point targets per image: 1 click on ImageNet, one per class on COCO), the two
+    functions `loss_fn(args, outputs, batch) -> (task loss, point loss)` and `evaluate_fn(model, loader) ->
+    dict`, `optimizers` ({--opt: class}), `multi_label` (multi-hot targets, which Mixup/CutMix mix as they are)
+    and `best_key`: best.pt keeps the epoch with the highest stats[best_key]. Returns the last epoch's stats."""
+    t_start = time.time()
+    model = build_model(args, len(classes), num_points)
+    # Same initial weights on every rank (seeded in main), then rank-specific randomness for the model
+    # (drop-path masks); the data's randomness is the sampler's, independent of this.
+    torch.manual_seed(args.seed + args.rank)
+    random.seed(args.seed + args.rank)
+    optimizer, peak_lr = build_optimizer(args, model, optimizers)
+    fp16 = args.amp and args.amp_dtype == "float16" and args.device.startswith("cuda")
+    scaler = torch.amp.GradScaler() if fp16 else None  # bf16 needs no loss scaling
+    ema = ModelEma(model, args.model_ema_decay) if args.model_ema else None
+    meta = checkpoint_meta(args, classes, model.num_points)
+
+    out = args.output_dir
+    ckpt_path, best_path, log_path = (os.path.join(out, f) for f in ("checkpoint.pt", "best.pt", "log.jsonl"))
+    if not args.eval_only:
+        state_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        slots = 1 + (2 if args.opt != "sgd" else 1) + (1 if ema else 0)  # weights, optimiser moments, EMA
+        need = os.path.getsize(ckpt_path) if args.resume and os.path.exists(ckpt_path) else state_bytes * slots
+        agree(args, prepare_output_dir(args, need + state_bytes) if is_main() else None)
+
+    start_epoch, log_lines, best, elapsed_before = 0, [], None, 0.0
+    if args.resume and os.path.exists(ckpt_path):
+        ckpt = load_checkpoint(ckpt_path, args)
+        load_pretrained(model, ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        if ema is not None and ckpt.get("ema"):
+            ema.module.load_state_dict(ckpt["ema"])
+        set_rng_state(ckpt["rng"])
+        start_epoch = ckpt["epoch"] + 1
+        log_lines, best, elapsed_before = ckpt.get("log", []), ckpt.get("best"), ckpt.get("elapsed_s", 0.0)
+        log(f"resumed from {ckpt_path} at epoch {start_epoch}")
+    elif args.resume and not args.eval_only:
+        log(f"--resume: no checkpoint at {ckpt_path} yet, starting the run")
+    elif args.resume:
+        raise SystemExit(f"--resume --eval-only: no checkpoint at {ckpt_path} to evaluate")
+
+    train_model = DDP(model, device_ids=[args.local_rank] if args.device.startswith("cuda") else None) \
+        if args.distributed else model
+    if args.compile:  # only the training forward/backward; checkpoints and EMA read the uncompiled `model`,
+        train_model = torch.compile(train_model)  # so their keys carry no `_orig_mod.` (nor DDP's `module.`)
+    val_sampler = UnpaddedDistributedSampler(len(val_set), args.rank, args.world_size)
+    val_loader = make_loader(args, val_set, val_sampler, train=False)
+    if args.eval_only:
+        stats = evaluate_fn(model, val_loader)
+        log(json.dumps(stats))
+        return stats
+    if start_epoch >= args.epochs:
+        log(f"{out} holds a finished run (epoch {start_epoch} of {args.epochs}): nothing to train; "
+            "raise --epochs to train it longer")
+        return log_lines[-1] if log_lines else {}
+
+    sampler = RepeatedAugSampler(len(train_set), args.rank, args.world_size, args.repeated_aug, args.seed)
+    loader = make_loader(args, SeededItems(train_set), sampler, train=True)
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise SystemExit(f"the train set ({len(train_set)} images) is smaller than one batch ({args.batch_size})")
+    mix = make_mix(args, len(classes), multi_label)
+    if is_main():
+        with open(os.path.join(out, "config.json"), "w") as f:
+            json.dump({**run_config(args, meta), "resumed_at_epoch": start_epoch or None}, f, indent=1)
+        write_log(log_path, log_lines)  # what the checkpoint holds: drops lines of epochs that will be redone
+    print_run_header(args, model, train_set, val_set, len(classes), peak_lr, start_epoch, steps_per_epoch)
+
+    epoch, stats, progress = start_epoch, {}, {}
+    try:
+        for epoch in range(start_epoch, args.epochs):
+            sampler.set_epoch(epoch)
+            progress.clear()
+            stats = train_one_epoch(args, model, loader, epoch, steps_per_epoch, optimizer, peak_lr, loss_fn, mix,
+                                    scaler, ema, train_model, progress)
+            if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
+                stats.update(evaluate_fn(model, val_loader))
+                if ema is not None:
+                    stats.update({f"ema_{k}": v for k, v in evaluate_fn(ema.module, val_loader).items()})
+            stats = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+                     "elapsed_s": round(elapsed_before + time.time() - t_start, 1), **stats}
+            log_lines.append(stats)
+            log(f"epoch {epoch}: " + " ".join(f"{k} {v:.4g}" for k, v in stats.items() if k != "epoch"))
+            if is_main():
+                # best.pt before checkpoint.pt: a kill in between redoes this epoch, bit for bit, and agrees
+                if best_key in stats and (best is None or stats[best_key] > best["value"]):
+                    best = {"epoch": epoch, "key": best_key, "value": stats[best_key]}
+                    save_checkpoint({"model": model.state_dict(), "meta": meta, "epoch": epoch, "best": best,
+                                     "args": vars(args)}, best_path)
+                save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                 "scaler": scaler.state_dict() if scaler else None,
+                                 "ema": ema.module.state_dict() if ema else None, "epoch": epoch,
+                                 "step": (epoch + 1) * steps_per_epoch, "rng": rng_state(),
+                                 "args": vars(args), "meta": meta, "log": log_lines, "best": best,
+                                 "elapsed_s": stats["elapsed_s"]}, ckpt_path)
+                write_log(log_path, log_lines)
+    except KeyboardInterrupt:  # Ctrl-C (or SIGTERM, see main): one line, nothing partial on disk
+        step = f" step {progress['step']}" if "step" in progress else ""
+        done = f"last checkpoint: epoch {log_lines[-1]['epoch']} in {ckpt_path}" if log_lines else "no checkpoint yet"
+        log(f"interrupted at epoch {epoch}{step}; {done}; continue with --resume")
+        raise SystemExit(130) from None
+    final = f", final {best_key} {stats[best_key]:.2f}" if best_key in stats else ""
+    best_txt = f"best {best_key} {best['value']:.2f} (epoch {best['epoch']})" if best else "no validation"
+    log(f"finished {args.epochs} epochs in {(elapsed_before + time.time() - t_start) / 60:.1f} min: "
+        f"{best_txt}{final}; run folder {out} (config.json, log.jsonl, checkpoint.pt{', best.pt' if best else ''})")
+    return stats
+
+
+def print_run_header(args, model, train_set, val_set, num_classes, peak_lr, start_epoch, steps_per_epoch):
+    """The resolved configuration in one block at the start of every run (rank 0)."""
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    targets = "none (plain training)" if args.points == "none" else f"{args.points}, lambda {args.point_weight:g}"
+    if args.points == "random":
+        targets += f", on {args.rand_points_on} images"
+    lines = [
+        f"run    {args.output_dir} ({f'resumed at epoch {start_epoch}' if start_epoch else 'new'}), seed {args.seed}, "
+        f"{args.world_size} process(es) on {args.device}",
+        f"model  {args.model} ({params:.1f} M params), {num_classes} classes, points: {targets}",
+        f"data   {len(train_set)} train / {len(val_set)} val images, {args.img_size} px, global batch "
+        f"{args.batch_size} ({args.batch_size // args.world_size} per process), {args.workers} workers",
+        f"optim  recipe {args.recipe}: {args.opt} lr {peak_lr:.4g} (= {args.lr:g} x {args.batch_size}/"
+        f"{args.lr_base_batch}), wd {args.weight_decay:g}, {args.sched} schedule, warm-up {args.warmup_epochs:g} "
+        f"epochs, {args.epochs} epochs x {steps_per_epoch} steps",
+        f"augment randaugment {args.randaugment}, colour jitter {args.color_jitter:g}, mixup {args.mixup:g}, "
+        f"cutmix {args.cutmix:g}, erasing {args.re_prob:g}, label smoothing {args.label_smoothing:g}",
+    ]
+    log("\n".join(lines))
+
+
+# -----------------------------------------------------------------------------
+# Validation
+
+@torch.no_grad()
+def evaluate_imagenet(args, model, loader, boxes=None):
+    """Exact top-1/top-5 over the whole val set (an unpadded sampler: every image counted once), and,
+    given boxes, the point head's localisation accuracy (predicted point inside any GT box) and, as the level to
+    beat, the accuracy of always answering the centre of the eval crop ("val_point_acc_centre")."""
+    model.eval()
+    dataset = loader.dataset
+    logits, *points = evaluate.predict(model, loader, args.device, lambda: autocast(args), args.channels_last,
+                                       points=boxes is not None)  # points: [] or [[N, K, 2]]
+    stats = {f"val_{k}": v for k, v in evaluate.topk_accuracy(logits, torch.tensor(dataset.targets)).items()}
+    if points:
+        pts = points[0][:, 0].numpy()
+        keep = [i for i, b in enumerate(boxes) if b is not None]
+        sizes = np.array([boxes[i][1] for i in keep], dtype=np.float64)
+        for name, p in (("val_point_acc", pts[keep]), ("val_point_acc_centre", np.full_like(pts[keep], 0.5))):
+            px = evaluate.eval_points_to_original(p, sizes, resize=args.val_resize, crop=args.img_size)
+            stats[name] = evaluate.point_in_box_accuracy(px / sizes, [boxes[i][0] for i in keep])
+    stats["val_broken_images"] = dataset.reader.counts(all_ranks=True)["broken_images"]  # counted wrong above
+    return stats
 
 
 # -----------------------------------------------------------------------------
@@ -625,7 +1005,7 @@ def prepare_output_dir(args, estimate_bytes):
         os.makedirs(out, exist_ok=True)
         for tmp in glob.glob(os.path.join(glob.escape(out), "*.tmp.*")):  # left by saves that died
             os.remove(tmp)
-            print(f"removed {tmp}, a temporary file of an interrupted save", flush=True)
+            log(f"removed {tmp}, a temporary file of an interrupted save")
         entries = sorted(os.listdir(out))
         if entries and not args.resume:
             if not args.overwrite:
@@ -670,182 +1050,26 @@ def git_commit():
     return {"commit": commit, "dirty": bool(dirty)} if commit else None
 
 
+def checkpoint_meta(args, classes, num_points):
+    """What a checkpoint says about itself, so that evaluate.py (models.model_from_checkpoint) or anyone can
+    rebuild the model from the file alone: architecture, classes (names), point head, input geometry."""
+    return {"model": args.model, "num_classes": len(classes), "num_points": num_points,
+            "img_size": args.img_size, "val_resize": args.val_resize, "interpolation": args.interpolation,
+            "classes": list(classes), "points": args.points, "point_head": args.point_head, "pooling": args.pooling,
+            "torch": str(torch.__version__)}
+
+
 def run_config(args, meta):
     """config.json: every resolved flag, what the checkpoint describes, versions, code commit, command line."""
     import numpy
     import PIL
     import torchvision
-    return {"args": saveable_args(args), "meta": meta, "command": [os.path.basename(sys.argv[0])] + sys.argv[1:],
+    return {"args": vars(args), "meta": meta, "command": [os.path.basename(sys.argv[0])] + sys.argv[1:],
             "world_size": args.world_size, "started": datetime.datetime.now().isoformat(timespec="seconds"),
             "versions": {"python": sys.version.split()[0], "torch": str(torch.__version__),
                          "torchvision": str(torchvision.__version__), "numpy": numpy.__version__,
                          "pillow": PIL.__version__},
             "git": git_commit()}
-
-
-# -----------------------------------------------------------------------------
-# Training and evaluation loops
-
-def autocast(args):
-    """The context the forward pass runs in: with --amp, autocast to --amp-dtype on CUDA or CPU (bf16 there).
-    Only the model runs inside it: the losses cast its outputs to fp32 (.float()) and are computed outside,
-    as are the metrics, so the numbers reported do not depend on --amp."""
-    if not args.amp:
-        return contextlib.nullcontext()
-    return torch.autocast(args.device.split(":")[0], dtype=getattr(torch, args.amp_dtype))
-
-
-def resolve_speed_flags(args):
-    """Refuse the CUDA-only speed flags on another device; default channels_last where it pays."""
-    cuda = args.device.startswith("cuda")
-    if args.amp and args.amp_dtype == "float16" and not cuda:
-        raise SystemExit("--amp-dtype float16 needs CUDA (fp16 needs the GradScaler); on CPU --amp uses bfloat16")
-    if args.sync_bn and not cuda:
-        raise SystemExit("--sync-bn needs CUDA (torch's SyncBatchNorm has no CPU kernel): drop it on CPU")
-    if args.channels_last is None:  # cuDNN's tensor-core convolutions want NHWC; a ViT has one conv only
-        args.channels_last = cuda and not args.model.startswith("vit")
-
-
-def to_device(args, batch):
-    images, *rest = batch
-    images = images.to(args.device, non_blocking=True)
-    if args.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return [images] + [t.to(args.device, non_blocking=True) for t in rest]
-
-
-# A LUAB run warns when, from this epoch on, its point loss is still above this fraction of the centre baseline.
-IDLE_HEAD_EPOCHS, IDLE_HEAD_RATIO = 3, 0.9
-
-
-def centre_point_loss(args, loss_fn, outputs, batch):
-    """The point loss that always predicting the image centre would get on this batch's targets: the level an
-    idle point head stays at. 0 for a plain run."""
-    if outputs[1] is None:
-        return torch.zeros((), device=args.device)
-    return loss_fn(args, (outputs[0].detach(), torch.full_like(outputs[1].detach(), 0.5)), batch)[1]
-
-
-def point_grad_share(args, loss_cls, loss_pt):
-    """LUAB at work, measured on one batch: ||d(lambda x point loss)/d backbone|| / ||d(task loss)/d backbone||,
-    the norms over all backbone parameters (classifier and point head excluded), on this process's batch (no
-    all-reduce). Two extra backward passes through the graph the training step then backpropagates."""
-    m = args.model_without_ddp
-    heads = {id(p) for p in [*m.classifier.parameters(), *m.point_parameters()]}
-    params = [p for p in m.parameters() if p.requires_grad and id(p) not in heads]
-
-    def norm(loss):
-        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        return torch.sqrt(sum(g.float().pow(2).sum() for g in grads if g is not None))
-    return (norm(args.point_weight * loss_pt) / norm(loss_cls).clamp(min=1e-12)).item()
-
-
-def backward_step(args, model, loss, optimizer, scaler=None):
-    """Zero the gradients, backpropagate `loss`, clip (--clip-grad) and step. With the fp16 GradScaler (CUDA
-    only) the loss is scaled up for the backward pass and the gradients unscaled before clipping."""
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-    else:
-        loss.backward()
-    if args.clip_grad > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-
-
-def train_one_epoch(args, model, loader, optimizer, peak_lr, epoch, loss_fn, mix=None, ema=None, scaler=None,
-                    progress=None):
-    """One pass over `loader`; returns the mean losses, throughput and data-wait fraction of the epoch.
-    LUAB runs also log the point loss of always predicting the image centre on the same targets
-    ("train_point_centre_loss", the level an idle head stays at), their ratio, and point_grad_share of
-    the epoch's first batch ("point_grad_share"). progress (a dict) gets the current step, for the message
-    of an interrupted run."""
-    model.train()
-    steps = len(loader) if not args.max_steps_per_epoch else min(len(loader), args.max_steps_per_epoch)
-    sums = torch.zeros(4, device=args.device)  # loss, point loss, centre-baseline point loss, number of steps
-    grad_share, has_head = None, len(args.model_without_ddp.point_parameters()) > 0
-    t_epoch = t_last = time.perf_counter()
-    data_wait = 0.0
-    it = iter(loader)
-    for i in range(steps):
-        t0 = time.perf_counter()
-        batch = to_device(args, next(it))
-        data_wait += time.perf_counter() - t0
-        step = epoch * args.steps_per_epoch + i
-        if progress is not None:
-            progress["step"] = i
-        for g in optimizer.param_groups:
-            g["lr"] = lr_at(args, peak_lr, step, args.steps_per_epoch) * g["lr_scale"]
-        if mix is not None:  # a CPU generator (mix_batch draws on the CPU), seeded by step and rank: resumable
-            gen = torch.Generator().manual_seed(args.seed * 7919 + step * 131 + args.rank)
-            batch = list(mix(*batch, generator=gen))
-        with autocast(args):
-            outputs = model(batch[0], return_points=True)  # LUAB: (logits, points), points None without a head
-        loss_cls, loss_pt = loss_fn(args, outputs, batch)
-        loss = loss_cls + args.point_weight * loss_pt  # LUAB: the whole change to the objective
-        loss_centre = centre_point_loss(args, loss_fn, outputs, batch)  # LUAB evidence: better than the centre?
-        # measured on the first batch; not through a torch.compile'd graph (autograd.grad there gave 0 alone and
-        # NaN weights under DDP), so a compiled run logs no gradient share
-        if i == 0 and outputs[1] is not None and not args.compile:
-            grad_share = point_grad_share(args, loss_cls, loss_pt)
-        backward_step(args, model, loss, optimizer, scaler)
-        if ema is not None:
-            ema.update(args.model_without_ddp)
-        sums += torch.stack([loss_cls.detach() + args.point_weight * loss_pt.detach(), loss_pt.detach(),
-                             loss_centre, torch.ones((), device=args.device)])
-        if is_main() and ((i + 1) % args.print_freq == 0 or i + 1 == steps):
-            now = time.perf_counter()
-            done = (i + 1) / steps
-            n = min(args.print_freq, (i % args.print_freq) + 1)
-            ips = n * args.batch_size / max(now - t_last, 1e-9)
-            eta = (now - t_epoch) / done * (1 - done) + (now - t_epoch) / done * (args.epochs - epoch - 1)
-            vs = f" ({loss_pt.item() / max(loss_centre.item(), 1e-12):.2f} x centre)" if has_head else ""
-            print(f"epoch {epoch} [{i + 1}/{steps}] loss {loss.item():.4f} point {loss_pt.item():.4f}{vs} "
-                  f"lr {optimizer.param_groups[0]['lr']:.3g} {ips:.0f} img/s "
-                  f"data {100 * data_wait / (now - t_epoch):.0f}% eta {eta / 60:.1f} min", flush=True)
-            t_last = now
-    all_reduce_sum(sums)
-    elapsed = time.perf_counter() - t_epoch
-    loss, loss_pt, loss_centre = (sums[:3] / sums[3]).tolist()
-    stats = {"train_loss": loss, "train_point_loss": loss_pt}
-    if has_head:
-        stats.update(train_point_centre_loss=loss_centre, train_point_vs_centre=loss_pt / max(loss_centre, 1e-12))
-        if grad_share is not None:
-            stats["point_grad_share"] = grad_share
-        if args.points == "clicks" and epoch >= IDLE_HEAD_EPOCHS and stats["train_point_vs_centre"] > IDLE_HEAD_RATIO:
-            share = f", gradient share {grad_share:.3f}" if grad_share is not None else ""
-            log(f"warning: epoch {epoch}: the point head is still at the centre baseline (point loss "
-                      f"{stats['train_point_vs_centre']:.2f} x centre{share}): LUAB "
-                      f"acts like plain training; raise --point-weight (SGD) or --point-lr (AdamW, AdamP)")
-    problems = loader.dataset.dataset.problem_counts(all_ranks=True)  # found so far, by every worker and rank
-    return {**stats, "img_per_s": steps * args.batch_size / elapsed, "data_wait": data_wait / elapsed,
-            "epoch_time_s": elapsed, **{f"train_{k}": v for k, v in problems.items()}}
-
-
-@torch.no_grad()
-def evaluate_imagenet(args, model, loader, boxes=None):
-    """Exact top-1/top-5 over the whole val set (an unpadded sampler: every image counted once), and,
-    given boxes, the point head's localisation accuracy (predicted point inside any GT box) and, as the level to
-    beat, the accuracy of always answering the centre of the eval crop ("val_point_acc_centre")."""
-    model.eval()
-    dataset = loader.dataset
-    logits, *points = evaluate.predict(model, loader, args.device, lambda: autocast(args), args.channels_last,
-                                       points=boxes is not None)  # points: [] or [[N, K, 2]]
-    stats = {f"val_{k}": v for k, v in evaluate.topk_accuracy(logits, torch.tensor(dataset.targets)).items()}
-    if points:
-        pts = points[0][:, 0].numpy()
-        keep = [i for i, b in enumerate(boxes) if b is not None]
-        sizes = np.array([boxes[i][1] for i in keep], dtype=np.float64)
-        for name, p in (("val_point_acc", pts[keep]), ("val_point_acc_centre", np.full_like(pts[keep], 0.5))):
-            px = evaluate.eval_points_to_original(p, sizes, resize=args.val_resize, crop=args.img_size)
-            stats[name] = evaluate.point_in_box_accuracy(px / sizes, [boxes[i][0] for i in keep])
-    stats["val_broken_images"] = dataset.reader.counts(all_ranks=True)["broken_images"]  # counted wrong above
-    return stats
 
 
 # -----------------------------------------------------------------------------
@@ -877,164 +1101,9 @@ def demo_preset():
 
 # -----------------------------------------------------------------------------
 
-def fit(args, train_set, val_set, num_classes, num_points, loss_fn, mix, evaluate_fn, make_optimizer=None,
-        class_names=None, best_key="val_top1"):
-    """The training run shared by train_imagenet.py and train_coco.py: model, optimiser, run folder, resume,
-    the epoch loop, validation, checkpoints and logs. `loss_fn(args, outputs, batch) -> (task loss, point
-    loss)`, `mix(*batch, generator) -> batch` or None, `evaluate_fn(model, loader) -> dict`,
-    `make_optimizer(args, model) -> (optimizer, peak lr)` (default: build_optimizer); best.pt keeps the
-    epoch with the highest stats[best_key]. Returns the last epoch's stats."""
-    t_start = time.time()
-    resolve_speed_flags(args)
-    # LUAB: the model gets a point head (K points) on the penultimate features; 0 = a plain classifier
-    num_points = num_points if args.points != "none" else 0
-    model = create_model(args.model, num_classes=num_classes, num_points=num_points,
-                         drop_path=args.drop_path, img_size=args.img_size, point_head=args.point_head,
-                         pooling=args.pooling)
-    if args.pretrained:  # fine-tuning: a classifier / point head of another size keeps its fresh initialisation
-        try:
-            notes = load_pretrained(model, args.pretrained, drop_mismatched_heads=True)
-        except (OSError, ValueError) as e:
-            raise SystemExit(f"--pretrained {args.pretrained}: {e}")
-        log(f"initialised from {args.pretrained}" + (f" ({'; '.join(notes)})" if notes else ""))
-        if args.eval_only and model.point_head is not None and any(
-                n.startswith("point_head.") and "not in the checkpoint" in n for n in notes):
-            raise SystemExit(f"--pretrained {args.pretrained} has no point head: its point accuracy cannot be "
-                             "measured; evaluate it with --points none")
-    # Same initial weights on every rank (seeded in main), then rank-specific randomness for the model
-    # (drop-path masks); the data's randomness is the sampler's, independent of this.
-    torch.manual_seed(args.seed + args.rank)
-    random.seed(args.seed + args.rank)
-    if args.sync_bn and args.distributed:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(args.device)
-    if args.channels_last:
-        model.to(memory_format=torch.channels_last)
-    args.model_without_ddp = model
-    optimizer, peak_lr = (make_optimizer or build_optimizer)(args, model)
-    fp16 = args.amp and args.amp_dtype == "float16" and args.device.startswith("cuda")
-    scaler = torch.amp.GradScaler() if fp16 else None  # bf16 needs no loss scaling
-    ema = ModelEma(model, args.model_ema_decay) if args.model_ema else None
-    # what a checkpoint must say about itself so that evaluate.py (or anyone) can rebuild the model from it alone
-    meta = {"model": args.model, "num_classes": num_classes, "num_points": num_points,
-            "img_size": args.img_size, "val_resize": args.val_resize, "interpolation": args.interpolation,
-            "classes": list(class_names) if class_names is not None else None, "points": args.points,
-            "point_head": args.point_head, "pooling": args.pooling, "torch": str(torch.__version__)}
-
-    out = args.output_dir
-    ckpt_path, best_path, log_path = (os.path.join(out, f) for f in ("checkpoint.pt", "best.pt", "log.jsonl"))
-    if not args.eval_only:
-        state_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-        slots = 1 + (2 if args.opt != "sgd" else 1) + (1 if ema else 0)  # weights, optimiser moments, EMA
-        need = os.path.getsize(ckpt_path) if args.resume and os.path.exists(ckpt_path) else state_bytes * slots
-        agree(args, prepare_output_dir(args, need + state_bytes) if is_main() else None)
-
-    start_epoch, log_lines, best, elapsed_before = 0, [], None, 0.0
-    if args.resume and os.path.exists(ckpt_path):
-        ckpt = load_checkpoint(ckpt_path, args)
-        load_pretrained(model, ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        if ema is not None and ckpt.get("ema"):
-            ema.module.load_state_dict(ckpt["ema"])
-        set_rng_state(ckpt["rng"])
-        start_epoch = ckpt["epoch"] + 1
-        log_lines, best, elapsed_before = ckpt.get("log", []), ckpt.get("best"), ckpt.get("elapsed_s", 0.0)
-        log(f"resumed from {ckpt_path} at epoch {start_epoch}")
-    elif args.resume and not args.eval_only:
-        log(f"--resume: no checkpoint at {ckpt_path} yet, starting the run")
-    elif args.resume:
-        raise SystemExit(f"--resume --eval-only: no checkpoint at {ckpt_path} to evaluate")
-
-    train_model = DDP(model, device_ids=[args.local_rank] if args.device.startswith("cuda") else None) \
-        if args.distributed else model
-    if args.compile:  # only the training forward/backward; checkpoints and EMA read the uncompiled `model`,
-        train_model = torch.compile(train_model)  # so their keys carry no `_orig_mod.` (nor DDP's `module.`)
-    val_sampler = UnpaddedDistributedSampler(len(val_set), args.rank, args.world_size)
-    val_loader = make_loader(args, val_set, val_sampler, train=False)
-    if args.eval_only:
-        stats = evaluate_fn(model, val_loader)
-        log(json.dumps(stats))
-        return stats
-    if start_epoch >= args.epochs:
-        log(f"{out} holds a finished run (epoch {start_epoch} of {args.epochs}): nothing to train; "
-                  "raise --epochs to train it longer")
-        return log_lines[-1] if log_lines else {}
-
-    sampler = RepeatedAugSampler(len(train_set), args.rank, args.world_size, args.repeated_aug, args.seed)
-    loader = make_loader(args, SeededItems(train_set), sampler, train=True)
-    args.steps_per_epoch = len(loader)
-    if args.steps_per_epoch == 0:
-        raise SystemExit(f"the train set ({len(train_set)} images) is smaller than one batch ({args.batch_size})")
-    if is_main():
-        with open(os.path.join(out, "config.json"), "w") as f:
-            json.dump({**run_config(args, meta), "resumed_at_epoch": start_epoch or None}, f, indent=1)
-        write_log(log_path, log_lines)  # what the checkpoint holds: drops lines of epochs that will be redone
-    print_run_header(args, model, train_set, val_set, num_classes, peak_lr, start_epoch)
-
-    epoch, stats, progress = start_epoch, {}, {}
-    try:
-        for epoch in range(start_epoch, args.epochs):
-            sampler.set_epoch(epoch)
-            progress.clear()
-            stats = train_one_epoch(args, train_model, loader, optimizer, peak_lr, epoch, loss_fn, mix, ema, scaler,
-                                    progress)
-            if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
-                stats.update(evaluate_fn(model, val_loader))
-                if ema is not None:
-                    stats.update({f"ema_{k}": v for k, v in evaluate_fn(ema.module, val_loader).items()})
-            stats = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
-                     "elapsed_s": round(elapsed_before + time.time() - t_start, 1), **stats}
-            log_lines.append(stats)
-            if is_main():
-                print(f"epoch {epoch}: " + " ".join(f"{k} {v:.4g}" for k, v in stats.items() if k != "epoch"),
-                      flush=True)
-                # best.pt before checkpoint.pt: a kill in between redoes this epoch, bit for bit, and agrees
-                if best_key in stats and (best is None or stats[best_key] > best["value"]):
-                    best = {"epoch": epoch, "key": best_key, "value": stats[best_key]}
-                    save_checkpoint({"model": model.state_dict(), "meta": meta, "epoch": epoch, "best": best,
-                                     "args": saveable_args(args)}, best_path)
-                save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                 "scaler": scaler.state_dict() if scaler else None,
-                                 "ema": ema.module.state_dict() if ema else None, "epoch": epoch,
-                                 "step": (epoch + 1) * args.steps_per_epoch, "rng": rng_state(),
-                                 "args": saveable_args(args), "meta": meta, "log": log_lines, "best": best,
-                                 "elapsed_s": stats["elapsed_s"]}, ckpt_path)
-                write_log(log_path, log_lines)
-    except KeyboardInterrupt:  # Ctrl-C (or SIGTERM, see main): one line, nothing partial on disk
-        step = f" step {progress['step']}" if "step" in progress else ""
-        done = f"last checkpoint: epoch {log_lines[-1]['epoch']} in {ckpt_path}" if log_lines else "no checkpoint yet"
-        log(f"interrupted at epoch {epoch}{step}; {done}; continue with --resume")
-        raise SystemExit(130) from None
-    if is_main():
-        final = f", final {best_key} {stats[best_key]:.2f}" if best_key in stats else ""
-        best_txt = f"best {best_key} {best['value']:.2f} (epoch {best['epoch']})" if best else "no validation"
-        print(f"finished {args.epochs} epochs in {(elapsed_before + time.time() - t_start) / 60:.1f} min: "
-              f"{best_txt}{final}; run folder {out} (config.json, log.jsonl, checkpoint.pt"
-              f"{', best.pt' if best else ''})", flush=True)
-    return stats
-
-
-def print_run_header(args, model, train_set, val_set, num_classes, peak_lr, start_epoch):
-    """The resolved configuration in one block at the start of every run (rank 0)."""
-    params = sum(p.numel() for p in model.parameters()) / 1e6
-    points = "none (plain training)" if args.points == "none" else f"{args.points}, lambda {args.point_weight:g}"
-    if args.points == "random":
-        points += f", on {args.rand_points_on} images"
-    lines = [
-        f"run    {args.output_dir} ({f'resumed at epoch {start_epoch}' if start_epoch else 'new'}), seed {args.seed}, "
-        f"{args.world_size} process(es) on {args.device}",
-        f"model  {args.model} ({params:.1f} M params), {num_classes} classes, points: {points}",
-        f"data   {len(train_set)} train / {len(val_set)} val images, {args.img_size} px, global batch "
-        f"{args.batch_size} ({args.batch_size // args.world_size} per process), {args.workers} workers",
-        f"optim  recipe {args.recipe}: {args.opt} lr {peak_lr:.4g} (= {args.lr:g} x {args.batch_size}/"
-        f"{args.lr_base_batch}), wd {args.weight_decay:g}, {args.sched} schedule, warm-up {args.warmup_epochs:g} "
-        f"epochs, {args.epochs} epochs x {args.steps_per_epoch} steps",
-        f"augment randaugment {args.randaugment}, colour jitter {args.color_jitter:g}, mixup {args.mixup:g}, "
-        f"cutmix {args.cutmix:g}, erasing {args.re_prob:g}, label smoothing {args.label_smoothing:g}",
-    ]
-    log("\n".join(lines))
+def _interrupt(signum, frame):
+    """SIGTERM (torchrun, schedulers) ends a run as Ctrl-C does: one line, status 130."""
+    raise KeyboardInterrupt
 
 
 def main(args):
@@ -1045,27 +1114,17 @@ def main(args):
     random.seed(args.seed)
     train_set, val_set = build_datasets(args)
     boxes = val_point_boxes(args, val_set)
-    num_classes = len(train_set.classes)
-    try:
-        stats = fit(args, train_set, val_set, num_classes, 1, imagenet_loss, imagenet_mix(args, num_classes),
-                    lambda model, loader: evaluate_imagenet(args, model, loader, boxes),
-                    class_names=train_set.classes)
+    try:  # LUAB: one point target per image, the click
+        stats = fit(args, train_set, val_set, train_set.classes, 1, imagenet_loss,
+                    lambda model, loader: evaluate_imagenet(args, model, loader, boxes))
         if args.demo and "val_top1" in stats:
             point = (f", point head inside the object box for {stats['val_point_acc']:.1f}% of val images (always "
                      f"the centre: {stats['val_point_acc_centre']:.1f}%)" if "val_point_acc" in stats else "")
-            log(f"demo: val top-1 {stats['val_top1']:.1f}% (chance {100 / num_classes:.0f}%){point}")
+            log(f"demo: val top-1 {stats['val_top1']:.1f}% (chance {100 / len(train_set.classes):.0f}%){point}")
         return stats
     finally:
         if args.distributed:
             dist.destroy_process_group()
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def saveable_args(args):
-    return {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None)))}
 
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ draws, interleaved repeats, median. Target: LUAB / plain <= 1.02.
     python benchmarks/train_step.py --loader                 # data-wait share of a real train_imagenet.py run
     python benchmarks/train_step.py --loader --device cuda --loader-model resnet50 --workers 8
 
-The step calls train_imagenet's own pieces (resolve_args with the model's recipe: SGD for ResNets, AdamW +
-Mixup/CutMix + label smoothing + drop path for ViTs; build_optimizer, imagenet_mix, autocast, imagenet_loss
-with point_loss, backward_step), so it measures the code people train with. On CUDA it also reports each
+The step is train_imagenet's own (resolve_args with the model's recipe: SGD for ResNets, AdamW + Mixup/CutMix +
+label smoothing + drop path for ViTs; build_model, build_optimizer, make_mix, then train_step with
+imagenet_loss), so it measures the code people train with. On CUDA it also reports each
 variant's peak memory per step. The loop's bookkeeping (LR set, loss sums, the log
 line) is the same with and without LUAB and is left out. Besides wall-clock ms we report the process CPU time of
 each step, and the LUAB delta measured in isolation (the network tail, classifier + CE with and without point
@@ -45,7 +45,7 @@ import torch  # noqa: E402
 
 from tools.synth import synth  # noqa: E402
 import train_imagenet as ti  # noqa: E402
-from models import MODEL_NAMES, create_model  # noqa: E402
+from models import MODEL_NAMES  # noqa: E402
 
 CPU_MODELS = ["resnet18", "resnet50", "vit_tiny", "vit_small"]
 GPU_MODELS = ["resnet50", "vit_base"]
@@ -60,42 +60,28 @@ def training_args(name, device, batch_size, img_size, luab, amp):
     argv += ["--luab"] if luab else []
     argv += ["--amp"] if amp else []
     args = ti.resolve_args(ti.get_args_parser().parse_args(argv), ti.RECIPES)
-    args.rank, args.world_size, args.distributed = 0, 1, False
-    ti.resolve_speed_flags(args)  # channels_last for ResNets on CUDA, as in fit
+    ti.init_distributed(args)  # one process: rank 0 of 1, and channels_last for ResNets on CUDA, as in a run
     return args
 
 
 class Trainer:
-    """Model + optimizer + mix of one variant (plain or LUAB), built exactly as train_imagenet.fit builds them."""
+    """Model + optimizer + mix of one variant (plain or LUAB), built by train_imagenet's own functions."""
 
     def __init__(self, name, args, num_classes, compile_, backend="inductor"):
         self.args = args
         torch.manual_seed(0)  # same backbone weights in both variants
-        model = create_model(name, num_classes=num_classes, num_points=1 if args.points != "none" else 0,
-                             drop_path=args.drop_path, img_size=args.img_size)
-        model.to(args.device)
-        if args.channels_last:
-            model.to(memory_format=torch.channels_last)
-        model.train()
-        self.raw = model
-        self.optimizer, _ = ti.build_optimizer(args, model)
-        self.model = torch.compile(model, backend=backend) if compile_ else model
-        self.mix = ti.imagenet_mix(args, num_classes)
+        self.raw = ti.build_model(args, num_classes, num_points=1).train()  # a point head with --luab only
+        self.optimizer, _ = ti.build_optimizer(args, self.raw)
+        self.model = torch.compile(self.raw, backend=backend) if compile_ else self.raw
+        self.mix = ti.make_mix(args, num_classes)
 
     def step(self, batch, seed):
-        """batch = (images, labels, points [B, 1, 2], weights [B, 1]) on the device."""
-        args = self.args
+        """batch = (images, labels, points [B, 1, 2], point_mask [B, 1]) on the device."""
         torch.manual_seed(seed)  # same drop-path masks in both variants
         if self.mix is not None:
             # A CPU generator: mix_batch draws one int from it with torch.randint on the CPU (see PERFORMANCE.md)
-            gen = torch.Generator().manual_seed(seed)
-            batch = list(self.mix(*batch, generator=gen))
-        with ti.autocast(args):
-            outputs = self.model(batch[0], return_points=True)
-        loss_cls, loss_pt = ti.imagenet_loss(args, outputs, batch)
-        loss = loss_cls + args.point_weight * loss_pt  # LUAB: the whole change to the objective
-        ti.backward_step(args, self.model, loss, self.optimizer)
-        return loss.detach()
+            batch = self.mix(batch, torch.Generator().manual_seed(seed))
+        return ti.train_step(self.args, self.model, batch, self.optimizer, ti.imagenet_loss)[1]
 
     def resident_bytes(self):
         """Bytes this variant keeps on the device between steps: weights, buffers, gradients, optimizer state."""
@@ -118,7 +104,7 @@ def make_batch(batch_size, img_size, num_classes, device, channels_last):
 
 
 def sync(device):
-    if device == "cuda":
+    if str(device).startswith("cuda"):
         torch.cuda.synchronize()
 
 
@@ -156,7 +142,7 @@ def isolated_delta_us(luab, batch, reps=200):
     feats = torch.randn(B, model.num_features, device=dev)
     cls, head = model.classifier, model.point_head
     if luab.mix is not None:  # the targets the real step sees after Mixup/CutMix (points [B, 2, 1, 2])
-        targets = luab.mix(*batch, generator=torch.Generator().manual_seed(1))[1:]
+        targets = luab.mix(batch, torch.Generator().manual_seed(1))[1:]
     else:
         targets = batch[1:]
 
@@ -216,12 +202,13 @@ def peak_step_mib(trainers, key, batch):
 def profile_step(trainer, batch, steps=3, rows=15):
     """torch.profiler table (self CPU time) of a few steps of one variant."""
     from torch.profiler import ProfilerActivity, profile
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if trainer.args.device == "cuda" else [])
+    cuda = trainer.args.device.startswith("cuda")
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=acts) as prof:
         for s in range(steps):
             trainer.step(batch, seed=s)
         sync(trainer.args.device)
-    key = "self_cuda_time_total" if trainer.args.device == "cuda" else "self_cpu_time_total"
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     return prof.key_averages().table(sort_by=key, row_limit=rows)
 
 

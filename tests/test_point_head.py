@@ -66,11 +66,13 @@ class _Tiny(nn.Module):
         f = torch.relu(self.body(x))
         return self.classifier(f), self.point_head(f).view(-1, 1, 2)
 
+    def point_parameters(self):  # as models.ImageClassifier: LUAB's own parameters
+        return list(self.point_head.parameters())
+
 
 def test_point_grad_share_is_the_ratio_of_backbone_gradient_norms():
     torch.manual_seed(0)
     m, x, y, pts = _Tiny(), torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2]), torch.rand(6, 1, 2)
-    args = _args(model_without_ddp=m, point_weight=3.0)
 
     def losses():
         logits, pred = m(x)
@@ -82,7 +84,7 @@ def test_point_grad_share_is_the_ratio_of_backbone_gradient_norms():
         return torch.cat([m.body.weight.grad.flatten(), m.body.bias.grad]).norm()
 
     cls, pt = losses()
-    share = T.point_grad_share(args, cls, pt)
+    share = T.point_grad_share(m, 3.0, cls, pt)
     want = body_grad_norm(3.0 * losses()[1]) / body_grad_norm(losses()[0])
     assert share == pytest.approx(want.item(), rel=1e-5)
 

@@ -33,8 +33,8 @@ def test_bf16_autocast_leaves_the_losses_in_fp32(model):
              torch.tensor([[1.0], [0.0], [1.0], [1.0]])]
     for recipe in ("resnet", "deit"):
         args = cpu_args("--model", model, "--recipe", recipe, "--amp", "--luab")
-        mix = T.imagenet_mix(args, 10)
-        b = batch if mix is None else list(mix(*batch, generator=torch.Generator().manual_seed(1)))
+        mix = T.make_mix(args, 10)
+        b = batch if mix is None else mix(batch, torch.Generator().manual_seed(1))
         assert b[1].dim() == (1 if recipe == "resnet" else 2) and b[2].dim() == (3 if recipe == "resnet" else 4)
         with T.autocast(args):
             logits, points = net(b[0], return_points=True)
@@ -87,7 +87,9 @@ def test_channels_last_on_cpu(synth, tmp_path):
                                                     "1", "--max-steps-per-epoch", "1", "--channels-last"))
     stats = T.main(args)
     assert torch.isfinite(torch.tensor(stats["train_loss"]))
-    assert args.model_without_ddp.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    # the weights trained (and were saved, strides and all) in NHWC
+    conv1 = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["model"]["conv1.weight"]
+    assert conv1.is_contiguous(memory_format=torch.channels_last)
     images = T.to_device(args, [torch.randn(2, 3, 32, 32)])[0]
     assert images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()
 

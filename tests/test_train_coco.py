@@ -11,6 +11,7 @@ import torch
 
 import byproducts
 import train_coco as C
+import train_imagenet as T
 from models import create_model, load_pretrained
 from tools.synth import synth
 
@@ -175,7 +176,7 @@ def test_mixup_cutmix_batches_go_through_the_objective():
     batch = (torch.randn(B, 3, 16, 16), targets, torch.rand(B, K, 2), targets * (torch.rand(B, K) < 0.7))
     args = C.get_args_parser().parse_args(["--mixup", "0.8", "--cutmix", "1.0"])
     for seed in range(4):  # both Mixup and CutMix batches
-        mixed = C.coco_mix(args)(*batch, generator=torch.Generator().manual_seed(seed))
+        mixed = T.make_mix(args, K, multi_label=True)(batch, torch.Generator().manual_seed(seed))
         assert mixed[2].shape == (B, 2, K, 2) and mixed[3].shape == (B, 2, K)
         bce, pt = C.coco_loss(args, (torch.zeros(B, K), torch.full((B, K, 2), 0.5)), mixed)
         assert torch.isfinite(bce) and torch.isfinite(pt) and pt > 0
@@ -254,6 +255,15 @@ def test_distributed_validation_equals_single_process(coco, tmp_path):
     two = json.loads(res.stdout.strip().splitlines()[-1])
     assert two == pytest.approx(one, rel=1e-6) and set(two) == {"val_map", "val_map_present", "val_point_acc",
                                                              "val_broken_images"}
+
+
+def test_args_are_not_changed_after_init_distributed(coco, tmp_path, monkeypatch):
+    from test_train_imagenet import frozen_after_init_distributed
+    FrozenArgs = frozen_after_init_distributed(monkeypatch, C)
+    args = C.get_args_parser().parse_args(base_args(coco, tmp_path, "--luab", "--epochs", "1",
+                                                    "--max-steps-per-epoch", "1"), namespace=FrozenArgs())
+    stats = C.main(args)
+    assert FrozenArgs.frozen and read_log(tmp_path) == [stats]
 
 
 def test_clear_errors(coco, tmp_path):

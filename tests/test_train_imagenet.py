@@ -188,6 +188,39 @@ def test_plain_luab_rand_learn(three_runs):
     assert "val_point_acc" not in three_runs["plain"][-1]  # no point head, nothing to localise
 
 
+def frozen_after_init_distributed(monkeypatch, script):
+    """A Namespace class for script.main (train_imagenet or train_coco) whose instances refuse every attribute
+    set once script.init_distributed has returned: the moment `args` is complete."""
+    class FrozenArgs(T.argparse.Namespace):
+        frozen = False  # a class attribute, so vars(args) (config.json, checkpoints) does not show it
+
+        def __setattr__(self, name, value):
+            if type(self).frozen:
+                raise AttributeError(f"args.{name} set after init_distributed")
+            super().__setattr__(name, value)
+
+    real_init = script.init_distributed
+
+    def init_then_freeze(args):
+        real_init(args)
+        FrozenArgs.frozen = True
+    monkeypatch.setattr(script, "init_distributed", init_then_freeze)
+    return FrozenArgs
+
+
+def test_args_are_not_changed_after_init_distributed(synth, tmp_path, monkeypatch):
+    """`args` is complete once init_distributed has run: a LUAB run (with EMA, best.pt, checkpoints) trains and
+    saves with an args object that refuses every attribute set from then on."""
+    FrozenArgs = frozen_after_init_distributed(monkeypatch, T)
+    args = T.get_args_parser().parse_args(base_args(synth, tmp_path, "--model", "resnet18", "--luab", "--epochs",
+                                                    "1", "--max-steps-per-epoch", "1", "--model-ema"),
+                                          namespace=FrozenArgs())
+    stats = T.main(args)
+    assert FrozenArgs.frozen and [e["epoch"] for e in read_log(tmp_path)] == [0] and read_log(tmp_path)[0] == stats
+    with pytest.raises(AttributeError, match="args.device set after init_distributed"):
+        args.device = "cpu"
+
+
 def test_luab_reports_point_localisation(synth, tmp_path):
     stats = run(base_args(synth, tmp_path, "--model", "vit_tiny", "--recipe", "resnet", "--epochs", "1",
                           "--luab", "--val-boxes", str(synth / "imagenet" / "boxes" / "val"),
