@@ -79,7 +79,7 @@ _PIL_INTERP = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": 
 
 
 def _crop_points(points, point_mask, W, H, top, left, h, w, flip):
-    """Map normalised points [K, 2] of a W x H image into the crop (top, left, h, w) [then flipped] -> (points
+    """LUAB: map normalised points [K, 2] of a W x H image into the crop (top, left, h, w) [then flipped] -> (points
     [K, 2], point_mask [K]); a point outside the crop keeps its (out-of-range) coordinates and gets mask 0.
     Never clamp it onto the border: the object is not in the crop, and a border point would teach the head a
     wrong location."""
@@ -237,7 +237,7 @@ class RandAugment:
 
 
 class TrainTransform:
-    """RandomResizedCrop + horizontal flip [+ RandAugment | colour jitter] + ToTensor + Normalize [+ erasing].
+    """LUAB: the point moves with every geometric step. RandomResizedCrop + horizontal flip [+ RandAugment | colour jitter] + ToTensor + Normalize [+ erasing].
 
     t(img: PIL) -> FloatTensor[3, S, S] normalised, or
     t(img, points: FloatTensor[K, 2], point_mask: FloatTensor[K]) -> (image, points [K, 2] in the output image's
@@ -312,7 +312,7 @@ class EvalTransform:
 
 def mix_batch(images, soft_targets, points, point_mask, mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0,
               switch_prob=0.5, generator=None):
-    """DeiT/timm batch-mode Mixup / CutMix, extended to point targets.
+    """LUAB: DeiT/timm batch-mode Mixup / CutMix, extended to point targets.
 
     images [B, 3, H, W], soft_targets [B, C], points [B, K, 2], point_mask [B, K]. Sample i is paired with
     B-1-i (x.flip(0)); one lam and one mode per batch. Returns (images, soft_targets, points [B, 2, K, 2],
@@ -515,7 +515,7 @@ def _hash_uniform(seed, keys):
 
 
 def random_points_where_clicked(dataset, seed):
-    """The random-point control on exactly the samples LUAB supervises: `dataset` was built with
+    """LUAB's control: the random points on exactly the samples LUAB supervises: `dataset` was built with
     point_source="clicks"; its points become the uniform points point_source="random" draws for the same keys
     (ImageNet: the image; COCO: the (image, class) pair), its point_mask (which images / classes have a
     byproduct) stays."""
@@ -578,7 +578,7 @@ def _check_point_source(point_source):
 
 
 class ImageNetAB(_PointDataset):
-    """ImageNet (ImageFolder tree root/<wnid>/*.JPEG) with the ImageNet-AB click as a point target.
+    """LUAB: ImageNet (ImageFolder tree root/<wnid>/*.JPEG) with the ImageNet-AB click as a point target.
 
     ds[i] -> (image, label: int, points: FloatTensor[1, 2], point_mask: FloatTensor[1]) (see _PointDataset;
     TrainTransform / EvalTransform as transform). point_source:
@@ -682,7 +682,7 @@ class ImageNetAB(_PointDataset):
 
 
 class CocoAB(_PointDataset):
-    """COCO 2014 (images + instances) with COCO-AB icon positions as per-class point targets.
+    """LUAB: COCO 2014 (images + instances) with COCO-AB icon positions as per-class point targets.
 
     ds[i] -> (image, target: FloatTensor[80] multi-hot, points: FloatTensor[80, 2], point_mask: FloatTensor[80])
     (see _PointDataset). Labels come from the instances file (all annotations, crowd included); a class keeps
@@ -867,7 +867,7 @@ def read_imagenet_ab_xml(path, with_voc=False, fields=None):
 
 
 def imagenet_click(entries):
-    """The paper's point for one image: the final select click (x, y) in [0, 1]^2, or None.
+    """LUAB's target: the paper's point for one image, the final select click (x, y) in [0, 1]^2, or None.
 
     Takes the LAST selectedRecord of each entry whose final state is selected (trap: the official notebook's
     find() returns the first click), and averages over entries when several are selected. Raises BadInput
@@ -1231,7 +1231,7 @@ def read_coco_ab(path, problems=None, strict=False):
 
 
 def coco_points(record, mode="final-add", problems=None):
-    """One COCO-AB record -> {category_id: (x, y)}, normalised to the image (x = pointTo.x, y = pointTo.y).
+    """LUAB's COCO targets: one COCO-AB record -> {category_id: (x, y)}, normalised to the image (x = pointTo.x, y = pointTo.y).
 
     mode "final-add" (the paper's choice): the last `add` of each class, ignoring later moves and removals.
     mode "final-position": replay add / move / remove; where each icon finally rests, removed classes gone.

@@ -188,7 +188,7 @@ class ResNet(ImageClassifier):
         return scores.softmax(dim=1).view(-1, *fmap.shape[2:])
 
     def pool(self, fmap):
-        """The last feature map [B, D, h, w] -> (features [B, D], points [B, 1, 2] or None).
+        """LUAB (appendix): the last feature map [B, D, h, w] -> (features [B, D], points [B, 1, 2] or None).
 
         "avg": the global average pool; no point. "attentive" (the paper's point-guided pooling): features =
         sum over cells of attention x cell feature; point = the attention's centre of mass, cell (i, j) sitting

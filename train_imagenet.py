@@ -25,6 +25,8 @@ LUAB in 9 places (each marked "LUAB:" in the code); everything else is ordinary 
   7. train_imagenet.py: train_step - loss = task loss + point_weight (lambda) x point loss
   8. train_imagenet.py: optimizer_groups - the point head learns at lr x --point-lr
   9. train_coco.py: coco_loss and main - one point head output per class, averaged over each image's classes
+The appendix's other use of the clicks (--pooling attentive, ResNets; Table D) replaces 1-3 with one place:
+  models.py: ResNet.pool - a learned attention pools the last feature map; its centre of mass is the point
 The evidence that the head learns (train_point_vs_centre, point_grad_share, val_point_acc next to the centre's)
 is measured in train_one_epoch and evaluate_imagenet; it changes no weight.
 

@@ -1154,3 +1154,21 @@ def test_figures_are_written_with_title_and_legend(fixture_root, tmp_path):
         assert (im.width, im.height) == (3 * 192 + 4 * 4, 192 + 2 * 4 + 17 * (2 + 3) + 12)
     msg = _exit_message(lambda: draw(PaletteModel(num_points=1), *coco))  # an ImageNet model on COCO
     assert "Fig. N needs one point head per category (3)" in msg
+
+
+def test_an_attentive_pooling_checkpoint_gets_every_metric(fixture_root, results, tmp_path):
+    """A --pooling attentive ResNet-18 checkpoint (no point head: its point is the attention's centre of mass)
+    is scored on every ImageNet-side benchmark, the same keys as a point-head model; with its zero-initialised
+    (uniform) attention the point is the centre, so PointAcc equals the constant-centre palette model's."""
+    models = pytest.importorskip("models")
+    torch.manual_seed(0)
+    net = models.create_model("resnet18", num_classes=1000, num_points=1, pooling="attentive")
+    torch.save({"model": net.state_dict(), "meta": {"model": "resnet18", "num_classes": 1000, "num_points": 1,
+                                                    "pooling": "attentive"}}, tmp_path / "attentive.pt")
+    model = E.load_model(eval_args(fixture_root, ["--checkpoint", str(tmp_path / "attentive.pt"), "--img-size", "64",
+                                                  "--resize", "73"]))
+    assert model.pooling == "attentive" and model.point_head is None
+    res = E.evaluate_all(model, eval_args(fixture_root, ["--img-size", "64", "--resize", "73"]))
+    assert sorted(k for k in res if k not in ("meta", "seconds")) == \
+        sorted(k for k in results if k not in ("meta", "seconds"))
+    assert res["point_acc"] == results["point_acc"] and res["meta"]["point_head"] is True

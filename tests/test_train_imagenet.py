@@ -548,3 +548,26 @@ def test_colour_jitter_follows_the_recipe_and_leaves_points_alone(synth, tmp_pat
         torch.manual_seed(i)
         b = plain[i]
         assert torch.equal(a[2], b[2]) and torch.equal(a[3], b[3]) and not torch.equal(a[0], b[0])
+
+
+def test_the_docstring_lists_every_luab_place_and_each_is_marked():
+    """train_imagenet's docstring is the map of LUAB's delta: every numbered place names functions or classes
+    that exist in the file it names, and each of them carries a "LUAB" mark in its source."""
+    import importlib
+    import inspect
+    import re
+    doc = T.__doc__
+    count = int(re.search(r"LUAB in (\d+) places", doc).group(1))
+    items = re.findall(r"^ {2}(\d+)\. (\w+)\.py: (.*?)(?=^ {2}\d+\. |^\S)", doc, flags=re.M | re.S)
+    assert [int(n) for n, _, _ in items] == list(range(1, count + 1))
+    for n, module, text in items:
+        mod = importlib.import_module(module)
+        found = []
+        for name in dict.fromkeys(re.findall(r"[A-Za-z_][\w.]*", text)):
+            obj = mod
+            for part in name.split("."):
+                obj = getattr(obj, part, None)
+            if inspect.isfunction(obj) or inspect.isclass(obj):
+                found.append(name)
+                assert "LUAB" in inspect.getsource(obj), f"{module}.{name} (place {n}) has no LUAB mark"
+        assert found, f"place {n} names nothing that exists in {module}.py: {text!r}"
