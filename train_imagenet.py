@@ -550,7 +550,7 @@ def optimizer_groups(args, model):
     lambda cannot speed the head up there, and at the backbone's lr the head barely leaves the centre."""
     groups = param_groups(model, args.weight_decay) if args.opt != "sgd" else \
         [{"params": list(model.parameters()), "weight_decay": args.weight_decay}]
-    head = {id(p) for p in model.point_parameters()}
+    head = {id(p) for p in model.point_parameters()} if hasattr(model, "point_parameters") else set()  # else a bare layer
     out = []
     for g in groups:
         for in_head in (False, True):

@@ -1,7 +1,6 @@
 """train_coco.py on synthetic COCO-format data (CPU): AdamP, mAP, the crop rule for labels, learning, resume, DDP."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -272,9 +271,3 @@ def test_clear_errors(coco, tmp_path):
     with pytest.raises(SystemExit, match="--coco-ab"):
         run(base_args(coco, tmp_path, "--coco-ab", str(tmp_path / "nope.json"), "--luab"))
 
-
-@pytest.mark.skipif(shutil.which("duplicates") is None, reason="the `duplicates` tool is not installed")
-def test_no_code_block_shared_with_train_imagenet():
-    res = subprocess.run(["duplicates", "--most", "200"], cwd=REPO, capture_output=True, text=True, timeout=120)
-    shared = [line for line in res.stdout.splitlines() if " train_coco.py:" in line and " train_imagenet.py:" in line]
-    assert not shared, res.stdout
