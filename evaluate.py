@@ -598,10 +598,12 @@ def imagenet_val_index(path):
     return int(name[15:23]) - 1
 
 def default_transform(args):
-    """Resize(resize, shorter side) + CenterCrop(crop) + ToTensor + Normalize; bilinear unless told."""
-    interp = T.InterpolationMode(args.interpolation)
-    return T.Compose([T.Resize(args.resize, interpolation=interp), T.CenterCrop(args.img_size),
-                      T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    """Resize(resize, shorter side) + CenterCrop(crop) + ToTensor + Normalize, bilinear unless told: training's
+    validation transform (byproducts.EvalTransform), so both report the same numbers."""
+    if args.resize < args.img_size:
+        raise SystemExit(f"--resize {args.resize} < --img-size {args.img_size}: the centre crop would pad the image; "
+                         "give a resize of at least the crop (the protocol's is img_size / 0.875)")
+    return byproducts.EvalTransform(size=args.img_size, resize=args.resize, interpolation=args.interpolation)
 
 def describe_default(args):
     return f"Resize({args.resize}, {args.interpolation})+CenterCrop({args.img_size})"

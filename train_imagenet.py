@@ -890,7 +890,8 @@ def print_run_header(args, model, train_set, val_set, num_classes, peak_lr, star
     lines = [
         f"run    {args.output_dir} ({f'resumed at epoch {start_epoch}' if start_epoch else 'new'}), seed {args.seed}, "
         f"{args.world_size} process(es) on {args.device}",
-        f"model  {args.model} ({params:.1f} M params), {num_classes} classes, points: {targets}",
+        f"model  {args.model} ({params:.1f} M params), {num_classes} classes, points: {targets}"
+        + (f", {args.pooling} pooling" if args.pooling != "avg" else ""),
         f"data   {len(train_set)} train / {len(val_set)} val images, {args.img_size} px, global batch "
         f"{args.batch_size} ({args.batch_size // args.world_size} per process), {args.workers} workers",
         f"optim  recipe {args.recipe}: {args.opt} lr {peak_lr:.4g} (= {args.lr:g} x {args.batch_size}/"

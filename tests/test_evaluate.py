@@ -891,10 +891,14 @@ def test_checkpoint_meta_sets_model_classes_and_geometry(fixture_root, tmp_path)
     assert (res["meta"]["model"], res["meta"]["num_classes"], res["meta"]["point_head"]) == ("resnet18", 2, True)
     assert (res["meta"]["img_size"], res["meta"]["resize"], res["meta"]["interpolation"]) == (32, 37, "bicubic")
     assert res["counts"]["in1k"] == 4 and "Resize(37, bicubic)+CenterCrop(32)" in res["protocol"]["in1k"]
-    E.main(["--checkpoint", str(tmp_path / "c.pt"), "--imagenet-val", f"{fixture_root}/val", "--img-size", "48",
+    E.main(["--checkpoint", str(tmp_path / "c.pt"), "--imagenet-val", f"{fixture_root}/val", "--img-size", "36",
             "--device", "cpu", "--workers", "0", "--out", str(tmp_path / "r.json")])
     res = json.loads((tmp_path / "r.json").read_text())  # a flag overrides the checkpoint
-    assert (res["meta"]["img_size"], res["meta"]["resize"]) == (48, 37)
+    assert (res["meta"]["img_size"], res["meta"]["resize"]) == (36, 37)
+    # a crop larger than the resized image would be padded: refused, not scored on black borders
+    msg = _exit_message(lambda: E.main(["--checkpoint", str(tmp_path / "c.pt"), "--imagenet-val",
+                                        f"{fixture_root}/val", "--img-size", "48", "--device", "cpu", "--workers", "0"]))
+    assert msg.startswith("--resize 37 < --img-size 48: the centre crop would pad the image")
 
 
 def test_val_boxes_found_beside_the_val_tree(tmp_path):
