@@ -237,7 +237,8 @@ class RandAugment:
 
 
 class TrainTransform:
-    """LUAB: the point moves with every geometric step. RandomResizedCrop + horizontal flip [+ RandAugment | colour jitter] + ToTensor + Normalize [+ erasing].
+    """RandomResizedCrop + horizontal flip [+ RandAugment | colour jitter] + ToTensor + Normalize [+ erasing].
+    LUAB: the point moves with every geometric step (the crop, the flip, RandAugment's geometric ops).
 
     t(img: PIL) -> FloatTensor[3, S, S] normalised, or
     t(img, points: FloatTensor[K, 2], point_mask: FloatTensor[K]) -> (image, points [K, 2] in the output image's
@@ -790,7 +791,7 @@ def _bool(t):
     return _str(t) == "True"  # trap: bool("False") is True (a third-party loader did that)
 
 
-# Types of the <metadata> fields (formats.md §1); unknown fields come back as raw strings.
+# Types of the <metadata> fields (docs/formats.md §1); unknown fields come back as raw strings.
 _AB_SCALAR = {"selected": _bool, **{k: _int for k in (
     "estimateTime", "hit_submit_time", "hoveredCount", "imageHeight", "imageWidth", "image_idx",
     "originalImageHeight", "originalImageWidth", "page_idx", "selectedCount")}}
@@ -1179,7 +1180,7 @@ def load_imagenet_index(path):
 # ----------------------------------------------------------------------------------------------------------------
 # COCO: COCO-AB records, instances, masks (RLE, polygons) without pycocotools
 
-# COCO name -> category id, the 80 used slots of the notebook's 91-slot list (formats.md §3). The 11 unused
+# COCO name -> category id, the 80 used slots of the notebook's 91-slot list (docs/formats.md §3). The 11 unused
 # slots (street sign, hat, shoe, ...) never occur, so an icon with such a name counts as unknown.
 COCO_NAME_TO_ID = {
     "person": 1, "bicycle": 2, "car": 3, "motorcycle": 4, "airplane": 5, "bus": 6, "train": 7, "truck": 8,
@@ -1201,7 +1202,7 @@ COCO_CATEGORY_IDS = sorted(COCO_NAME_TO_ID.values())  # contiguous class index =
 def read_coco_ab(path, problems=None, strict=False):
     """coco_ab_v1_0.json (a JSON list of per-image dicts) -> {image_id: record}.
 
-    Records are kept raw (every field; see formats.md §2). Duplicate image ids: the last record wins, as in the
+    Records are kept raw (every field; see docs/formats.md §2). Duplicate image ids: the last record wins, as in the
     official notebook, and the duplicates are reported as a note. A corrupt or truncated file yields {} and a
     reported problem (strict: BadInput). Pass a Problems to collect into it instead of reporting here.
     """
@@ -1231,7 +1232,8 @@ def read_coco_ab(path, problems=None, strict=False):
 
 
 def coco_points(record, mode="final-add", problems=None):
-    """LUAB's COCO targets: one COCO-AB record -> {category_id: (x, y)}, normalised to the image (x = pointTo.x, y = pointTo.y).
+    """LUAB's COCO targets: one COCO-AB record -> {category_id: (x, y)}, normalised to the image
+    (x = pointTo.x, y = pointTo.y).
 
     mode "final-add" (the paper's choice): the last `add` of each class, ignoring later moves and removals.
     mode "final-position": replay add / move / remove; where each icon finally rests, removed classes gone.
@@ -1451,7 +1453,7 @@ def read_coco_instances(path):
 
 def points_in_boxes(points, boxes, W, H):
     """bool[...]: normalised points [..., 2] inside any box float[M, 4] (pixels of a W x H image), with +-1 px
-    slack since ILSVRC's 0- or 1-based indexing is undocumented (formats.md §4)."""
+    slack since ILSVRC's 0- or 1-based indexing is undocumented (docs/formats.md §4)."""
     p = np.asarray(points, np.float64)[..., None, :] * (W, H)
     x, y = p[..., 0], p[..., 1]
     b = np.asarray(boxes, np.float64)

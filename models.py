@@ -390,7 +390,7 @@ def param_groups(model, weight_decay):
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
 _LAYER = r"encoder.layers.encoder_layer_\1."
-_VIT_RENAMES = [  # DeiT/timm -> torchvision (recipes.md §2); q/k/v row order already agrees
+_VIT_RENAMES = [  # DeiT/timm -> torchvision names; q/k/v row order already agrees (timm qkv = in_proj rows)
     (r"^cls_token$", "class_token"),
     (r"^pos_embed$", "encoder.pos_embedding"),
     (r"^patch_embed\.proj\.", "conv_proj."),

@@ -187,7 +187,7 @@ def test_torchvision_vit_b_16_parity():
 # load_pretrained
 
 def to_deit(sd):
-    """torchvision -> DeiT/timm key names, written from the table in recipes.md §2."""
+    """torchvision -> DeiT/timm key names, written independently of models._VIT_RENAMES."""
     out = {}
     for k, v in sd.items():
         if k.startswith("encoder.layers.encoder_layer_"):
