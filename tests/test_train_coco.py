@@ -200,14 +200,15 @@ def three_runs(coco, tmp_path_factory):
 def test_plain_luab_rand_learn(three_runs):
     for mode, log in three_runs.items():
         assert log[-1]["train_loss"] < 0.5 * log[0]["train_loss"], (mode, log)
-        assert 0.0 <= log[-1]["val_map"] <= log[-1]["val_map_present"] <= 100.0
+        assert log[-1]["val_map"] <= log[-1]["val_map_present"]  # absent classes count 0 in val_map
     late = {m: np.mean([r["train_point_loss"] for r in log[-2:]]) for m, log in three_runs.items()}
     luab = three_runs["luab"]
     # the head starts at the image centre: falling below that baseline means it reads the image
     assert late["luab"] < 0.75 * luab[0]["train_point_loss"], luab
     assert late["luab"] < 0.7 * late["rand"]  # icon positions are predictable from the image, random points not
     assert late["plain"] == 0.0 and "val_point_acc" not in three_runs["plain"][-1]
-    assert 0.0 <= luab[-1]["val_point_acc"] <= 100.0
+    # its value is evaluate.py's (test_evaluate.py::test_coco_checkpoint_matches_training_validation)
+    assert "val_point_acc" in luab[-1] and "val_point_acc" in three_runs["rand"][-1]
 
 
 @pytest.mark.slow

@@ -225,7 +225,13 @@ def test_luab_reports_point_localisation(synth, tmp_path):
     stats = run(base_args(synth, tmp_path, "--model", "vit_tiny", "--recipe", "resnet", "--epochs", "1",
                           "--luab", "--val-boxes", str(synth / "imagenet" / "boxes" / "val"),
                           "--max-steps-per-epoch", "3"))
-    assert 0.0 <= stats["val_point_acc"] <= 100.0 and 0.0 <= stats["val_top1"] <= 100.0
+    # the same numbers as evaluate.py computes from the checkpoint alone (its geometry and the boxes beside val/)
+    import evaluate as E
+    E.main(["--checkpoint", str(tmp_path / "checkpoint.pt"), "--imagenet-val", str(synth / "imagenet" / "val"),
+            "--device", "cpu", "--workers", "0", "--out", str(tmp_path / "eval.json")])
+    res = json.loads((tmp_path / "eval.json").read_text())
+    assert (res["in1k"], res["point_acc"]) == (stats["val_top1"], stats["val_point_acc"])
+    assert res["counts"]["point_acc"] == res["counts"]["in1k"]  # every val image has a box file
 
 
 def test_deit_recipe_runs_with_mixup_cutmix_and_points(synth, tmp_path):
