@@ -467,7 +467,7 @@ def model_from_checkpoint(path_or_ckpt, name=None, num_classes=None, num_points=
         rows = [v.shape[0] for k, v in sd.items() if k.endswith(("fc.weight", "heads.head.weight", "head.weight"))
                 and "point_head" not in k]
         num_classes = meta.get("num_classes") or (rows[0] if rows else 1000)
-    attentive = any(_strip_prefixes(k) == "attention.weight" for k in sd)  # older files name no pooling
+    attentive = any(strip_wrapper_prefixes(k) == "attention.weight" for k in sd)  # older files name no pooling
     pooling = meta.get("pooling") or ("attentive" if attentive else "avg")
     model = create_model(name, num_classes=num_classes, num_points=num_points,
                          img_size=img_size or meta.get("img_size") or 224, point_head=meta.get("point_head", "normed"),
@@ -479,7 +479,8 @@ def model_from_checkpoint(path_or_ckpt, name=None, num_classes=None, num_points=
                          "pass the --model (and --num-classes) it was trained with") from None
     return model.eval(), meta, notes
 
-def _strip_prefixes(key):
+def strip_wrapper_prefixes(key):
+    """A state-dict key without the wrappers' prefixes (DDP's "module.", torch.compile's "_orig_mod.")."""
     while key.startswith(_WRAPPER_PREFIXES):
         key = key.split(".", 1)[1]
     return key
@@ -499,7 +500,7 @@ def load_pretrained(model, state_dict_or_path, drop_mismatched_heads=False):
     sd, _ = checkpoint_parts(sd)
     renamed = {}
     for key, value in sd.items():
-        key = _strip_prefixes(key)
+        key = strip_wrapper_prefixes(key)
         if model.is_vit:
             for pattern, repl in _VIT_RENAMES:
                 key = re.sub(pattern, repl, key)

@@ -36,14 +36,10 @@ VIT_KEYS = ("conv_proj.", "class_token", "cls_token", "patch_embed.", "encoder.l
 FC = ("fc.weight", "fc.bias")
 
 
-def _plain_key(key):
-    return re.sub(r"^(module\.|_orig_mod\.)+", "", key)
-
-
 def infer_arch(state_dict):
     """The ResNet a state dict (torchvision names) belongs to, from its block type and layer3 depth; None when
     it is none of RESNETS."""
-    keys = {_plain_key(k) for k in state_dict}
+    keys = {models.strip_wrapper_prefixes(k) for k in state_dict}
     blocks = {m.group(1) for k in keys if (m := re.match(r"layer3\.(\d+)\.conv1\.weight$", k))}
     return RESNETS.get(("layer1.0.conv3.weight" in keys, len(blocks)))
 
@@ -64,7 +60,7 @@ def export_backbone(checkpoint, out, drop_fc=False, arch=None):
     sd = ckpt["model"] if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict) else ckpt
     if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
         raise ValueError(f"{checkpoint}: neither a state dict nor a checkpoint holding one under 'model'")
-    keys = {_plain_key(k): k for k in sd}
+    keys = {models.strip_wrapper_prefixes(k): k for k in sd}
     arch = arch or meta.get("model") or infer_arch(sd)
     if str(arch).startswith("vit") or any(k.startswith(VIT_KEYS) for k in keys):
         raise ValueError(f"{checkpoint} is a ViT: detection transfer (the paper's Table 3) is done with "

@@ -38,7 +38,8 @@ PANELS = (
 PANEL_SIZE = (430, 300)  # px per panel, margins included
 
 
-def _number(v):
+def is_number(v):
+    """A finite int or float (not a bool): what a log value must be to be drawn or tabulated."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -82,7 +83,7 @@ def run_label(run):
         return run["name"]
     if c["points"] == "none":
         return "plain"
-    return f"{c['points']}, lambda={c['point_weight']:g}" if _number(c.get("point_weight")) else str(c["points"])
+    return f"{c['points']}, lambda={c['point_weight']:g}" if is_number(c.get("point_weight")) else str(c["points"])
 
 
 def has_points(run):
@@ -99,7 +100,7 @@ def series(run, key):
     run without a point head (has_points)."""
     if "point" in key and not has_points(run):
         return [], []
-    pts = [(e, row[key]) for e, row in sorted(run["epochs"].items()) if _number(row.get(key))]
+    pts = [(e, row[key]) for e, row in sorted(run["epochs"].items()) if is_number(row.get(key))]
     return [e for e, _ in pts], [v for _, v in pts]
 
 
@@ -177,7 +178,7 @@ def sweep_points(records, x, y, group):
     cells, skipped = {}, []
     for path, r in records:
         xv, yv = lookup(r, x), lookup(r, y)
-        if not (_number(xv) and _number(yv)):
+        if not (is_number(xv) and is_number(yv)):
             skipped.append(path)
             continue
         cells.setdefault(str(lookup(r, group)), {}).setdefault(xv, []).append(yv)

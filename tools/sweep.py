@@ -116,7 +116,7 @@ def summarize(args, command, runs):
     if not finished:
         raise SystemExit(f"sweep: no finished run under {args.out} yet ({len(runs)} planned)")
     numeric = sorted({k for *_, run in finished for k, v in final_line(run).items()
-                      if k != "epoch" and plot._number(v)})
+                      if k != "epoch" and plot.is_number(v)})
     if args.metric:
         metrics = args.metric
         unknown = [m for m in metrics if m not in numeric]
