@@ -45,8 +45,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 import byproducts
-from byproducts import IMAGENET_MEAN, IMAGENET_STD
-from byproducts import eval_crop_geometry, eval_points_to_original
+import models
+from byproducts import IMAGENET_MEAN, IMAGENET_STD, eval_crop_geometry, eval_points_to_original
 from utils import Progress, UnpaddedDistributedSampler, all_reduce_sum, dist_on, gather_by_index, get_rank, \
     get_world_size, init_distributed, log
 
@@ -1639,7 +1639,6 @@ def load_model(args):
     """The model a checkpoint describes (models.model_from_checkpoint: name, classes, point heads from its meta,
     flags override; a bare torchvision / DeiT state dict needs --model), and the eval geometry it validated with.
     Every mismatch is a one-line SystemExit naming the file and the fix."""
-    import models
     path = args.checkpoint
     if not Path(path).is_file():
         raise SystemExit(f"--checkpoint {path}: no such file; give the checkpoint.pt a training run wrote "
@@ -1652,10 +1651,10 @@ def load_model(args):
         raise SystemExit(f"--checkpoint {path}: refused by torch.load(weights_only=True) ({e}); evaluate only "
                          "files holding tensors, e.g. torch.save(model.state_dict(), ...)")
     try:
-        _, meta = models.checkpoint_parts(ckpt)
-        resolve_eval_geometry(args, meta)
+        # a ViT's input size: --img-size, else the checkpoint's (as resolve_eval_geometry below resolves it)
         model, meta, notes = models.model_from_checkpoint(ckpt, args.model, args.num_classes, args.num_points,
                                                           img_size=args.img_size)
+        resolve_eval_geometry(args, meta)
     except ValueError as e:
         raise SystemExit(f"--checkpoint {path} {e}")
     args.model = args.model or meta["model"]
@@ -1735,7 +1734,7 @@ def prepare(model, args):
         model = model.to(memory_format=torch.channels_last)
     args.process_batch = per_process(args.batch_size, "--batch-size")
     args.process_bgc_batch = per_process(args.bgc_batch_size or args.batch_size, "--bgc-batch-size")
-    args.has_points = any(getattr(model, m, None) is not None for m in ("point_head", "attention"))  # LUAB's outputs
+    args.has_points = bool(models.point_parameters(model))  # a point head or an attentive pool
     args.label_space = label_space(getattr(args, "classes", None), model.classifier.out_features)
     return model
 

@@ -57,11 +57,6 @@ class ImageClassifier(nn.Module):
         recipe the point loss overshoots for epochs. (No parameters here: both kinds have the same state dict.)"""
         return F.normalize(feats, dim=-1) if self.point_head_kind == "normed" else feats
 
-    def point_parameters(self):
-        """LUAB's parameters: the point head's, or an attentive pool's attention; [] for a plain classifier."""
-        heads = [getattr(self, "point_head", None), getattr(self, "attention", None)]
-        return [p for m in heads if m is not None for p in m.parameters()]
-
     def pooled_features(self, x):
         """x -> (features [B, D], points [B, K, 2] that the pooling predicted, or None)."""
         return self.forward_features(x), None
@@ -373,6 +368,12 @@ def create_model(name, num_classes=1000, num_points=0, drop_path=0.0, img_size=2
         raise ValueError("drop_path is only implemented for the ViTs")
     return ResNet(**_CONFIGS[name], num_classes=num_classes, num_points=num_points, point_head=point_head,
                   pooling=pooling)
+
+def point_parameters(model):
+    """LUAB's own parameters in any module: its point head's and an attentive pool's attention; [] for a plain
+    classifier (or a module that has neither, such as a bare layer)."""
+    heads = [getattr(model, "point_head", None), getattr(model, "attention", None)]
+    return [p for m in heads if m is not None for p in m.parameters()]
 
 def param_groups(model, weight_decay):
     """AdamW groups with DeiT's rule: no decay on 1-D params (norms), biases, class_token and pos_embedding.

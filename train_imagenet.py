@@ -61,7 +61,7 @@ import evaluate
 import utils
 from utils import UnpaddedDistributedSampler, all_reduce_sum, is_main, log
 from models import MODEL_NAMES, POINT_HEADS, POOLINGS, create_model, is_vit_name, load_pretrained, param_groups, \
-    read_checkpoint
+    point_parameters, read_checkpoint
 
 # -----------------------------------------------------------------------------
 # Recipes and flags. Every recipe value is a flag default; any flag given on the command line wins.
@@ -550,7 +550,7 @@ def optimizer_groups(args, model):
     lambda cannot speed the head up there, and at the backbone's lr the head barely leaves the centre."""
     groups = param_groups(model, args.weight_decay) if args.opt != "sgd" else \
         [{"params": list(model.parameters()), "weight_decay": args.weight_decay}]
-    head = {id(p) for p in model.point_parameters()} if hasattr(model, "point_parameters") else set()  # else a bare layer
+    head = {id(p) for p in point_parameters(model)}
     out = []
     for g in groups:
         for in_head in (False, True):
@@ -645,7 +645,7 @@ def point_grad_share(model, point_weight, loss_task, loss_point):
     """LUAB at work, measured on one batch: ||d(lambda x point loss)/d backbone|| / ||d(task loss)/d backbone||,
     the norms over all backbone parameters of `model` (unwrapped; classifier and point head excluded), on this
     process's batch (no all-reduce). Two extra backward passes through the graph the step then backpropagates."""
-    heads = {id(p) for p in [*model.classifier.parameters(), *model.point_parameters()]}
+    heads = {id(p) for p in [*model.classifier.parameters(), *point_parameters(model)]}
     params = [p for p in model.parameters() if p.requires_grad and id(p) not in heads]
 
     def norm(loss):
@@ -712,7 +712,9 @@ def train_one_epoch(args, model, loader, epoch, steps_per_epoch, optimizer, peak
     train_model.train()
     steps = len(loader) if not args.max_steps_per_epoch else min(len(loader), args.max_steps_per_epoch)
     sums = torch.zeros(4, device=args.device)  # loss, point loss, centre-baseline point loss, number of steps
-    grad_share, has_head = None, len(model.point_parameters()) > 0
+    # point targets (--luab / --rand-points): the model predicts points from its head or its attentive pool;
+    # a plain run, attentive pooling included, has no point loss to measure
+    grad_share, has_head = None, args.points != "none"
     t_epoch = t_last = time.perf_counter()
     data_wait = 0.0
     it = iter(loader)
@@ -731,7 +733,7 @@ def train_one_epoch(args, model, loader, epoch, steps_per_epoch, optimizer, peak
         # 0 alone and NaN weights under DDP), so a compiled run logs none
         outputs, loss_task, loss_point, share = train_step(
             args, train_model, batch, optimizer, loss_fn, scaler,
-            grad_share_of=model if i == 0 and not args.compile else None)
+            grad_share_of=model if i == 0 and has_head and not args.compile else None)
         if i == 0:
             grad_share = share
         loss_centre = centre_point_loss(args, loss_fn, outputs, batch)  # LUAB evidence: better than the centre?

@@ -66,10 +66,6 @@ class _Tiny(nn.Module):
         f = torch.relu(self.body(x))
         return self.classifier(f), self.point_head(f).view(-1, 1, 2)
 
-    def point_parameters(self):  # as models.ImageClassifier: LUAB's own parameters
-        return list(self.point_head.parameters())
-
-
 def test_point_grad_share_is_the_ratio_of_backbone_gradient_norms():
     torch.manual_seed(0)
     m, x, y, pts = _Tiny(), torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2]), torch.rand(6, 1, 2)
