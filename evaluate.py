@@ -43,9 +43,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 import byproducts
 import models
+import utils
 from byproducts import IMAGENET_MEAN, IMAGENET_STD, eval_crop_geometry, eval_points_to_original
 from utils import Progress, UnpaddedDistributedSampler, all_reduce_sum, dist_on, gather_by_index, get_rank, \
     get_world_size, init_distributed, log
@@ -109,7 +111,6 @@ SI_SCORE_FACTORS = {"si_size": ("area", "size"), "si_loc": ("location20_area02_m
                     "si_rot": ("rotation",)}
 SI_SCORE_LEVEL_FIELDS = {"si_size": ("area",), "si_loc": ("x_coord", "y_coord"), "si_rot": ("rotation",)}  # metadata.csv
 BGC_SPLITS = ("original", "mixed_same", "mixed_rand", "mixed_next", "only_fg", "no_fg", "only_bg_b", "only_bg_t")
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 # -----------------------------------------------------------------------------
 # classification metrics (pure functions of arrays; accuracies in percent)
@@ -736,9 +737,7 @@ def predict(model, loader, device, autocast=contextlib.nullcontext, channels_las
 
 def _autocast(args):
     """The context every forward of evaluate.py runs in: bf16 autocast on CUDA unless --no-amp, none on CPU."""
-    if _amp_on(args):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return utils.autocast(args.device, "bfloat16" if _amp_on(args) else None)
 
 def _amp_on(args):
     return args.device.type == "cuda" and args.amp
@@ -825,25 +824,41 @@ def find_val_boxes(imagenet_val):
         candidates.append(val.parents[2] / "Annotations" / "CLS-LOC" / val.name)
     return next((c for c in candidates if c.is_dir()), None)
 
+def image_boxes(paths, keys, table):
+    """The one join of ILSVRC box XMLs (`table`, from byproducts.load_boxes) with image files, for the point
+    accuracy of training's validation and of evaluate.py -> (boxes, sizes): per image its GT boxes [M, 4]
+    normalised to [0, 1] of the image (by the XML's <size>, which may differ from the JPEG's) or None, and the
+    [N, 2] (W, H) of the image the eval crop is cut from (its header only). Under the bad-input policy: an image
+    whose header cannot be read gets None (the val set counts the image wrong; no point sample), counted and
+    named once in a BadInputWarning."""
+    sizes, out, problems = np.zeros((len(paths), 2), np.float64), [], byproducts.Problems("point-accuracy boxes")
+    for j, (path, key) in enumerate(zip(paths, keys)):
+        rec = table.get(key) or table.get(key.split("/")[-1])
+        if rec is None:
+            out.append(None)
+            continue
+        try:
+            with Image.open(path) as im:
+                sizes[j] = im.size
+        except Exception as e:  # zero bytes, not an image, missing: the val pass counts it as wrong
+            problems.add("unreadable-image", path, type(e).__name__)
+            out.append(None)
+            continue
+        w, h = rec["size"] or sizes[j]
+        out.append(rec["boxes"] / np.array([w, h, w, h], np.float64))
+    problems.finish()
+    return out, sizes
+
+
 def val_point_boxes(paths, args):
-    """GT boxes of the IN-val images for the point accuracy -> (boxes: per image [M, 4] normalised to [0, 1] of
-    the image or None, sizes [N, 2] (W, H) of the image the points are mapped to, description). Source: the
-    ILSVRC box XMLs of --imagenet-boxes (or found by find_val_boxes), as train_imagenet.py --val-boxes reads
-    them (normalised by the XML's <size>), else the WSOL metadata's localization.txt."""
+    """GT boxes of the IN-val images for the point accuracy -> (boxes, sizes, description) as image_boxes
+    returns them. Source: the ILSVRC box XMLs of --imagenet-boxes (or found by find_val_boxes), else the WSOL
+    metadata's localization.txt."""
     xml_root = args.imagenet_boxes or find_val_boxes(args.imagenet_val)
     sizes = np.zeros((len(paths), 2), np.float64)
     if xml_root:
-        table, out = byproducts.load_boxes(str(xml_root)), []
-        for j, p in enumerate(paths):
-            rec = table.get(f"{Path(p).parent.name}/{Path(p).stem}") or table.get(Path(p).stem)
-            with Image.open(p) as im:  # header only: the eval crop's geometry needs the JPEG's size
-                sizes[j] = im.size
-            if rec is None:
-                out.append(None)
-                continue
-            w, h = rec["size"] or sizes[j]
-            out.append(rec["boxes"] / np.array([w, h, w, h], np.float64))
-        return out, sizes, f"the ILSVRC box XMLs in {xml_root}"
+        keys = [f"{Path(p).parent.name}/{Path(p).stem}" for p in paths]
+        return (*image_boxes(paths, keys, byproducts.load_boxes(str(xml_root))), f"the ILSVRC box XMLs in {xml_root}")
     if not args.wsol_metadata:
         return [None] * len(paths), sizes, None
     meta = read_wsol_metadata(args.wsol_metadata)

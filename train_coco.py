@@ -33,6 +33,7 @@ import evaluate
 import train_imagenet
 from train_imagenet import add_training_args, autocast, demo_data_dir, fit, init_distributed, point_loss, \
     resolve_args
+import utils
 from utils import log
 
 # -----------------------------------------------------------------------------
@@ -283,7 +284,7 @@ def demo_preset():
     coco = os.path.join(demo_data_dir(), "coco")
     return dict(coco_dir=coco, coco_ab=os.path.join(coco, "coco_ab_v1_0.json"), model="resnet18", points="clicks",
                 img_size=48, epochs=60, batch_size=16, lr=1e-2, warmup_epochs=2,
-                workers=min(2, train_imagenet.default_workers()), print_freq=20, eval_every=5,
+                workers=min(2, utils.default_workers()), print_freq=20, eval_every=5,
                 output_dir="runs/demo_coco")
 
 

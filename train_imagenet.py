@@ -97,11 +97,6 @@ RECIPES = {
 }
 
 
-def default_workers():
-    """Data-loader workers per process: up to 8, but never more than this process's share of the CPU cores."""
-    return max(0, min(8, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
-
-
 # The flags that are neither recipe values nor optional: an explicit flag > the --demo preset > the recipe > these.
 DEFAULTS = dict(model="resnet50", points="none", img_size=224, print_freq=50, output_dir="runs/imagenet")
 
@@ -162,7 +157,7 @@ def add_training_args(p, recipes, defaults, optimizers):
     g.add_argument("--img-size", type=int, help=f"training / validation resolution (default: {defaults['img_size']})")
     g.add_argument("--val-resize", type=int, default=None, help="default: img_size / 0.875")
     g.add_argument("--workers", type=int,
-                   help=f"data loader workers per process (default: min(8, cores per process) = {default_workers()})")
+                   help=f"data loader workers per process (default: min(8, cores per process) = {utils.default_workers()})")
     g.add_argument("--strict-data", action="store_true",
                    help="bad byproduct records, broken images and size mismatches are errors, not counted skips")
     g = p.add_argument_group("LUAB")
@@ -275,7 +270,7 @@ def resolve_args(args, recipes, defaults=DEFAULTS, preset=None):
         if getattr(args, k) is None:
             setattr(args, k, v)
     if args.workers is None:
-        args.workers = default_workers()
+        args.workers = utils.default_workers()
     if args.val_resize is None:
         args.val_resize = int(round(args.img_size / 0.875))  # the usual 0.875 test crop ratio
     return args
@@ -406,31 +401,17 @@ def build_datasets(args):
 
 
 def val_point_boxes(args, val):
-    """For each val image, its GT boxes normalised to [0, 1] of the image, and the JPEG size (W, H)."""
+    """For each val image, its GT boxes normalised to [0, 1] of the image or None, and the (W, H) sizes."""
     if not args.val_boxes:
         return None
-    from PIL import Image
     try:
         boxes = byproducts.load_boxes(args.val_boxes)
     except byproducts.BadInput as e:
         raise SystemExit(f"--val-boxes: {e}")
-    out = []
-    for key, (path, _) in zip(val.keys, val.samples):
-        rec = boxes.get(key) or boxes.get(key.split("/")[-1])
-        if rec is None:
-            out.append(None)
-            continue
-        try:
-            with Image.open(path) as im:  # header only: the geometry of the eval crop needs the JPEG's size
-                size = im.size
-        except OSError:  # unreadable: the val set counts it (as wrong); no point-accuracy sample
-            out.append(None)
-            continue
-        w, h = rec["size"] or size  # boxes are in the XML's <size> frame, which may differ from the JPEG
-        out.append((rec["boxes"] / np.array([w, h, w, h], dtype=np.float64), size))
-    if not any(o is not None for o in out):
+    boxes, sizes = evaluate.image_boxes([path for path, _ in val.samples], val.keys, boxes)
+    if not any(b is not None for b in boxes):
         raise SystemExit(f"--val-boxes {args.val_boxes!r} matches no val image")
-    return out
+    return boxes, sizes
 
 
 def make_loader(args, dataset, sampler, train):
@@ -636,9 +617,7 @@ def autocast(args):
     """The context the forward pass runs in: with --amp, autocast to --amp-dtype on CUDA or CPU (bf16 there).
     Only the model runs inside it: the losses cast its outputs to fp32 (.float()) and are computed outside,
     as are the metrics, so the numbers reported do not depend on --amp."""
-    if not args.amp:
-        return contextlib.nullcontext()
-    return torch.autocast(args.device.split(":")[0], dtype=getattr(torch, args.amp_dtype))
+    return utils.autocast(args.device, args.amp_dtype if args.amp else None)
 
 
 def point_grad_share(model, point_weight, loss_task, loss_point):
@@ -920,11 +899,11 @@ def evaluate_imagenet(args, model, loader, boxes=None):
     stats = {f"val_{k}": v for k, v in evaluate.topk_accuracy(logits, torch.tensor(dataset.targets)).items()}
     if points:
         pts = points[0][:, 0].numpy()
+        boxes, sizes = boxes
         keep = [i for i, b in enumerate(boxes) if b is not None]
-        sizes = np.array([boxes[i][1] for i in keep], dtype=np.float64)
         for name, p in (("val_point_acc", pts[keep]), ("val_point_acc_centre", np.full_like(pts[keep], 0.5))):
-            px = evaluate.eval_points_to_original(p, sizes, resize=args.val_resize, crop=args.img_size)
-            stats[name] = evaluate.point_in_box_accuracy(px / sizes, [boxes[i][0] for i in keep])
+            px = evaluate.eval_points_to_original(p, sizes[keep], resize=args.val_resize, crop=args.img_size)
+            stats[name] = evaluate.point_in_box_accuracy(px / sizes[keep], [boxes[i] for i in keep])
     stats["val_broken_images"] = dataset.reader.counts(all_ranks=True)["broken_images"]  # counted wrong above
     return stats
 
@@ -1101,7 +1080,7 @@ def demo_preset():
     return dict(data_dir=os.path.join(root, "imagenet"), byproducts=os.path.join(root, "imagenet_ab", "train_xml"),
                 val_boxes=os.path.join(root, "imagenet", "boxes", "val"), model="resnet18", recipe="resnet",
                 points="clicks", img_size=48, epochs=16, batch_size=32, lr=0.2, lr_step=12, weight_decay=5e-4,
-                color_jitter=0.0, workers=min(2, default_workers()), print_freq=10, output_dir="runs/demo")
+                color_jitter=0.0, workers=min(2, utils.default_workers()), print_freq=10, output_dir="runs/demo")
 
 
 # -----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ on a terminal, one line every `every` seconds in a log file). Both print on rank
 (one process, no torchrun) every function here is the single-process identity.
 """
 
+import contextlib
 import datetime
 import os
 import sys
@@ -55,6 +56,17 @@ def is_main():
 def _comm_device():
     """Where a collective's tensors must live: the GPU for NCCL, the CPU for gloo."""
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+def default_workers():
+    """Data-loader workers per process: up to 8, but never more than this process's share of the CPU cores."""
+    return max(0, min(8, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+
+def autocast(device, dtype=None):
+    """The context a forward pass runs in: autocast to `dtype` ("bfloat16", "float16") on `device`'s type, or no
+    autocast when dtype is None. The one autocast of training, validation and evaluate.py."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(str(device).split(":")[0], dtype=getattr(torch, dtype))
 
 # -----------------------------------------------------------------------------
 # logging and progress

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import train_imagenet as T
+import utils
 from tools.synth import synth as write_synth
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -361,7 +362,7 @@ def test_demo_is_a_preset_that_explicit_flags_override():
     assert T.resolve_args(parse(["--demo", "--rand-points"]), T.RECIPES, T.DEFAULTS, demo).points == "random"
     a = T.resolve_args(parse([]), T.RECIPES)  # no preset: the documented defaults
     assert (a.model, a.points, a.img_size, a.output_dir, a.workers) == \
-        ("resnet50", "none", 224, "runs/imagenet", T.default_workers())
+        ("resnet50", "none", 224, "runs/imagenet", utils.default_workers())
     assert (a.point_weight, a.point_lr) == (20.0, 1.0)  # the recipe's value, not a generic default
     with pytest.raises(SystemExit):  # argparse: two different point modes
         parse(["--luab", "--points", "random"])
