@@ -443,8 +443,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     and recipes_epilog lists the recipes."""
 
     def _get_help_string(self, action):
-        shown = action.default not in (None, False, argparse.SUPPRESS) and "default" not in (action.help or "")
-        return (action.help or "") + (" (default: %(default)s)" if shown else "")
+        text = action.help or ""
+        shown = all(action.default is not v for v in (None, False, argparse.SUPPRESS)) and "default" not in text
+        return text + (" (default: %(default)s)" if shown else "")
 
 
 def recipes_epilog(recipes):
@@ -474,7 +475,7 @@ def add_run_args(p, defaults):
     g.add_argument("--eval-only", action="store_true", help="evaluate --pretrained (or the resumed model) and exit")
     g.add_argument("--eval-every", type=int, default=1, help="validate every N epochs (and after the last)")
     g.add_argument("--print-freq", type=int, help=f"progress line every N steps (default: {defaults['print_freq']})")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seed of the weights, the data order and augmentation")
     g.add_argument("--max-steps-per-epoch", type=int, default=0, help="cut epochs short (smoke tests)")
     g.add_argument("--demo", action="store_true", help="a preset: a small LUAB run on cached synthetic data (CPU)")
 
