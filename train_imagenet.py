@@ -49,8 +49,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import byproducts
 import evaluate
 import utils
-from utils import RepeatedAugSampler, SeededItems, UnpaddedDistributedSampler, all_reduce_sum, log, make_loader, \
-    resolve_speed_flags, to_device
+from utils import RepeatedAugSampler, SeededItems, UnpaddedDistributedSampler, all_reduce_sum, has_fused, log, \
+    make_loader, resolve_speed_flags, to_device
 from models import MODEL_NAMES, POINT_HEADS, POOLINGS, create_model, is_vit_name, load_pretrained, param_groups, \
     point_parameters, read_checkpoint
 
@@ -359,7 +359,7 @@ def build_optimizer(args, model, optimizers=OPTIMIZERS):
     lr = args.lr * args.batch_size / args.lr_base_batch
     opt_class = optimizers[args.opt]
     kwargs = {"momentum": args.momentum} if args.opt == "sgd" else {}
-    if utils.has_fused(opt_class, args.device):
+    if has_fused(opt_class, args.device):
         kwargs["fused"] = True
     return opt_class(optimizer_groups(args, model), lr=lr, weight_decay=args.weight_decay, **kwargs), lr
 

@@ -245,7 +245,7 @@ class RunFolder:
     def __init__(self, path):
         self.path = path
         self.config, self.log, self.checkpoint, self.best = (os.path.join(path, f) for f in self.FILES)
-        self.saved_epoch = None  # the epoch checkpoint.pt holds (set by save, or by the caller after a resume)
+        self.saved_epoch = None  # the epoch checkpoint.pt holds (set by resume and save)
 
     def prepare(self, resume, overwrite, state_bytes, copies):
         """Before any training, checked on rank 0 and agreed by every process: the folder exists and is writable,
@@ -379,7 +379,6 @@ def run_config(args, meta):
             "git": git_commit()}
 
 
-
 def print_run_header(args, model, train_set, val_set, num_classes, peak_lr, start_epoch, steps_per_epoch):
     """The resolved configuration of a training run in one block at its start (rank 0)."""
     params = sum(p.numel() for p in model.parameters()) / 1e6
@@ -400,6 +399,7 @@ def print_run_header(args, model, train_set, val_set, num_classes, peak_lr, star
         f"cutmix {args.cutmix:g}, erasing {args.re_prob:g}, label smoothing {args.label_smoothing:g}",
     ]
     log("\n".join(lines))
+
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
