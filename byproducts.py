@@ -1575,10 +1575,10 @@ def _coord(v):
 # CLI
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    i = sub.add_parser("index-imagenet", help="convert an ImageNet-AB XML tree into one .npz index")
+    i = sub.add_parser("index-imagenet", help="convert an ImageNet-AB XML tree into one .npz index", allow_abbrev=False)
     i.add_argument("--xml-root", required=True, help="train_xml/ (or a parent, e.g. imagenet_ab_v1_0/)")
     i.add_argument("--out", required=True, help="output file (.npz)")
     i.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")

@@ -1806,7 +1806,7 @@ def evaluate_all(model, args):
     return results
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--table", nargs="+", metavar="JSON", help="print the paper-style table of these results and exit")
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None, help="resnet18/50/101/152, vit_tiny/small/base (default: the "

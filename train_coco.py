@@ -21,7 +21,6 @@ import argparse
 import math
 import os
 import random
-import textwrap
 
 import numpy as np
 import torch
@@ -31,8 +30,7 @@ import torch.nn.functional as F
 import byproducts
 import evaluate
 import train_imagenet
-from train_imagenet import add_training_args, autocast, demo_data_dir, fit, init_distributed, point_loss, \
-    resolve_args
+from train_imagenet import add_training_args, autocast, fit, init_distributed, point_loss, resolve_args
 import utils
 from utils import log
 
@@ -45,65 +43,42 @@ from utils import log
 #   re_prob 0.25: the erasing probability of the paper's ImageNet (DeiT) recipe;
 #   color_jitter 0.4: the official COCO-AB dataloader notebook (ColorJitter(0.4, 0.4, 0.4));
 #   min_lr 1e-5: DeiT's; drop_path 0 (ResNets have none; try 0.1 for ViTs).
+# LUAB: point_weight "by-backbone" is the paper's rule ("small lambda works well with the small backbone network,
+# and large lambda is more effective for larger backbone networks"), resolved in resolve_coco_args. Its values
+# were lost; ours (5, 20) suit our normed head at lr x point_lr: under AdamP lambda only sets the point loss's share
+# of the backbone's gradient (synthetic COCO, ResNet-18: 0.07 at lambda 1, 0.35 at 5, 1.8 at 20).
 
 RECIPES = {
     "coco": dict(epochs=100, batch_size=128, opt="adamp", lr=1e-3, lr_base_batch=128, momentum=0.9,
                  weight_decay=1e-2, sched="cosine", lr_step=30, warmup_epochs=5, warmup_lr=1e-6, min_lr=1e-5,
-                 lr_update="epoch",
-                 label_smoothing=0.0, randaugment="none", mixup=0.0, cutmix=0.0, re_prob=0.25,
+                 lr_update="epoch", label_smoothing=0.0, randaugment="none", mixup=0.0, cutmix=0.0, re_prob=0.25,
                  drop_path=0.0, repeated_aug=1, interpolation="bilinear", min_scale=0.5, color_jitter=0.4,
-                 point_lr=10.0),
+                 point_weight="by-backbone", point_lr=10.0),
 }
-# "small lambda works well with the small backbone network, and large lambda is more effective for larger
-# backbone networks": R18 / ViT-Ti small, R50 / R152 / ViT-S / ViT-B large. The values were lost. Ours are for our
-# normalised point head (models.ImageClassifier.point_input) at lr x point_lr: under AdamP the head's own steps do
-# not depend on lambda, which sets the point loss's share of the backbone's gradient; on the synthetic COCO data
-# (ResNet-18) that share was 0.07 at lambda 1, 0.35 at 5, 1.8 at 20. 5 and 20 keep the paper's small < large.
-SMALL_BACKBONES, SMALL_LAMBDA, LARGE_LAMBDA = ("resnet18", "vit_tiny"), 5.0, 20.0
 
-
-DEFAULTS = {**train_imagenet.DEFAULTS, "output_dir": "runs/coco"}  # lambda: by backbone size, below
+DEFAULTS = {**train_imagenet.DEFAULTS, "output_dir": "runs/coco"}
 
 
 def get_args_parser(add_help=True):
-    p = argparse.ArgumentParser(
-        description="LUAB training on COCO 2014 (+ COCO-AB byproducts)", add_help=add_help,
-        formatter_class=train_imagenet.HelpFormatter,
-        epilog=train_imagenet.recipes_epilog(RECIPES) + "\n\n" + textwrap.fill(
-            "Values the paper's text lost (appendix F) are documented defaults: lr 1e-3 and weight decay 1e-2 "
-            "(AdamP's README), --min-scale 0.5, --re-prob 0.25, --point-weight 5 for resnet18/vit_tiny and 20 "
-            "for the larger backbones (with the point head at lr x --point-lr 10). --pretrained accepts an ImageNet checkpoint (ours or torchvision's; the "
-            "paper's COCO numbers are those of ImageNet-initialised backbones): a classifier or point head of "
-            "another size is dropped and re-initialised.", width=100))
+    p = argparse.ArgumentParser(description="LUAB training on COCO 2014 (+ COCO-AB byproducts)", add_help=add_help,
+                                allow_abbrev=False, formatter_class=utils.HelpFormatter,
+                                epilog=utils.recipes_epilog(RECIPES) + "\n  by-backbone: lambda 5 for resnet18 and "
+                                "vit_tiny, 20 for the larger backbones")
     g = p.add_argument_group("COCO data")
-    g.add_argument("--coco-dir",
-                   help="COCO 2014 root: train2014/, val2014/, annotations/instances_{train,val}2014.json")
+    g.add_argument("--coco-dir", help="COCO 2014 root: train2014/, val2014/, annotations/instances_*2014.json")
     g.add_argument("--coco-ab", help="the COCO-AB JSON (coco_ab_v1_0.json); needed by --luab")
-    g.add_argument("--point-source", choices=["final-add", "final-position"], default="final-add",
-                   help="which icon position is the point: the last 'add' of the class (the paper) or where the "
-                        "icon finally rests after moves (removed icons dropped)")
-    g.add_argument("--min-scale", type=float, help="RandomResizedCrop minimum area scale (recipe: 0.5; the paper's "
-                                                   "'raised minimum' value was lost)")
+    g.add_argument("--icon-rule", choices=["final-add", "final-position"], default="final-add",
+                   help="which icon position is a class's point: its last 'add' (the paper) or where it finally rests")
+    g.add_argument("--min-scale", type=float, help="RandomResizedCrop minimum area scale (recipe)")
     add_training_args(p, recipes=RECIPES, defaults=DEFAULTS, optimizers=OPTIMIZERS)
-    p.set_defaults(recipe="coco")
-    # argparse has no public way to amend a flag defined elsewhere; these only touch help texts
-    flags = p._option_string_actions
-    flags["--opt"].help = "adamp (the paper's COCO optimiser; recipe default), adamw or sgd"
-    flags["--recipe"].help = "hyper-parameter preset (only 'coco')"
-    flags["--luab"].help = "regress where the COCO-AB annotators dropped each present class's icon (the paper)"
-    flags["--rand-points"].help = "regress a uniform random point per present class, fixed per image (the control)"
-    flags["--point-weight"].help = (f"lambda, weight of the point loss (default: {SMALL_LAMBDA} for "
-                                    f"{' / '.join(SMALL_BACKBONES)}, {LARGE_LAMBDA} for the larger backbones)")
-    flags["--val-resize"].help = "unused on COCO: validation resizes to img-size x img-size (evaluate.py's protocol)"
-    flags["--lr"].help = "learning rate at a global batch of --lr-base-batch (recipe: 1e-3 at 128), scaled linearly"
     return p
 
 
 def resolve_coco_args(args, preset=None):
-    """train_imagenet.resolve_args with the COCO recipe, then lambda by backbone size unless given."""
+    """train_imagenet.resolve_args with the COCO recipe, then the recipe's lambda rule (unless --point-weight)."""
     args = resolve_args(args, RECIPES, DEFAULTS, preset)
-    if args.point_weight is None:
-        args.point_weight = SMALL_LAMBDA if args.model in SMALL_BACKBONES else LARGE_LAMBDA
+    if args.point_weight == "by-backbone":  # LUAB: the paper's rule, small lambda for small backbones
+        args.point_weight = 5.0 if args.model in ("resnet18", "vit_tiny") else 20.0
     return args
 
 
@@ -198,7 +173,7 @@ def build_datasets(args):
         color_jitter=args.color_jitter, re_prob=args.re_prob)
     try:
         train = byproducts.CocoAB(paths["train2014"], paths["annotations/instances_train2014.json"], records,
-                                  point_source="clicks" if clicked_only else args.points, icon_rule=args.point_source,
+                                  point_source="clicks" if clicked_only else args.points, icon_rule=args.icon_rule,
                                   transform=train_tf, data_fraction=args.data_fraction, seed=args.seed,
                                   strict=args.strict_data)
     except byproducts.BadInput as e:
@@ -281,11 +256,10 @@ def evaluate_coco(args, model, loader, geometry=None):
 def demo_preset():
     """The --demo preset: a small LUAB run on the synthetic COCO-format data (shared with train_imagenet's demo:
     60 train / 20 val images, 6 of the 80 classes) on CPU; explicit flags win; lambda is the recipe's."""
-    coco = os.path.join(demo_data_dir(), "coco")
+    coco = os.path.join(utils.demo_data_dir(), "coco")
     return dict(coco_dir=coco, coco_ab=os.path.join(coco, "coco_ab_v1_0.json"), model="resnet18", points="clicks",
-                img_size=48, epochs=60, batch_size=16, lr=1e-2, warmup_epochs=2,
-                workers=min(2, utils.default_workers()), print_freq=20, eval_every=5,
-                output_dir="runs/demo_coco")
+                img_size=48, epochs=60, batch_size=16, lr=1e-2, warmup_epochs=2, print_freq=20, eval_every=5,
+                workers=min(2, utils.default_workers()), output_dir="runs/demo_coco")
 
 
 # -----------------------------------------------------------------------------
@@ -293,6 +267,7 @@ def demo_preset():
 def main(args):
     args = resolve_coco_args(args, demo_preset() if args.demo else None)
     init_distributed(args)
+    utils.sigterm_as_ctrl_c()  # as train_imagenet: SIGTERM ends the run as Ctrl-C does
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     train_set, val_set = build_datasets(args)
@@ -311,10 +286,10 @@ def main(args):
         chance = np.mean([coco_metrics(rng.random(t.shape), t)["val_map_present"] for _ in range(100)])
         centre = coco_metrics(t, t, np.full(t.shape + (2,), 0.5), *geometry)["val_point_acc"] if geometry else None
         log(f"demo: val mAP {stats['val_map']:.1f} over all {num_classes} classes (only {int(t.any(0).sum())} "
-                  f"occur in the synthetic val set; the others score 0), {stats['val_map_present']:.1f} over the "
-                  f"classes that occur (random scores: {chance:.1f} on average)" + (
-                      f"; point localisation {stats['val_point_acc']:.1f}% of (image, class) pairs (always "
-                      f"predicting the image centre: {centre:.1f}%)" if geometry and "val_point_acc" in stats else ""))
+            f"occur in the synthetic val set; the others score 0), {stats['val_map_present']:.1f} over the "
+            f"classes that occur (random scores: {chance:.1f} on average)" + (
+                f"; point localisation {stats['val_point_acc']:.1f}% of (image, class) pairs (always "
+                f"predicting the image centre: {centre:.1f}%)" if geometry and "val_point_acc" in stats else ""))
     return stats
 
 

@@ -7,10 +7,21 @@ on a terminal, one line every `every` seconds in a log file). Both print on rank
 (one process, no torchrun) every function here is the single-process identity.
 """
 
+import argparse
 import contextlib
+import copy
 import datetime
+import functools
+import glob
+import json
+import math
 import os
+import random
+import shutil
+import signal
+import subprocess
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -166,3 +177,479 @@ def all_reduce_sum(x):
     t = t.to(_comm_device())
     dist.all_reduce(t)
     return t.cpu().numpy()
+
+# -----------------------------------------------------------------------------
+# The run folder of a training run, written so that a kill at any moment leaves a consistent folder: every file
+# goes to a temporary name, is fsynced and renamed (atomic on POSIX); the epoch log lives inside the checkpoint and
+# log.jsonl is rewritten from it after each save, so log.jsonl never describes an epoch the checkpoint lacks. Also
+# here: what a checkpoint carries (RNG states, meta), the run's header, SIGTERM as Ctrl-C, the demos' data.
+
+def _os_reason(e):
+    """The OS error behind an exception (torch.save wraps ENOSPC in a RuntimeError), in a few words, or None."""
+    while e is not None:
+        if isinstance(e, OSError) and e.strerror:
+            return e.strerror
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def atomic_write(path, write):
+    """write(file) into path.tmp.<pid>, fsync, rename; on any failure the temporary file is removed and the
+    previous file at `path` is left as it was. An OS failure (disk full, read-only) ends the run with one line."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        reason = _os_reason(e)
+        if reason is None:
+            raise
+        previous = f"previous version intact at {path}" if os.path.exists(path) else "no previous version"
+        raise SystemExit(f"cannot write {path}: {reason}; {previous}") from None
+
+
+def save_checkpoint(state, path):
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def write_jsonl(path, lines):
+    atomic_write(path, lambda f: f.write("".join(json.dumps(line) + "\n" for line in lines).encode()))
+
+
+def rng_state():
+    """The training process's RNG states (torch CPU and CUDA, Python's), as a checkpoint stores them."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+class RunFolder:
+    """--output-dir of one training run: config.json (written at the start), log.jsonl, checkpoint.pt (every
+    epoch) and best.pt. Writing is rank 0's; prepare() is called by every process."""
+
+    FILES = ("config.json", "log.jsonl", "checkpoint.pt", "best.pt")
+
+    def __init__(self, path):
+        self.path = path
+        self.config, self.log, self.checkpoint, self.best = (os.path.join(path, f) for f in self.FILES)
+        self.saved_epoch = None  # the epoch checkpoint.pt holds (set by resume and save)
+
+    def prepare(self, resume, overwrite, state_bytes, copies):
+        """Before any training, checked on rank 0 and agreed by every process: the folder exists and is writable,
+        a previous run is not replaced by accident, and there is room for a checkpoint (`copies` x `state_bytes`,
+        or the size of the one being resumed) plus one more state for best.pt."""
+        need = os.path.getsize(self.checkpoint) if resume and os.path.exists(self.checkpoint) else state_bytes * copies
+        agree(self._check(resume, overwrite, need + state_bytes) if is_main() else None)
+
+    def _check(self, resume, overwrite, need):
+        """None, or the one line that refuses the folder."""
+        out = self.path
+        try:
+            os.makedirs(out, exist_ok=True)
+            for tmp in glob.glob(os.path.join(glob.escape(out), "*.tmp.*")):  # left by saves that died
+                os.remove(tmp)
+                log(f"removed {tmp}, a temporary file of an interrupted save")
+            entries = sorted(os.listdir(out))
+            if entries and not resume:
+                if not overwrite:
+                    return (f"--output-dir {out} is not empty ({', '.join(entries[:4])}"
+                            f"{', ...' if len(entries) > 4 else ''}): continue that run with --resume, replace it "
+                            "with --overwrite, or choose another --output-dir")
+                for name in self.FILES:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(os.path.join(out, name))
+            probe = os.path.join(out, f".write-test.{os.getpid()}")
+            with open(probe, "wb") as f:
+                f.write(b"0")
+            os.remove(probe)
+        except OSError as e:
+            return f"--output-dir {out}: {e.strerror or e} ({e.filename or out}); choose a folder you can write to"
+        free = shutil.disk_usage(out).free
+        if free < need:
+            return (f"--output-dir {out}: {free / 2**30:.2f} GiB free, a checkpoint needs about "
+                    f"{need / 2**30:.2f} GiB: free some space or choose another folder")
+        return None
+
+    def resume(self, read, same, eval_only=False):
+        """The checkpoint to continue from, read by read(path), or None when there is none yet (--eval-only needs
+        one); a checkpoint saved with other values of `same` ({flag: value}) is refused."""
+        if not os.path.exists(self.checkpoint):
+            if eval_only:
+                raise SystemExit(f"--resume --eval-only: no checkpoint at {self.checkpoint} to evaluate")
+            log(f"--resume: no checkpoint at {self.checkpoint} yet, starting the run")
+            return None
+        try:
+            ckpt = read(self.checkpoint)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"--resume: {e}; move it away to start the run again") from None
+        for k, v in same.items():
+            if ckpt.get("args", {}).get(k) != v:
+                raise SystemExit(f"{self.checkpoint} was saved with --{k}={ckpt.get('args', {}).get(k)!r}, this run "
+                                 f"has {v!r}: use the same flag, or another --output-dir")
+        self.saved_epoch = ckpt["epoch"]
+        log(f"resumed from {self.checkpoint} at epoch {ckpt['epoch'] + 1}")
+        return ckpt
+
+    def start(self, config, log_lines):
+        """Rank 0: config.json, and log.jsonl as the checkpoint holds it (drops lines of epochs to be redone)."""
+        if is_main():
+            atomic_write(self.config, lambda f: f.write(json.dumps(config, indent=1).encode()))
+            write_jsonl(self.log, log_lines)
+
+    def save(self, log_lines, best, model, optimizer, scaler, ema, step, args, meta):
+        """Rank 0, after the epoch log_lines[-1]: best.pt if that epoch is `best`, then checkpoint.pt (weights of
+        the unwrapped model, optimiser, scaler, EMA, RNG states, the log, `meta`), then log.jsonl. A kill between
+        best.pt and checkpoint.pt redoes the epoch, bit for bit, and writes the same best.pt."""
+        if not is_main():
+            return
+        epoch, state = log_lines[-1]["epoch"], model.state_dict()
+        if best is not None and best["epoch"] == epoch:
+            save_checkpoint({"model": state, "meta": meta, "epoch": epoch, "best": best, "args": vars(args)}, self.best)
+        save_checkpoint({"model": state, "optimizer": optimizer.state_dict(),
+                         "scaler": scaler.state_dict() if scaler else None,
+                         "ema": ema.module.state_dict() if ema else None, "epoch": epoch, "step": step,
+                         "rng": rng_state(), "args": vars(args), "meta": meta, "log": log_lines, "best": best,
+                         "elapsed_s": log_lines[-1]["elapsed_s"]}, self.checkpoint)
+        write_jsonl(self.log, log_lines)
+        self.saved_epoch = epoch
+
+    def finished(self, epochs, minutes, best, last):
+        """The summary line at the end of a run: time, best and final metric (best["key"]), the files."""
+        key = best["key"] if best else None
+        final = f", final {key} {last[key]:.2f}" if key in last else ""
+        best_txt = f"best {key} {best['value']:.2f} (epoch {best['epoch']})" if best else "no validation"
+        log(f"finished {epochs} epochs in {minutes:.1f} min: {best_txt}{final}; run folder {self.path} "
+            f"(config.json, log.jsonl, checkpoint.pt{', best.pt' if best else ''})")
+
+    def interrupted(self, epoch, step=None):
+        """After Ctrl-C or SIGTERM: one line saying where the run stopped and what is saved, exit status 130."""
+        done = f"last checkpoint: epoch {self.saved_epoch} in {self.checkpoint}" if self.saved_epoch is not None \
+            else "no checkpoint yet"
+        at = f"epoch {epoch}" + (f" step {step}" if step is not None else "")
+        log(f"interrupted at {at}; {done}; continue with --resume")
+        raise SystemExit(130) from None
+
+
+def agree(error):
+    """Rank 0's verdict (None or an error line) for every process, so that all stop together (no process hangs in
+    the next collective)."""
+    if dist_on():
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error:
+        raise SystemExit(error)
+
+
+def git_commit():
+    """{"commit", "dirty"} of the code's git checkout, or None outside one."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": bool(dirty)} if commit else None
+
+
+def run_config(args, meta):
+    """config.json: every resolved flag, what the checkpoint describes, versions, code commit, command line."""
+    import PIL
+    import torchvision
+    return {"args": vars(args), "meta": meta, "command": [os.path.basename(sys.argv[0])] + sys.argv[1:],
+            "world_size": args.world_size, "started": datetime.datetime.now().isoformat(timespec="seconds"),
+            "versions": {"python": sys.version.split()[0], "torch": str(torch.__version__),
+                         "torchvision": str(torchvision.__version__), "numpy": np.__version__,
+                         "pillow": PIL.__version__},
+            "git": git_commit()}
+
+
+def print_run_header(args, model, train_set, val_set, num_classes, peak_lr, start_epoch, steps_per_epoch):
+    """The resolved configuration of a training run in one block at its start (rank 0)."""
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    targets = "none (plain training)" if args.points == "none" else f"{args.points}, lambda {args.point_weight:g}"
+    if args.points == "random":
+        targets += f", on {args.rand_points_on} images"
+    lines = [
+        f"run    {args.output_dir} ({f'resumed at epoch {start_epoch}' if start_epoch else 'new'}), seed {args.seed}, "
+        f"{args.world_size} process(es) on {args.device}",
+        f"model  {args.model} ({params:.1f} M params), {num_classes} classes, points: {targets}"
+        + (f", {args.pooling} pooling" if args.pooling != "avg" else ""),
+        f"data   {len(train_set)} train / {len(val_set)} val images, {args.img_size} px, global batch "
+        f"{args.batch_size} ({args.batch_size // args.world_size} per process), {args.workers} workers",
+        f"optim  recipe {args.recipe}: {args.opt} lr {peak_lr:.4g} (= {args.lr:g} x {args.batch_size}/"
+        f"{args.lr_base_batch}), wd {args.weight_decay:g}, {args.sched} schedule, warm-up {args.warmup_epochs:g} "
+        f"epochs, {args.epochs} epochs x {steps_per_epoch} steps",
+        f"augment randaugment {args.randaugment}, colour jitter {args.color_jitter:g}, mixup {args.mixup:g}, "
+        f"cutmix {args.cutmix:g}, erasing {args.re_prob:g}, label smoothing {args.label_smoothing:g}",
+    ]
+    log("\n".join(lines))
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def sigterm_as_ctrl_c():
+    """From now on SIGTERM (torchrun, schedulers) ends the run as Ctrl-C does: a KeyboardInterrupt."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def demo_data_dir(seed=0):
+    """The demos' synthetic dataset (tools/synth.py) in ~/.cache/luab/synth-seed<seed> ($XDG_CACHE_HOME honoured),
+    written once into a temporary folder that is renamed when complete."""
+    root = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "luab")
+    path = os.path.join(root, f"synth-seed{seed}")
+    if not os.path.isdir(path):
+        tmp = f"{path}.tmp{os.getpid()}"
+        print(f"writing the synthetic dataset to {path} (once)", flush=True)
+        from tools.synth import synth  # here: the scripts never need the tools otherwise
+        synth(tmp, seed=seed)
+        os.makedirs(root, exist_ok=True)
+        os.replace(tmp, path)
+    return path
+
+
+def checkpoint_meta(args, classes, num_points):
+    """What a checkpoint says about itself, so that evaluate.py (models.model_from_checkpoint) or anyone can
+    rebuild the model from the file alone: architecture, classes (names), point head, input geometry."""
+    return {"model": args.model, "num_classes": len(classes), "num_points": num_points,
+            "img_size": args.img_size, "val_resize": args.val_resize, "interpolation": args.interpolation,
+            "classes": list(classes), "points": args.points, "point_head": args.point_head, "pooling": args.pooling,
+            "torch": str(torch.__version__)}
+
+
+# -----------------------------------------------------------------------------
+# The training scripts' machinery that is not LUAB's: the --help layout, the speed and run flags, loaders, the
+# sampler that owns all data randomness, the weight EMA, fused optimisers, the LR curve, an epoch's timing.
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help of the training scripts: every fixed default shown; a default left None comes from the recipe,
+    and recipes_epilog lists the recipes."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        shown = all(action.default is not v for v in (None, False, argparse.SUPPRESS)) and "default" not in text
+        return text + (" (default: %(default)s)" if shown else "")
+
+
+def recipes_epilog(recipes):
+    """The recipes' values, one wrapped paragraph each, for the end of --help."""
+    lines = ["recipes (the defaults of the flags marked 'recipe'; a flag given on the command line wins):"]
+    for name, values in recipes.items():
+        lines.append(textwrap.fill(f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items()), width=100,
+                                   initial_indent="  ", subsequent_indent="      "))
+    return "\n".join(lines)
+
+
+def add_run_args(p, defaults):
+    """The training scripts' flags for speed and for the run (its folder, resume, evaluation, seed, demo)."""
+    g = p.add_argument_group("speed")
+    g.add_argument("--amp", action="store_true", help="autocast the forward pass (losses and metrics stay fp32)")
+    g.add_argument("--amp-dtype", choices=["bfloat16", "float16"], default="bfloat16", help="float16: CUDA only")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (CPU needs a C compiler)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help="(default: ResNets on CUDA)")
+    g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (CUDA only)")
+    g.add_argument("--device", help="default: cuda if available else cpu")
+    g = p.add_argument_group("run")
+    g.add_argument("--output-dir", help=f"the run folder (default: {defaults['output_dir']})")
+    g.add_argument("--resume", action="store_true", help="continue the run in --output-dir if it has a checkpoint")
+    g.add_argument("--overwrite", action="store_true", help="replace the run files in --output-dir")
+    g.add_argument("--dist-timeout", type=float, default=10.0, help="minutes a process waits for the others")
+    g.add_argument("--pretrained", help="initialise from a torchvision / DeiT / our checkpoint")
+    g.add_argument("--eval-only", action="store_true", help="evaluate --pretrained (or the resumed model) and exit")
+    g.add_argument("--eval-every", type=int, default=1, help="validate every N epochs (and after the last)")
+    g.add_argument("--print-freq", type=int, help=f"progress line every N steps (default: {defaults['print_freq']})")
+    g.add_argument("--seed", type=int, default=0, help="seed of the weights, the data order and augmentation")
+    g.add_argument("--max-steps-per-epoch", type=int, default=0, help="cut epochs short (smoke tests)")
+    g.add_argument("--demo", action="store_true", help="a preset: a small LUAB run on cached synthetic data (CPU)")
+
+
+def resolve_speed_flags(args):
+    """Refuse the CUDA-only speed flags on another device; default channels_last where it pays."""
+    from models import is_vit_name  # imported here, not at the top: models may import utils
+    cuda = args.device.startswith("cuda")
+    if args.amp and args.amp_dtype == "float16" and not cuda:
+        raise SystemExit("--amp-dtype float16 needs CUDA (fp16 needs the GradScaler); on CPU --amp uses bfloat16")
+    if args.sync_bn and not cuda:
+        raise SystemExit("--sync-bn needs CUDA (torch's SyncBatchNorm has no CPU kernel): drop it on CPU")
+    if args.channels_last is None:  # cuDNN's tensor-core convolutions want NHWC; a ViT has one conv only
+        args.channels_last = cuda and not is_vit_name(args.model)
+
+
+def make_loader(args, dataset, sampler, train):
+    """A DataLoader of args.batch_size / world size per process (a train loader drops its last partial batch)."""
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size // args.world_size, sampler=sampler, drop_last=train,
+        num_workers=args.workers, pin_memory=args.device.startswith("cuda"),
+        persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers > 0 else None)
+
+
+def to_device(args, batch):
+    """A loader's batch -> the same list on args.device (images channels_last if args.channels_last)."""
+    images, *rest = batch
+    images = images.to(args.device, non_blocking=True)
+    if args.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return [images] + [t.to(args.device, non_blocking=True) for t in rest]
+
+
+class RepeatedAugSampler(Sampler):
+    """Shuffled distributed sampler with repeated augmentation (Hoffer et al.; DeiT's RASampler idea) that yields
+    (index, seed): the dataset seeds its augmentation from that seed (SeededItems), so crops do not depend on the
+    number of workers or processes and a resumed run sees exactly the data the uninterrupted run would have seen.
+
+    Each epoch: a permutation of the dataset, every index repeated `repeats` times in a row, padded to a
+    multiple of the world size and dealt round-robin, so the copies of one image land on different
+    processes with different seeds. Each process keeps ceil(n / world) items, so an epoch costs the
+    same as without repetition. repeats=1 is an ordinary shuffled DistributedSampler.
+    """
+
+    def __init__(self, n, rank=0, world_size=1, repeats=1, seed=0):
+        self.n, self.rank, self.world, self.repeats, self.seed = n, rank, world_size, repeats, seed
+        self.num_samples = math.ceil(n / world_size)
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return self.num_samples
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        idx = torch.randperm(self.n, generator=g).repeat_interleave(self.repeats)
+        total = math.ceil(len(idx) / self.world) * self.world
+        idx = torch.cat([idx, idx[: total - len(idx)]])
+        pos = torch.arange(self.rank, total, self.world)[: self.num_samples]
+        # one seed per (epoch, position in the global list): repeated copies get different augmentations
+        seeds = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + pos
+        return iter(zip(idx[pos].tolist(), seeds.tolist()))
+
+
+class SeededItems(torch.utils.data.Dataset):
+    """Wraps a dataset so that item (index, seed) is augmented with torch's and Python's RNGs seeded from `seed`.
+
+    The global RNG states are restored afterwards: with --workers 0 the items are made in the main process,
+    whose RNGs drive the model (drop-path masks), and those must not depend on the data loaded last."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        index, seed = item
+        py_state = random.getstate()
+        with torch.random.fork_rng(devices=[]):  # CPU generator only: the transforms draw on the CPU
+            torch.manual_seed(seed % 2**63)
+            random.seed(seed)
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(py_state)
+
+
+class ModelEma:
+    """Exponential moving average of the weights (buffers copied), as DeiT keeps with --model-ema."""
+
+    def __init__(self, model, decay):
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model):
+        ema_p, p = list(self.module.parameters()), list(model.parameters())
+        torch._foreach_lerp_(ema_p, p, 1 - self.decay)
+        for b_ema, b in zip(self.module.buffers(), model.buffers()):
+            b_ema.copy_(b)
+
+
+@functools.lru_cache(maxsize=None)
+def has_fused(opt_class, device):
+    """Whether the installed torch has a fused `opt_class` kernel for `device` (CUDA; CPU too since torch 2.4):
+    one kernel per parameter does the whole update. torch checks the device only at the first step, so this
+    takes one step on a one-element tensor."""
+    p = torch.zeros(1, device=device, requires_grad=True)
+    p.grad = torch.zeros(1, device=device)
+    try:
+        opt_class([p], lr=0.1, fused=True).step()
+        return True
+    except (RuntimeError, TypeError):  # TypeError: an optimiser without the `fused` argument in this torch
+        return False
+
+
+def lr_at(args, peak_lr, step, steps_per_epoch):
+    """Learning rate at a global step, as a pure function of the step (resume needs no scheduler state).
+
+    The curve f(t), t in epochs, is timm's (DeiT's scheduler): linear warm-up from warmup_lr to peak_lr over
+    warmup_epochs, then, counted from t = 0 (timm's warmup_prefix=False), either x0.1 every lr_step epochs or a
+    cosine from peak_lr to min_lr at t = epochs. lr_update "epoch" holds the LR for a whole epoch as the
+    reference loops do: the step schedule uses f(e) in epoch e (torchvision's StepLR); the cosine one uses
+    f(e - 1) (DeiT calls lr_scheduler.step(e) *after* epoch e, and its scheduler starts at warmup_lr, so epochs
+    0 and 1 both train at warmup_lr). lr_update "step" evaluates f at the fractional epoch of every step.
+    """
+    if args.lr_update == "step":
+        t = step / steps_per_epoch
+    else:
+        t = step // steps_per_epoch
+        if args.sched == "cosine":
+            t = max(t - 1, 0)
+    if t < args.warmup_epochs:
+        return args.warmup_lr + t * (peak_lr - args.warmup_lr) / args.warmup_epochs
+    if args.sched == "step":
+        return peak_lr * 0.1 ** int(t // args.lr_step)
+    if t >= args.epochs:
+        return args.min_lr
+    return args.min_lr + 0.5 * (peak_lr - args.min_lr) * (1 + math.cos(math.pi * t / args.epochs))
+
+
+class StepTimer:
+    """Times the steps of one epoch; `due(i)` says when step i prints its line (rank 0, every `every` steps and
+    at the last), `print(i, text)` prints `epoch E [i/N] text <img/s> data <wait %> eta <min>`."""
+
+    def __init__(self, epoch, epochs, steps, batch_size, every):
+        self.epoch, self.epochs, self.steps, self.batch_size, self.every = epoch, epochs, steps, batch_size, every
+        self.t_epoch = self.t_last = time.perf_counter()
+        self.data_wait = 0.0
+
+    @contextlib.contextmanager
+    def waiting(self):
+        """Time spent inside counts as waiting for data."""
+        t0 = time.perf_counter()
+        yield
+        self.data_wait += time.perf_counter() - t0
+
+    def due(self, i):
+        return is_main() and ((i + 1) % self.every == 0 or i + 1 == self.steps)
+
+    def print(self, i, text):
+        now = time.perf_counter()
+        done, n = (i + 1) / self.steps, min(self.every, (i % self.every) + 1)
+        ips = n * self.batch_size / max(now - self.t_last, 1e-9)
+        eta = (now - self.t_epoch) / done * (1 - done) + (now - self.t_epoch) / done * (self.epochs - self.epoch - 1)
+        print(f"epoch {self.epoch} [{i + 1}/{self.steps}] {text} {ips:.0f} img/s "
+              f"data {100 * self.data_wait / (now - self.t_epoch):.0f}% eta {eta / 60:.1f} min", flush=True)
+        self.t_last = now
+
+    def stats(self):
+        """The epoch's throughput (img/s, global), data-wait fraction and duration, as log.jsonl has them."""
+        elapsed = time.perf_counter() - self.t_epoch
+        return {"img_per_s": self.steps * self.batch_size / elapsed, "data_wait": self.data_wait / elapsed,
+                "epoch_time_s": elapsed}

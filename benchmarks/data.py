@@ -270,7 +270,8 @@ def index_rate(src_xml_root, tmp, n_files, workers_list):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
     ap.add_argument("--rounds", type=int, default=3, help="DataLoader rounds (each config once per round)")
     ap.add_argument("--repeats", type=int, default=5, help="passes of the same-seed __getitem__ loop")
     ap.add_argument("--images", type=int, default=100, help="ImageNet train images per class (10 classes)")

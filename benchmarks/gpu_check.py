@@ -327,7 +327,8 @@ def print_table(d):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes: check the plumbing")
     p.add_argument("--parts", nargs="+", choices=["speed", "model", "data", "compiled"],
                    default=["speed", "model", "data", "compiled"])

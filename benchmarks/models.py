@@ -34,7 +34,8 @@ def reference(name, img_size):
                                                 num_heads=heads, hidden_dim=dim, mlp_dim=4 * dim)
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--models", nargs="+", default=list(models.MODEL_NAMES), choices=models.MODEL_NAMES)
     parser.add_argument("--batch-size", type=int, default=None, help="default 8 on cpu, 64 on cuda")
     parser.add_argument("--img-size", type=int, default=224)

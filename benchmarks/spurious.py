@@ -49,7 +49,7 @@ TABLE = ("val_top1", "mixed_same", "mixed_rand", "bg_gap")
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=None, help="dataset folder (default: a cache folder keyed by the settings)")
     p.add_argument("--p", type=float, default=0.9, help="train background/label agreement")
     p.add_argument("--classes", type=int, default=6)

@@ -381,7 +381,8 @@ def loader_mode(a):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--models", nargs="+", choices=list(MODEL_NAMES) + ["all"],
                    help=f"default: {' '.join(CPU_MODELS)} on cpu, {' '.join(GPU_MODELS)} on cuda; 'all' = all seven")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")

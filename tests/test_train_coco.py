@@ -56,12 +56,36 @@ def weights(out):
 # ---------------------------------------------------------------------------- pure pieces
 
 def test_recipe_and_lambda_by_backbone():
+    """The recipe names the paper's lambda rule ("by-backbone"); resolving it gives 5 for the small backbones
+    (ResNet-18, ViT-Ti) and 20 for the larger ones, and --point-weight wins over it."""
     parse = C.get_args_parser().parse_args
+    assert C.RECIPES["coco"]["point_weight"] == "by-backbone"
     a = C.resolve_coco_args(parse(["--model", "resnet18"]))
     assert (a.recipe, a.opt, a.epochs, a.warmup_epochs, a.batch_size, a.img_size) == ("coco", "adamp", 100, 5, 128, 224)
-    assert a.min_scale > 0.08 and a.re_prob > 0 and a.point_weight == C.SMALL_LAMBDA
-    assert C.resolve_coco_args(parse(["--model", "vit_small"])).point_weight == C.LARGE_LAMBDA
+    assert (a.min_scale, a.re_prob, a.point_weight, a.point_lr) == (0.5, 0.25, 5.0, 10.0)
+    lam = {m: C.resolve_coco_args(parse(["--model", m])).point_weight
+           for m in ("resnet18", "vit_tiny", "resnet50", "resnet152", "vit_small", "vit_base")}
+    assert lam == {"resnet18": 5.0, "vit_tiny": 5.0, "resnet50": 20.0, "resnet152": 20.0, "vit_small": 20.0,
+                   "vit_base": 20.0}
     assert C.resolve_coco_args(parse(["--model", "vit_tiny", "--point-weight", "3"])).point_weight == 3.0
+
+
+def test_icon_rule_flag_chooses_the_coco_ab_rule(coco, tmp_path):
+    """--icon-rule (was --point-source, a name the datasets use for clicks / random / none) picks which icon
+    position is a class's point: the training set gets exactly CocoAB's points under that rule."""
+    parse = C.get_args_parser().parse_args
+    with pytest.raises(SystemExit):
+        parse(["--point-source", "final-add"])
+    sets = {}
+    for rule in ("final-add", "final-position"):
+        args = C.resolve_coco_args(parse(base_args(coco, tmp_path, "--luab", "--icon-rule", rule)))
+        sets[rule] = C.build_datasets(args)[0]
+        direct = byproducts.CocoAB(str(coco / "train2014"), str(coco / "annotations" / "instances_train2014.json"),
+                                   str(coco / "coco_ab_v1_0.json"), icon_rule=rule)
+        assert torch.equal(sets[rule].point_mask, direct.point_mask)
+        assert torch.equal(sets[rule].points, direct.points)
+    # the synthetic records include icons removed for good: final-position drops them, final-add keeps them
+    assert sets["final-position"].point_mask.sum() < sets["final-add"].point_mask.sum()
 
 
 def test_adamp_is_adamw_off_scale_invariant_weights_and_drops_the_radial_update():

@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -73,19 +74,19 @@ def test_deit_lr_curve_is_deits_value_for_value():
                 151: 5.05e-4,      # f(150) = 1e-5 + 4.95e-4 (1 + cos(pi / 2))
                 299: 1.0108562e-5}  # f(298) = 1e-5 + 4.95e-4 (1 - cos(pi / 150)) = 1e-5 + 4.95e-4 x 2.19317e-4
     for epoch, lr in expected.items():
-        assert [T.lr_at(a, peak, epoch * spe + k, spe) for k in (0, spe - 1)] == pytest.approx([lr, lr], rel=1e-6)
+        assert [utils.lr_at(a, peak, epoch * spe + k, spe) for k in (0, spe - 1)] == pytest.approx([lr, lr], rel=1e-6)
     # the per-step variant: the same curve at fractional epochs, no one-epoch lag
     s = T.resolve_args(T.get_args_parser().parse_args(["--model", "vit_small", "--lr-update", "step"]), T.RECIPES)
-    assert T.lr_at(s, peak, 0, spe) == pytest.approx(1e-6)
-    assert T.lr_at(s, peak, 5 * spe, spe) == pytest.approx(9.9932162e-4)  # f(5) at the start of epoch 5: no lag
-    assert T.lr_at(s, peak, 1, 2) == pytest.approx(1e-6 + 0.5 * 1.998e-4)
+    assert utils.lr_at(s, peak, 0, spe) == pytest.approx(1e-6)
+    assert utils.lr_at(s, peak, 5 * spe, spe) == pytest.approx(9.9932162e-4)  # f(5) at the start of epoch 5: no lag
+    assert utils.lr_at(s, peak, 1, 2) == pytest.approx(1e-6 + 0.5 * 1.998e-4)
 
 
 def test_resnet_lr_is_torchvision_steplr():
     r = T.resolve_args(T.get_args_parser().parse_args(["--model", "resnet50"]), T.RECIPES)
     assert (r.recipe, r.opt, r.epochs, r.lr_base_batch, r.warmup_epochs) == ("resnet", "sgd", 100, 256, 0)
-    assert [T.lr_at(r, 0.1, e * 5, 5) for e in (0, 29, 30, 60, 99)] == pytest.approx([.1, .1, .01, .001, .0001])
-    assert T.lr_at(r, 0.1, 30 * 5 - 1, 5) == pytest.approx(0.1)  # the last step of epoch 29
+    assert [utils.lr_at(r, 0.1, e * 5, 5) for e in (0, 29, 30, 60, 99)] == pytest.approx([.1, .1, .01, .001, .0001])
+    assert utils.lr_at(r, 0.1, 30 * 5 - 1, 5) == pytest.approx(0.1)  # the last step of epoch 29
 
 
 def test_seeded_items_leave_the_main_process_rngs_alone():
@@ -95,16 +96,16 @@ def test_seeded_items_leave_the_main_process_rngs_alone():
             return 4
 
         def __getitem__(self, i):
-            return torch.rand(2), T.random.random()
+            return torch.rand(2), random.random()
 
-    items = T.SeededItems(Noisy())
+    items = utils.SeededItems(Noisy())
     torch.manual_seed(3)
-    T.random.seed(3)
+    random.seed(3)
     a = [items[(i, 100 + i)] for i in range(4)]
-    after = (torch.rand(3), T.random.random())
+    after = (torch.rand(3), random.random())
     torch.manual_seed(3)
-    T.random.seed(3)
-    assert torch.equal(after[0], torch.rand(3)) and after[1] == T.random.random()
+    random.seed(3)
+    assert torch.equal(after[0], torch.rand(3)) and after[1] == random.random()
     b = [items[(i, 100 + i)] for i in range(4)]  # and the items themselves depend only on their seed
     assert all(torch.equal(x[0], y[0]) and x[1] == y[1] for x, y in zip(a, b))
     torch.manual_seed(103 % 2**63)
@@ -113,14 +114,14 @@ def test_seeded_items_leave_the_main_process_rngs_alone():
 
 def test_repeated_aug_sampler_covers_and_separates_copies():
     n, world, reps = 10, 3, 3
-    per_rank = [list(T.RepeatedAugSampler(n, r, world, reps, seed=1)) for r in range(world)]
+    per_rank = [list(utils.RepeatedAugSampler(n, r, world, reps, seed=1)) for r in range(world)]
     assert all(len(p) == math.ceil(n / world) for p in per_rank)
     # the three copies of an image go to three different ranks with three different seeds
     first = [p[0] for p in per_rank]
     assert len({i for i, _ in first}) == 1 and len({s for _, s in first}) == 3
-    plain = list(T.RepeatedAugSampler(n, 0, 1, 1, seed=1))
+    plain = list(utils.RepeatedAugSampler(n, 0, 1, 1, seed=1))
     assert sorted(i for i, _ in plain) == list(range(n))
-    s = T.RepeatedAugSampler(n, 0, 1, 1, seed=1)
+    s = utils.RepeatedAugSampler(n, 0, 1, 1, seed=1)
     s.set_epoch(1)
     assert [i for i, _ in s] != [i for i, _ in plain]
 
@@ -145,10 +146,10 @@ def test_point_loss_masks_and_averages_over_points_that_count():
 def test_checkpoint_survives_sigkill_during_save(tmp_path):
     """Kill a process that does nothing but save checkpoints, at random moments, many times."""
     path = tmp_path / "checkpoint.pt"
-    code = ("import sys, torch, train_imagenet as T\n"
+    code = ("import sys, torch, utils\n"
             "i = 0\n"
             "while True:\n"
-            "    T.save_checkpoint({'model': {'w': torch.full((2_000_000,), float(i))}, 'epoch': i}, sys.argv[1])\n"
+            "    utils.save_checkpoint({'model': {'w': torch.full((2_000_000,), float(i))}, 'epoch': i}, sys.argv[1])\n"
             "    i += 1\n")
     for delay in (0.3, 0.45, 0.6, 0.75, 0.9):
         p = subprocess.Popen([sys.executable, "-c", code, str(path)], cwd=REPO, env=ENV)
@@ -578,3 +579,73 @@ def test_the_docstring_lists_every_luab_place_and_each_is_marked():
                 found.append(name)
                 assert "LUAB" in inspect.getsource(obj), f"{module}.{name} (place {n}) has no LUAB mark"
         assert found, f"place {n} names nothing that exists in {module}.py: {text!r}"
+
+
+# ---------------------------------------------------------------------------- flags and LUAB's knobs
+
+def test_abbreviated_flags_are_refused():
+    """allow_abbrev=False: `--epoch 2` is not silently --epochs (nor --epoch-anything) in either training script,
+    and every argparse parser of the repository is built that way (its subparsers too)."""
+    import re
+    import train_coco
+    for parser in (T.get_args_parser(), train_coco.get_args_parser()):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--epoch", "2"])
+        assert parser.parse_args(["--epochs", "2"]).epochs == 2
+    files = [os.path.join(d, f) for d in (REPO, os.path.join(REPO, "tools"), os.path.join(REPO, "benchmarks"))
+             for f in sorted(os.listdir(d)) if f.endswith(".py")]
+    calls = 0
+    for path in files:
+        with open(path) as f:
+            text = f.read()
+        for call in re.findall(r"(?:ArgumentParser|\.add_parser)\((?:[^()]|\([^()]*\))*\)", text):
+            calls += 1
+            assert "allow_abbrev=False" in call, (path, call[:80])
+    assert calls >= 15
+
+
+def test_set_lr_is_the_one_place_of_the_point_heads_lr():
+    """The point head's parameters get groups of their own (optimizer_groups), and set_lr gives them the
+    scheduled LR x --point-lr (the DeiT recipe: 10), every other group the scheduled LR."""
+    args = T.resolve_args(T.get_args_parser().parse_args(["--model", "resnet18", "--luab", "--device", "cpu"]),
+                          T.RECIPES, preset={"recipe": "deit"})
+    args.world_size = 1
+    model = T.create_model("resnet18", num_classes=10, num_points=1)
+    optimizer, peak = T.build_optimizer(args, model)
+    assert peak == pytest.approx(5e-4 * 1024 / 512)
+    T.set_lr(args, optimizer, 0.002)
+    head = {id(p) for p in model.point_head.parameters()}
+    for g in optimizer.param_groups:
+        in_head = all(id(p) in head for p in g["params"])
+        assert g["point_head"] == in_head and g["lr"] == pytest.approx(0.02 if in_head else 0.002)
+    assert sum(len(g["params"]) for g in optimizer.param_groups if g["point_head"]) == 2  # weight and bias
+
+
+def test_head_condition_tells_an_idle_head_from_an_outweighed_one(capsys):
+    """The decision on real log lines (epoch 3 of three demo runs, OMP_NUM_THREADS=1): before epoch 3, or with
+    the point loss below 0.9 x the centre's, nothing to report; above it, a gradient share below 1 is an idle head
+    (raise lambda), a share of 1 or more means the point term already dominates the backbone (lower lambda or
+    raise the head's LR), where the old warning advised raising lambda in both cases."""
+    # `--demo --point-weight 1 --epochs 6`: the head idles at the centre
+    idle = {"epoch": 3, "train_point_vs_centre": 0.9814446906721341, "point_grad_share": 0.0016009628307074308}
+    # `--demo --model vit_tiny --point-weight 50 --epochs 6`: the point loss swamps the backbone, the head overshoots
+    outweighed = {"epoch": 3, "train_point_vs_centre": 1.854529033472135, "point_grad_share": 2.3523573875427246}
+    # `--demo` (lambda 20), its last epoch: the head learns
+    learning = {"epoch": 15, "train_point_vs_centre": 0.4032, "point_grad_share": 0.959}
+    assert [T.head_condition(s) for s in (idle, outweighed, learning)] == ["idle", "outweighed", None]
+    assert T.head_condition({**outweighed, "epoch": 2}) is None  # too early to tell
+    assert T.head_condition({**idle, "train_point_vs_centre": 0.9}) is None  # the threshold itself is not idle
+    assert T.head_condition({k: v for k, v in idle.items() if k != "point_grad_share"}) == "idle"  # --compile
+    # once when a condition starts, once when it ends, never in between
+    log = [{**idle, "epoch": e} for e in range(6)] + [{**outweighed, "epoch": e} for e in (6, 7)] + \
+        [{**learning, "epoch": e} for e in (8, 9)]
+    for n in range(1, len(log) + 1):
+        T.report_head(log[:n])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] + ":" + line.split(":")[1] for line in lines] == [
+        "warning: epoch 3", "note: epoch 6", "warning: epoch 6", "note: epoch 8"]
+    assert lines[0].endswith("raise --point-weight (point loss 0.98 x centre, gradient share 0.0016)")
+    assert lines[1] == "note: epoch 6: the point head is no longer idle (point loss 1.85 x centre, gradient share 2.35)"
+    assert lines[2].endswith("lower --point-weight or raise --point-lr (point loss 1.85 x centre, gradient share 2.35)")
+    assert lines[3] == ("note: epoch 8: the point head is no longer outweighed (point loss 0.40 x centre, "
+                        "gradient share 0.959)")

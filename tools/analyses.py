@@ -182,7 +182,7 @@ def coco_stats(coco_ab, inst, mode="final-add"):
     n_seq = max(sum(seqs.values()), 1)
     f = {"images": len(inst.image_ids), "reannotated": len(ids),
          "coverage_pct": _pct([i in coco_ab for i in inst.image_ids]),
-         "records_without_image": len(set(coco_ab) - set(inst.images)), "point_source": mode,
+         "records_without_image": len(set(coco_ab) - set(inst.images)), "icon_rule": mode,
          "gt_pairs": len(pairs), "recall": _pct(pairs), "placements": len(correct), "icon_precision": _pct(correct),
          "recall_by_size": {b: _pct(v) for b, v in buckets.items()},
          "pairs_by_size": {b: len(v) for b, v in buckets.items()}, "icon_offset": _offset_figures(offsets),
@@ -337,15 +337,15 @@ def _load_model(path, name=None):
 def _add_analysis_parsers(sub):
     for cmd, what in (("stats", "appendix E figures: a table on stdout, JSON with --out"),
                       ("draw", "appendix E pictures (PNG) into --out DIR")):
-        ds = sub.add_parser(cmd, help=what).add_subparsers(dest="dataset", required=True)
-        im = ds.add_parser("imagenet")
+        ds = sub.add_parser(cmd, help=what, allow_abbrev=False).add_subparsers(dest="dataset", required=True)
+        im = ds.add_parser("imagenet", allow_abbrev=False)
         im.add_argument("--xml-root", required=True, help="ImageNet-AB train_xml/")
         im.add_argument("--boxes", help="ILSVRC train box XML tree (default: the boxes merged into the AB XML)")
         im.add_argument("--images", help="ImageNet train tree <wnid>/<stem>.JPEG (coverage; the draw grid)")
-        co = ds.add_parser("coco")
+        co = ds.add_parser("coco", allow_abbrev=False)
         co.add_argument("--coco-ab", required=True)
         co.add_argument("--instances", required=True, help="instances_train2014.json")
-        co.add_argument("--point-source", default="final-add", choices=("final-add", "final-position"))
+        co.add_argument("--icon-rule", default="final-add", choices=("final-add", "final-position"))
         for p in (im, co):
             p.add_argument("--out", required=cmd == "draw", help="JSON file (stats) or folder (draw)")
         if cmd == "draw":
@@ -362,7 +362,7 @@ def _analysis_main(args):
         records, counts = imagenet_records(args.xml_root, args.boxes)
         figures, arrays = imagenet_stats(records, counts, n_images=_count_images(args.images))
     else:
-        figures, arrays = coco_stats(read_coco_ab(args.coco_ab), read_coco_instances(args.instances), args.point_source)
+        figures, arrays = coco_stats(read_coco_ab(args.coco_ab), read_coco_instances(args.instances), args.icon_rule)
     if args.cmd == "stats":
         print(format_table(figures))
         if args.out:
@@ -387,7 +387,7 @@ def _analysis_main(args):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0],
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.strip().split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_analysis_parsers(ap.add_subparsers(dest="cmd", required=True))
     args = ap.parse_args(argv)

@@ -103,7 +103,7 @@ def export_backbone(checkpoint, out, drop_fc=False, arch=None):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     ap.add_argument("checkpoint", help="our checkpoint.pt / best.pt, or a bare torchvision state dict")
     ap.add_argument("--out", required=True, help="the torchvision state dict to write (.pth)")
     ap.add_argument("--drop-fc", action="store_true", help="leave the 1000-way classifier out too")

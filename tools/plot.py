@@ -214,14 +214,15 @@ def draw_sweep(groups, out, x, y, group, xscale="linear", title=None, xtick_labe
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("curves", help="training curves of run folders (log.jsonl)")
+    c = sub.add_parser("curves", help="training curves of run folders (log.jsonl)", allow_abbrev=False)
     c.add_argument("runs", nargs="+", metavar="RUN_DIR")
     c.add_argument("--out", required=True, help="PNG file")
     c.add_argument("--labels", nargs="+", help="one legend label per run (default: config.json or folder name)")
     c.add_argument("--title", default="Training curves", help="figure title (default: %(default)s)")
-    s = sub.add_parser("sweep", help="a metric against a varied value (e.g. lambda) from result JSONs")
+    s = sub.add_parser("sweep", help="a metric against a varied value (e.g. lambda) from result JSONs",
+                       allow_abbrev=False)
     s.add_argument("results", nargs="+", metavar="RESULT", help="result JSON files or folders of them")
     s.add_argument("--x", default="point_weight",
                    help="the varied key, a dotted path into each JSON (default: %(default)s)")

@@ -183,7 +183,7 @@ def _float(v):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     own, command = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
-    ap = argparse.ArgumentParser(usage="%(prog)s --vary FLAG=V1,V2,... [options] -- COMMAND ...",
+    ap = argparse.ArgumentParser(allow_abbrev=False, usage="%(prog)s --vary FLAG=V1,V2,... [options] -- COMMAND ...",
                                  description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--vary", required=True, metavar="FLAG=V1,V2,...", type=lambda s: parse_factor(s, "--vary"),
