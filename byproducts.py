@@ -10,8 +10,9 @@ the right, y down, continuous (pixel column k covers [k, k+1) / W), so pixel = (
 points FloatTensor[K, 2] and point_mask FloatTensor[K] (the weight of each point in the loss, 0 = none); K = 1
 for ImageNet, 80 for COCO (index = rank of the category id among the sorted 80 ids).
   crop, flip     RandomResizedCrop's box (top, left, h, w) of a W x H image maps x -> (x W - left) / w and
-                 y -> (y H - top) / h, then the flip x -> 1 - x. A point the crop cut away gets mask 0 and keeps
-                 its out-of-range coordinates: never clamped onto the border, where the object is not.
+                 y -> (y H - top) / h, then the flip x -> 1 - x (points of weight 0 are no target and stay). A
+                 point the crop cut away gets mask 0 and keeps its out-of-range coordinates: never clamped onto the
+                 border, where the object is not.
                  EvalTransform's centre crop is the same map (eval_crop_geometry; eval_points_to_original inverts it).
   RandAugment    its 5 geometric ops (Rotate, ShearX/Y, TranslateX/YRel) move the point with the affine matrix PIL
                  applies to the pixels (mask 0 if it leaves the image); its 10 colour ops leave it.
@@ -69,20 +70,21 @@ _INTERP = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationM
 _PIL_INTERP = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
 
 
-def _inside(points):
-    """bool[K]: which normalised points [K, 2] (numpy or torch) lie in the image, borders included."""
-    return ((points >= 0) & (points <= 1)).all(-1)
-
-
 def _crop_points(points, point_mask, W, H, top, left, h, w, flip):
     """LUAB: map normalised points [K, 2] of a W x H image into the crop (top, left, h, w) [then flipped] -> (points
-    [K, 2], point_mask [K]); a point outside the crop keeps its (out-of-range) coordinates and gets mask 0.
-    Never clamp it onto the border: the object is not in the crop, and a border point would teach the head a
-    wrong location. numpy, since torch ops on a few points cost several times more (DataLoader workers)."""
-    p = (points.numpy().astype(np.float64) * (W, H) - (left, top)) / (w, h)
-    if flip:
-        p[:, 0] = 1.0 - p[:, 0]
-    return torch.from_numpy(p.astype(np.float32)), torch.from_numpy(point_mask.numpy() * _inside(p))
+    [K, 2], point_mask [K]). A point outside the crop keeps its out-of-range coordinates and gets mask 0: clamped onto
+    the border it would teach the head a place where the object is not. Only weighted points move (ImageNet's click,
+    COCO's ~2 present classes of 80), in plain floats: tensor ops on a point cost several times more."""
+    p, mask = points.numpy().copy(), point_mask.numpy().copy()
+    for k in np.flatnonzero(mask):
+        x, y = p[k].tolist()
+        x, y = (x * W - left) / w, (y * H - top) / h
+        if flip:
+            x = 1.0 - x
+        p[k] = x, y
+        if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
+            mask[k] = 0.0
+    return torch.from_numpy(p), torch.from_numpy(mask)
 
 
 class TrainTransform:
@@ -234,7 +236,7 @@ class RandAugment:
                 m = random.gauss(m, self.std)
             img, moved = self._apply(op, img, points, max(0.0, min(m, self.max)) / 10.0)
             if moved is not points:  # a geometric op
-                points, point_mask = moved, point_mask * _inside(moved)
+                points, point_mask = moved, point_mask * ((moved >= 0) & (moved <= 1)).all(1)
         return img, points, point_mask
 
     @staticmethod

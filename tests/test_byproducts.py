@@ -582,11 +582,12 @@ def test_crop_and_flip_maths_by_hand(monkeypatch):
         assert out.shape == (3, 20, 20) and p.flatten().tolist() == pytest.approx([x_expect, 0.75]) and wt.item() == 1.0
     _, p, wt = bp.TrainTransform(size=20, hflip=0.0)(img, torch.tensor([[0.1, 0.5]]), w)
     assert wt.item() == 0.0 and p[0, 0].item() == pytest.approx(-0.2)  # never clamped to the border
-    # the K = 80 (tensor) path gives the same numbers; (0.7, 0.25) = pixel (70, 20) -> (1.0, 0.25) -> flip (0, 0.25)
-    many = torch.tensor([[0.5, 0.5], [0.1, 0.5], [0.7, 0.25]])
-    _, p, wt = bp.TrainTransform(size=20, hflip=1.0)(img, many, torch.ones(3))
-    assert p.flatten().tolist() == pytest.approx([0.4, 0.75, 1.2, 0.75, 0.0, 0.25], abs=1e-6)
-    assert wt.tolist() == [1, 0, 1]
+    # several points (COCO) go the same way; (0.7, 0.25) = pixel (70, 20) -> (1.0, 0.25) -> flip (0, 0.25); a point
+    # of weight 0 is no target: it keeps its values
+    many = torch.tensor([[0.5, 0.5], [0.1, 0.5], [0.7, 0.25], [0.3, 0.3]])
+    _, p, wt = bp.TrainTransform(size=20, hflip=1.0)(img, many, torch.tensor([1.0, 1.0, 1.0, 0.0]))
+    assert p.flatten().tolist() == pytest.approx([0.4, 0.75, 1.2, 0.75, 0.0, 0.25, 0.3, 0.3], abs=1e-6)
+    assert wt.tolist() == [1, 0, 1, 0]
 
 
 def test_point_follows_the_pixels_through_rrc_and_flip():
