@@ -10,8 +10,9 @@ the right, y down, continuous (pixel column k covers [k, k+1) / W), so pixel = (
 points FloatTensor[K, 2] and point_mask FloatTensor[K] (the weight of each point in the loss, 0 = none); K = 1
 for ImageNet, 80 for COCO (index = rank of the category id among the sorted 80 ids).
   crop, flip     RandomResizedCrop's box (top, left, h, w) of a W x H image maps x -> (x W - left) / w and
-                 y -> (y H - top) / h, then the flip x -> 1 - x. A point the crop cut away gets mask 0 and keeps
-                 its out-of-range coordinates: never clamped onto the border, where the object is not.
+                 y -> (y H - top) / h, then the flip x -> 1 - x (points of weight 0 are no target and stay). A
+                 point the crop cut away gets mask 0 and keeps its out-of-range coordinates: never clamped onto the
+                 border, where the object is not.
                  EvalTransform's centre crop is the same map (eval_crop_geometry; eval_points_to_original inverts it).
   RandAugment    its 5 geometric ops (Rotate, ShearX/Y, TranslateX/YRel) move the point with the affine matrix PIL
                  applies to the pixels (mask 0 if it leaves the image); its 10 colour ops leave it.
@@ -25,35 +26,27 @@ for ImageNet, 80 for COCO (index = rank of the category id among the sorted 80 i
                  ground truth; a class whose point leaves the crop keeps its label 1, with mask 0.
 
 Top to bottom:
-  (a) the rules as code   _crop_points, eval_crop_geometry, RandAugment, TrainTransform, EvalTransform, mix_batch
-  (b) datasets            read_image, ImageReader (the bad-image policy), ImageNetAB, CocoAB, random points
-  (c) readers             ImageNet-AB XML, the click index, ILSVRC boxes, COCO-AB, COCO instances and masks,
-                          imagenet_records, bad-input bookkeeping (BadInput, Problems)
-  CLI                     python byproducts.py index-imagenet --xml-root train_xml/ --out index.npz
-Synthetic data in these formats is written by tools/synth.py, the appendix-E analyses by tools/analyses.py.
-The traps of the released files are in docs/formats.md; comments below name them.
+  (a) the rules as code   _crop_points, TrainTransform, EvalTransform (eval_crop_geometry), RandAugment, mix_batch
+  (b) datasets            ImageNetAB, CocoAB (a point and a point_mask per sample), random points
+  (c) readers             ImageNet-AB XML, ILSVRC boxes, the click index, COCO-AB, COCO instances, imagenet_records
+Elsewhere: the click index is built by tools/prepare.py (index-imagenet), COCO masks are decoded by
+tools/coco_masks.py, synthetic data in these formats is written by tools/synth.py, the appendix-E analyses by
+tools/analyses.py. The traps of the released files are in docs/formats.md; comments below name them.
 
 Bad input (corrupt XML/JSON, NaN / non-numeric / out-of-range coordinates, XML without an image, COCO-AB records
-for unknown images, unknown icons) is counted and reported in one summary line (a BadInputWarning naming the
-files); the affected sample gets mask 0 or is skipped. Images are read by read_image (modes converted or refused
-by name) under ImageReader's policy: a broken file is counted, named once, and replaced by the mean pixel (NaN
-for evaluation). strict=True (--strict, --strict-data) turns any of it into a BadInput error.
+for unknown images, unknown icons) is counted and reported in one line, and a broken image is replaced, under
+the policy of utils.py (Problems, read_image, ImageReader; "image reading and the bad-input policy"): the
+affected sample gets mask 0 or is skipped; strict=True (--strict, --strict-data) makes it a BadInput error.
 """
 
-import argparse
-import contextlib
 import hashlib
 import json
 import math
-import multiprocessing as mp
 import os
 import random
 import re
-import sys
-import time
 import warnings
 import xml.etree.ElementTree as ET
-from collections import Counter
 from collections.abc import Mapping
 
 import numpy as np
@@ -64,10 +57,9 @@ from PIL import Image, ImageEnhance, ImageOps
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from utils import Progress
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# the bad-input policy and the image reader, imported by the scripts as byproducts.NAME too
+from utils import (IMAGENET_MEAN, IMAGENET_STD, MEAN_RGB, BadImage, BadInput, BadInputWarning,  # noqa: F401
+                   ImageReader, Problems, error_line, read_image)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -80,22 +72,91 @@ _PIL_INTERP = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": 
 
 def _crop_points(points, point_mask, W, H, top, left, h, w, flip):
     """LUAB: map normalised points [K, 2] of a W x H image into the crop (top, left, h, w) [then flipped] -> (points
-    [K, 2], point_mask [K]); a point outside the crop keeps its (out-of-range) coordinates and gets mask 0.
-    Never clamp it onto the border: the object is not in the crop, and a border point would teach the head a
-    wrong location."""
-    if points.shape[0] == 1:  # ImageNet: plain floats cost ~5 us where tensor ops on one point cost ~30 us
-        (x, y), = points.tolist()
+    [K, 2], point_mask [K]). A point outside the crop keeps its out-of-range coordinates and gets mask 0: clamped onto
+    the border it would teach the head a place where the object is not. Only weighted points move (ImageNet's click,
+    COCO's ~2 present classes of 80), in plain floats: tensor ops on a point cost several times more."""
+    p, mask = points.numpy().copy(), point_mask.numpy().copy()
+    for k in np.flatnonzero(mask):
+        x, y = p[k].tolist()
         x, y = (x * W - left) / w, (y * H - top) / h
         if flip:
             x = 1.0 - x
-        m = point_mask.item() if (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0) else 0.0
-        # from_numpy(np.array) builds a tiny tensor ~2.5x faster than torch.tensor(list)
-        return torch.from_numpy(np.array([[x, y]], np.float32)), torch.from_numpy(np.array([m], np.float32))
-    # COCO's 80 points: one numpy multiply-add (the flip folded in), ~2x cheaper than the same in torch ops
-    sx, ox = (-W / w, 1.0 + left / w) if flip else (W / w, -left / w)
-    p = points.numpy().astype(np.float64) * (sx, H / h) + (ox, -top / h)
-    inside = ((p >= 0) & (p <= 1)).all(1)
-    return torch.from_numpy(p.astype(np.float32)), torch.from_numpy(point_mask.numpy() * inside)
+        p[k] = x, y
+        if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
+            mask[k] = 0.0
+    return torch.from_numpy(p), torch.from_numpy(mask)
+
+
+class TrainTransform:
+    """RandomResizedCrop + horizontal flip [+ RandAugment | colour jitter] + ToTensor + Normalize [+ erasing].
+    LUAB: the point moves with every geometric step (the crop, the flip, RandAugment's geometric ops).
+
+    t(img: PIL) -> FloatTensor[3, S, S] normalised, or
+    t(img, points: FloatTensor[K, 2], point_mask: FloatTensor[K]) -> (image, points [K, 2] in the output image's
+    normalised frame, point_mask [K]); a point outside the crop (or pushed off by RandAugment) gets mask 0 and
+    keeps its out-of-range coordinates (never clamped). Colour ops, Normalize and RandomErasing leave points
+    unchanged. The crop and flip are drawn exactly as torchvision's RandomResizedCrop / RandomHorizontalFlip
+    do (same torch RNG calls, same functional ops), so the image equals the plain torchvision pipeline's.
+    Point maths for RRC + flip is written out (_crop_points) rather than routed through v2 KeyPoints: v2 costs
+    tens of us per item, does not say which points left the crop, and flips keypoints as x -> W - 1 - x
+    (pixel-index convention), 1 px off our continuous x -> 1 - x.
+    As timm: colour jitter (brightness = contrast = saturation = color_jitter) is only used without RandAugment;
+    re_prob is per-pixel-noise RandomErasing (timm's "pixel" mode).
+    """
+
+    def __init__(self, size=224, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5, interpolation="bilinear",
+                 randaugment=None, color_jitter=0.0, re_prob=0.0, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        self.size, self.scale, self.ratio, self.hflip = [size, size], tuple(scale), tuple(ratio), hflip
+        self.interpolation, self.mean, self.std = _INTERP[interpolation], list(mean), list(std)
+        self.randaugment = RandAugment(randaugment, fill=tuple(round(255 * m) for m in mean),
+                                       interpolation=interpolation) if randaugment else None
+        self.jitter = T.ColorJitter(color_jitter, color_jitter, color_jitter) \
+            if color_jitter and not randaugment else None
+        self.erase = T.RandomErasing(p=re_prob, value="random") if re_prob > 0 else None
+
+    def __call__(self, img, points=None, point_mask=None):
+        W, H = img.size
+        top, left, h, w = T.RandomResizedCrop.get_params(img, self.scale, self.ratio)
+        img = F.resized_crop(img, top, left, h, w, self.size, self.interpolation, antialias=True)
+        flip = bool(torch.rand(1) < self.hflip)  # the same draw as RandomHorizontalFlip
+        if flip:
+            img = F.hflip(img)
+        if points is not None:
+            points, point_mask = _crop_points(points, point_mask, W, H, top, left, h, w, flip)
+        if self.randaugment is not None:
+            img, points, point_mask = self.randaugment(img, points, point_mask)
+        elif self.jitter is not None:
+            img = self.jitter(img)
+        x = F.normalize(F.to_tensor(img), self.mean, self.std, inplace=True)
+        if self.erase is not None:
+            x = self.erase(x)
+        return x if points is None else (x, points, point_mask)
+
+
+class EvalTransform:
+    """Resize (shorter side = resize) + CenterCrop(size) + ToTensor + Normalize; points mapped the same way.
+
+    t(img) -> FloatTensor[3, S, S]; t(img, points [K, 2], point_mask [K]) -> (image, points, point_mask) with
+    points in the crop's normalised frame and mask 0 for points the centre crop cut away. Resizing keeps the
+    whole extent, so a normalised point is unchanged by it; only the crop offset (eval_crop_geometry) matters.
+    eval_points_to_original maps the network's points back to pixels of the original image.
+    """
+
+    def __init__(self, size=224, resize=256, interpolation="bilinear", mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        if resize < size:
+            raise ValueError("EvalTransform needs resize >= size (CenterCrop would pad)")
+        self.size, self.resize, self.interpolation = size, resize, _INTERP[interpolation]
+        self.mean, self.std = list(mean), list(std)
+
+    def __call__(self, img, points=None, point_mask=None):
+        (left, top), = eval_crop_geometry([img.size], self.resize, self.size)[1].astype(int).tolist()
+        img = F.resize(img, self.resize, self.interpolation, antialias=True)
+        W, H = img.size
+        img = F.crop(img, top, left, self.size, self.size)
+        x = F.normalize(F.to_tensor(img), self.mean, self.std, inplace=True)
+        if points is None:
+            return x
+        return (x, *_crop_points(points, point_mask, W, H, top, left, self.size, self.size, False))
 
 
 def eval_crop_geometry(sizes, resize, crop):
@@ -130,7 +191,7 @@ class RandAugment:
     LUAB: the geometric ops (Rotate, ShearX/Y, TranslateX/YRel) are kept and move the point with the very affine
     matrix PIL applies to the image, so the augmentation is identical with and without the point loss (a
     photometric-only RandAugment would make the LUAB run see weaker augmentation than its baseline). A point
-    pushed off the canvas leaves with its out-of-range coordinates; the caller sets its mask to 0.
+    pushed off the canvas keeps its out-of-range coordinates and gets mask 0.
     Randomness: Python's `random` (seeded per DataLoader worker by torch), as timm.
     """
 
@@ -162,8 +223,9 @@ class RandAugment:
         self.fill, self.resample, self.translate_pct, self.prob = tuple(fill), _PIL_INTERP[interpolation], \
             translate_pct, prob
 
-    def __call__(self, img, points=None):
-        """img: PIL; points: FloatTensor[K, 2] normalised or None -> (img, points)."""
+    def __call__(self, img, points=None, point_mask=None):
+        """img: PIL; points FloatTensor[K, 2] normalised and point_mask [K], or None -> (img, points, point_mask).
+        LUAB: a point that a geometric op pushes off the canvas gets mask 0 (its pixels are gone)."""
         for op in random.choices(self.ops, k=self.num_layers):
             if random.random() > self.prob:
                 continue
@@ -172,8 +234,10 @@ class RandAugment:
                 m = random.uniform(0, m)
             elif self.std > 0:
                 m = random.gauss(m, self.std)
-            img, points = self._apply(op, img, points, max(0.0, min(m, self.max)) / 10.0)
-        return img, points
+            img, moved = self._apply(op, img, points, max(0.0, min(m, self.max)) / 10.0)
+            if moved is not points:  # a geometric op
+                points, point_mask = moved, point_mask * ((moved >= 0) & (moved <= 1)).all(1)
+        return img, points, point_mask
 
     @staticmethod
     def _sign(v):
@@ -236,81 +300,6 @@ class RandAugment:
         raise ValueError(op)
 
 
-class TrainTransform:
-    """RandomResizedCrop + horizontal flip [+ RandAugment | colour jitter] + ToTensor + Normalize [+ erasing].
-    LUAB: the point moves with every geometric step (the crop, the flip, RandAugment's geometric ops).
-
-    t(img: PIL) -> FloatTensor[3, S, S] normalised, or
-    t(img, points: FloatTensor[K, 2], point_mask: FloatTensor[K]) -> (image, points [K, 2] in the output image's
-    normalised frame, point_mask [K]); a point outside the crop (or pushed off by RandAugment) gets mask 0 and
-    keeps its out-of-range coordinates (never clamped). Colour ops, Normalize and RandomErasing leave points
-    unchanged. The crop and flip are drawn exactly as torchvision's RandomResizedCrop / RandomHorizontalFlip
-    do (same torch RNG calls, same functional ops), so the image equals the plain torchvision pipeline's.
-    Point maths for RRC + flip is written out (4 float ops) rather than routed through v2 KeyPoints: v2 costs
-    tens of us per item, does not say which points left the crop, and flips keypoints as x -> W - 1 - x
-    (pixel-index convention), 1 px off our continuous x -> 1 - x.
-    As timm: colour jitter (brightness = contrast = saturation = color_jitter) is only used without RandAugment;
-    re_prob is per-pixel-noise RandomErasing (timm's "pixel" mode).
-    """
-
-    def __init__(self, size=224, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5, interpolation="bilinear",
-                 randaugment=None, color_jitter=0.0, re_prob=0.0, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-        self.size, self.scale, self.ratio, self.hflip = [size, size], tuple(scale), tuple(ratio), hflip
-        self.interpolation, self.mean, self.std = _INTERP[interpolation], list(mean), list(std)
-        self.randaugment = RandAugment(randaugment, fill=tuple(round(255 * m) for m in mean),
-                                       interpolation=interpolation) if randaugment else None
-        self.jitter = T.ColorJitter(color_jitter, color_jitter, color_jitter) \
-            if color_jitter and not randaugment else None
-        self.erase = T.RandomErasing(p=re_prob, value="random") if re_prob > 0 else None
-
-    def __call__(self, img, points=None, point_mask=None):
-        W, H = img.size
-        top, left, h, w = T.RandomResizedCrop.get_params(img, self.scale, self.ratio)
-        img = F.resized_crop(img, top, left, h, w, self.size, self.interpolation, antialias=True)
-        flip = bool(torch.rand(1) < self.hflip)  # the same draw as RandomHorizontalFlip
-        if flip:
-            img = F.hflip(img)
-        if points is not None:
-            points, point_mask = _crop_points(points, point_mask, W, H, top, left, h, w, flip)
-        if self.randaugment is not None:
-            img, moved = self.randaugment(img, points)
-            if points is not None and moved is not points:
-                points = moved
-                point_mask = point_mask * ((points >= 0) & (points <= 1)).all(1)
-        elif self.jitter is not None:
-            img = self.jitter(img)
-        x = F.normalize(F.to_tensor(img), self.mean, self.std, inplace=True)
-        if self.erase is not None:
-            x = self.erase(x)
-        return x if points is None else (x, points, point_mask)
-
-
-class EvalTransform:
-    """Resize (shorter side = resize) + CenterCrop(size) + ToTensor + Normalize; points mapped the same way.
-
-    t(img) -> FloatTensor[3, S, S]; t(img, points [K, 2], point_mask [K]) -> (image, points, point_mask) with
-    points in the crop's normalised frame and mask 0 for points the centre crop cut away. Resizing keeps the
-    whole extent, so a normalised point is unchanged by it; only the crop offset (eval_crop_geometry) matters.
-    eval_points_to_original maps the network's points back to pixels of the original image.
-    """
-
-    def __init__(self, size=224, resize=256, interpolation="bilinear", mean=IMAGENET_MEAN, std=IMAGENET_STD):
-        if resize < size:
-            raise ValueError("EvalTransform needs resize >= size (CenterCrop would pad)")
-        self.size, self.resize, self.interpolation = size, resize, _INTERP[interpolation]
-        self.mean, self.std = list(mean), list(std)
-
-    def __call__(self, img, points=None, point_mask=None):
-        (left, top), = eval_crop_geometry([img.size], self.resize, self.size)[1].astype(int).tolist()
-        img = F.resize(img, self.resize, self.interpolation, antialias=True)
-        W, H = img.size
-        img = F.crop(img, top, left, self.size, self.size)
-        x = F.normalize(F.to_tensor(img), self.mean, self.std, inplace=True)
-        if points is None:
-            return x
-        return (x, *_crop_points(points, point_mask, W, H, top, left, self.size, self.size, False))
-
-
 def mix_batch(images, soft_targets, points, point_mask, mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0,
               switch_prob=0.5, generator=None):
     """LUAB: DeiT/timm batch-mode Mixup / CutMix, extended to point targets.
@@ -359,154 +348,7 @@ def mix_batch(images, soft_targets, points, point_mask, mixup_alpha=0.8, cutmix_
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# (b) datasets: image reading, ImageNetAB, CocoAB, random points, fraction subsets
-
-MEAN_RGB = tuple(round(255 * m) for m in IMAGENET_MEAN)  # (124, 116, 104): 0 after Normalize
-_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-
-
-def _to_rgb(img):
-    """A decoded PIL image -> RGB without losing what it shows; raises BadImage (unsupported-mode) otherwise.
-
-    16-bit gray (I;16*, and I, the 32-bit mode 16-bit PNG / TIFF files open as): scaled to 8 bits (v / 257,
-    rounded), where PIL's convert("RGB") clips every value above 255 to white. Alpha (RGBA, LA, PA, P with a
-    transparent colour): composited over the mean pixel, not dropped (PIL would show whatever colour hides
-    under transparent pixels). CMYK, palette, 1-bit, L, YCbCr: PIL's conversion. F (float) and values of I
-    outside 0..65535 have no agreed 8-bit form: refused by name.
-    """
-    mode = img.mode
-    if mode == "RGB":
-        return img
-    if mode in _SIXTEEN_BIT:
-        a = np.asarray(img).astype(np.int64)
-        if a.size and (a.min() < 0 or a.max() > 65535):
-            raise BadImage("unsupported-mode", f"mode {mode} with values {a.min()}..{a.max()} (not 16-bit)")
-        return Image.fromarray(((a + 128) // 257).astype(np.uint8), "L").convert("RGB")
-    if "A" in mode or "a" in mode or (mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", img.size, MEAN_RGB + (255,)), rgba).convert("RGB")
-    if mode == "F":
-        raise BadImage("unsupported-mode", "mode F (32-bit float pixels)")
-    try:
-        return img.convert("RGB")
-    except ValueError as e:  # e.g. LAB / HSV without a colour-management conversion
-        raise BadImage("unsupported-mode", f"mode {mode}: {e}") from None
-
-
-def read_image(path):
-    """The one image reader of every dataset (training, validation, evaluate.py, COCO): path -> PIL RGB image.
-
-    Decodes the whole file (a truncated JPEG fails here, not later in a transform) and converts its mode with
-    _to_rgb. Raises BadImage: unreadable-image (missing, zero bytes, truncated, not an image; .size holds the
-    header's (W, H) when the header was readable) or unsupported-mode. Datasets apply the policy through
-    ImageReader.
-    """
-    size = None
-    try:
-        with open(path, "rb") as f:
-            img = Image.open(f)
-            size = img.size
-            img.load()
-    except Exception as e:  # OSError (truncated, unidentified), SyntaxError, ValueError, DecompressionBombError
-        raise BadImage("unreadable-image", f"{path}: {type(e).__name__}: {e}", size) from None
-    try:
-        return _to_rgb(img)
-    except BadImage as e:
-        raise BadImage(e.kind, f"{path}: {e.detail}", size) from None
-
-
-BROKEN_IMAGE, SIZE_MISMATCH = 1, 2  # ImageReader flag bits
-
-
-class ImageReader:
-    """The bad-image policy, one reader per dataset: reader.read(i, path, size=None) -> PIL RGB image.
-
-    A file read_image refuses becomes a mean-pixel image (MEAN_RGB, 0 after Normalize) of the header's size
-    (32 x 32 when even the header is unreadable), so no DataLoader worker dies and the batch keeps its shape.
-    Given size (W, H) (what an annotation says the image measures), an image of another size is a bad record:
-    the annotation belongs to other images. Either way sample i is flagged, named once in a BadInputWarning
-    (once per dataset, whichever worker meets it) and counted; strict=True raises BadImage / BadInput instead.
-    failed(i): sample i is flagged (its dataset gives it point mask 0). finish(i, x): for broken="nan" (the
-    evaluation policy) the tensor of a broken image becomes all NaN, so every metric counts it wrong (NaN
-    logits are a wrong answer for safe_argmax / topk_accuracy, the last rank for AP); broken="mean" keeps the
-    mean-pixel image (training). flags uint8[N] is in shared memory: what workers find, the main process sees.
-    """
-
-    _collecting = []  # the lists collect() handed out; every reader made meanwhile joins them
-
-    def __init__(self, n, strict=False, broken="mean", fallback_size=32):
-        if broken not in ("mean", "nan"):
-            raise ValueError(f"broken must be 'mean' or 'nan', not {broken!r}")
-        self.flags = torch.zeros(n, dtype=torch.uint8).share_memory_()
-        self._view = self.flags.numpy()  # same memory; indexing it costs ~0.1 us, a tensor's ~2 us
-        self.strict, self.broken, self.fallback_size = strict, broken, fallback_size
-        for made in ImageReader._collecting:
-            made.append(self)
-
-    @classmethod
-    @contextlib.contextmanager
-    def collect(cls):
-        """`with ImageReader.collect() as made:` made lists the readers created inside the block, so a caller can
-        count the broken images of datasets it did not build (evaluate.py, per benchmark). Kept only as long
-        as `made`: each reader holds a shared-memory segment (a file descriptor)."""
-        made = []
-        cls._collecting.append(made)
-        try:
-            yield made
-        finally:
-            cls._collecting.remove(made)
-
-    def __getstate__(self):  # spawned workers get the shared tensor (a handle), and rebuild the view on it
-        return {k: v for k, v in self.__dict__.items() if k != "_view"}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._view = self.flags.numpy()
-
-    def _flag(self, i, bit, message):
-        """Set a flag bit of sample i; warn the first time it is set."""
-        first = not self._view[i] & bit
-        self._view[i] |= bit
-        if first:
-            warnings.warn(message, BadInputWarning, stacklevel=3)
-
-    def read(self, i, path, size=None):
-        try:
-            img = read_image(path)
-        except BadImage as e:
-            if self.strict:
-                raise
-            self._flag(i, BROKEN_IMAGE, f"{e.kind}: {e.detail}; using a mean-pixel image, label kept, point "
-                                        "weight 0 (evaluation: counted wrong)")
-            return Image.new("RGB", e.size or (self.fallback_size,) * 2, MEAN_RGB)
-        if size is not None and size[0] > 0 and tuple(img.size) != (int(size[0]), int(size[1])):
-            detail = (f"{path} is {img.size[0]}x{img.size[1]} but its annotation was made on a "
-                      f"{int(size[0])}x{int(size[1])} image (an index of other images?)")
-            if self.strict:
-                raise BadInput("size-mismatch", detail)
-            self._flag(i, SIZE_MISMATCH, f"size-mismatch: {detail}; point weight 0")
-        return img
-
-    def failed(self, i):
-        return bool(self._view[i])
-
-    def finish(self, i, x):
-        if self.broken == "nan" and self._view[i] & BROKEN_IMAGE and x.is_floating_point():
-            return torch.full_like(x, float("nan"))
-        return x
-
-    def counts(self, all_ranks=False):
-        """{"broken_images", "size_mismatches"}: samples flagged so far. all_ranks=True (a collective call)
-        merges the flags of every process first, so an image met on several ranks counts once."""
-        f = self.flags
-        if all_ranks and torch.distributed.is_available() and torch.distributed.is_initialized():
-            nccl = torch.distributed.get_backend() == "nccl"
-            f = f.to(f"cuda:{torch.cuda.current_device()}" if nccl else "cpu", copy=True)
-            torch.distributed.all_reduce(f, op=torch.distributed.ReduceOp.MAX)
-            f = f.cpu()
-        return {"broken_images": int((f & BROKEN_IMAGE).count_nonzero()),
-                "size_mismatches": int((f & SIZE_MISMATCH).count_nonzero())}
-
+# (b) datasets: ImageNetAB, CocoAB, random points, fraction subsets
 
 def _hash_uniform(seed, keys):
     """float32[N, 2] uniform in [0, 1), fixed per (seed, key) whatever the order, subset or process."""
@@ -799,10 +641,6 @@ _AB_RECORD = {"time": _int, "x": _float, "y": _float}
 _AB_NESTED = {"selectedRecord": _AB_RECORD, "mouseTracking": _AB_RECORD,
               "hoveredRecord": {"action": _str, "time": _int}, "imagePosition": {"x": _int, "y": _int}}
 _AB_LIST = ("hoveredRecord", "mouseTracking", "selectedRecord")  # repeated sibling tags; absent = empty list
-# all the index needs: the click, and the size of the image it was made on (to catch an index of other images)
-_CLICK_FIELDS = frozenset({"selected", "selectedRecord", "originalImageWidth", "originalImageHeight"})
-
-
 def _metadata_dict(md, fields=None):
     out = {k: [] for k in _AB_LIST if fields is None or k in fields}
     # with fields, let C find the few wanted tags rather than loop in Python over ~100 mouseTracking children
@@ -857,7 +695,7 @@ def read_imagenet_ab_xml(path, with_voc=False, fields=None):
     With with_voc=True returns (entries, voc) where voc = {"folder", "filename", "size": (W, H) | None,
     "names": [N], "boxes": float32[N, 4] x0, y0, x1, y1 pixels of <size>}.
     AppleDouble "._*" files are not XML (macOS junk in the tar): they read as no entries.
-    fields restricts the parsed tags (the index reads only the click and the image size: _CLICK_FIELDS).
+    fields restricts the parsed tags (the click index reads only the click and the image size).
     """
     if os.path.basename(path).startswith("._"):
         return ([], None) if with_voc else []
@@ -865,6 +703,16 @@ def read_imagenet_ab_xml(path, with_voc=False, fields=None):
         root = _xml_root(f.read())
     entries = [_metadata_dict(md, fields) for md in root.iter("metadata")]
     return (entries, _voc_dict(root)) if with_voc else entries
+
+
+def _coord(v):
+    """A click coordinate as a float in [0, 1], or None when NaN, non-numeric or outside [0, 1]."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    v = float(v)
+    if not (-1e-6 <= v <= 1 + 1e-6):  # also false for NaN; the 1e-6 slack only absorbs float rounding
+        return None
+    return min(max(v, 0.0), 1.0)
 
 
 def imagenet_click(entries):
@@ -914,41 +762,8 @@ def _list_xml(root):
     return paths, n_apple
 
 
-def _parallel(fn, chunks, workers, progress=None, total=0, unit="files"):
-    """Map fn over chunks with a process pool (workers > 1) or inline; yields results in chunk order (so the
-    output does not depend on the number of workers). progress: the description of its utils.Progress line, or None."""
-    bar = Progress(progress, total, unit, every=5.0) if progress else None
-    if workers <= 1 or len(chunks) <= 1:
-        results = map(fn, chunks)
-        pool = None
-    else:
-        pool = mp.get_context("fork").Pool(workers)
-        results = pool.imap(fn, chunks)
-    try:
-        for n, res in results:
-            if bar:
-                bar.update(n)
-            yield res
-    finally:
-        if pool:
-            pool.terminate()
-
-
-def _boxes_chunk(paths):
-    out, problems = {}, []
-    for p in paths:
-        try:
-            with open(p, "rb") as f:
-                out[p] = _voc_dict(_xml_root(f.read()))
-        except BadInput as e:
-            problems.append((e.kind, p, e.detail))
-        except OSError as e:
-            problems.append(("unreadable-file", p, str(e)))
-    return len(paths), (out, problems)
-
-
-def load_boxes(root, workers=None, strict=False, progress=False):
-    """ILSVRC box XML (VOC) under root -> {key: {"size": (W, H), "boxes": float32[N, 4]}}.
+def load_boxes(root, strict=False):
+    """ILSVRC box XML (VOC) under root -> {key: {"size": (W, H), "boxes": float32[N, 4], "names": [N]}}.
 
     key is "wnid/stem" for <root>/<wnid>/<stem>.xml (train) and "stem" for flat <root>/<stem>.xml (val).
     Boxes are x0, y0, x1, y1 in pixels of <size> (which may differ from the JPEG: normalise by <size>),
@@ -956,74 +771,29 @@ def load_boxes(root, workers=None, strict=False, progress=False):
     allow +-1 px when testing a click against them. Files without <size> get size None.
     """
     paths, _ = _list_xml(root)
-    workers = _default_workers(len(paths)) if workers is None else workers
-    chunks = [paths[i:i + 512] for i in range(0, len(paths), 512)]
     problems, out = Problems(f"load_boxes({root})"), {}
     root_abs = os.path.abspath(root)
-    for boxes, probs in _parallel(_boxes_chunk, chunks, workers, progress and "boxes", len(paths)):
-        problems.extend(probs)
-        for p, v in boxes.items():
-            flat = os.path.abspath(os.path.dirname(p)) == root_abs
-            key = os.path.splitext(os.path.basename(p))[0] if flat else _xml_key(p)
-            out[key] = {"size": v["size"], "boxes": v["boxes"], "names": v["names"]}
+    for p in paths:
+        try:
+            with open(p, "rb") as f:
+                v = _voc_dict(_xml_root(f.read()))
+        except BadInput as e:
+            problems.add(e.kind, p, e.detail)
+            continue
+        except OSError as e:
+            problems.add("unreadable-file", p, str(e))
+            continue
+        flat = os.path.abspath(os.path.dirname(p)) == root_abs
+        key = os.path.splitext(os.path.basename(p))[0] if flat else _xml_key(p)
+        out[key] = {"size": v["size"], "boxes": v["boxes"], "names": v["names"]}
     problems.finish(strict)
     return out
 
 
-def _cpu_count():
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def _default_workers(n_files):
-    return max(1, min(_cpu_count(), n_files // 2000))  # a pool costs ~0.1 s to start: not worth it for a few files
-
-
 # ----------------------------------------------------------------------------------------------------------------
-# the click index: one compact .npz instead of 1.27 M XML files
+# the click index: one compact .npz instead of 1.27 M XML files (written by tools/prepare.py index-imagenet)
 
 NO_CLICK, CLICK, BAD = 0, 1, 2  # index status codes
-INDEX_FORMAT = "luab-imagenet-ab-index-v2"  # v2 added sizes; a v1 file loads with a warning (no size check)
-_FAILED = object()
-
-
-def _original_size(entries):
-    """(W, H) of the image the annotator saw (originalImageWidth/Height of the first entry that has both), or
-    (0, 0) when unknown."""
-    for e in entries:
-        w, h = e.get("originalImageWidth"), e.get("originalImageHeight")
-        if isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0:
-            return w, h
-    return 0, 0
-
-
-def _index_chunk(paths):
-    keys, pts, status, n_sel, n_ent, sizes, problems = [], [], [], [], [], [], []
-    for p in paths:
-        keys.append(_xml_key(p))
-        try:
-            entries = read_imagenet_ab_xml(p, fields=_CLICK_FIELDS)
-            click = imagenet_click(entries)
-        except BadInput as e:
-            problems.append((e.kind, p, e.detail))
-            click, entries = _FAILED, []
-        except OSError as e:
-            problems.append(("unreadable-file", p, str(e)))
-            click, entries = _FAILED, []
-        n_ent.append(min(len(entries), 255))
-        sizes.append(_original_size(entries))
-        n_sel.append(min(sum(1 for e in entries if e.get("selected") is True and e.get("selectedRecord")), 255))
-        if click is _FAILED:
-            status.append(BAD)
-            pts.append((0.0, 0.0))
-        elif click is None:
-            status.append(NO_CLICK)
-            pts.append((0.0, 0.0))
-        else:
-            status.append(CLICK)
-            pts.append(click)
-    return len(paths), (keys, pts, status, n_sel, n_ent, sizes, problems)
-
-
 class ClickIndex(Mapping):
     """The final ImageNet-AB click per image, backed by sorted numpy arrays.
 
@@ -1088,56 +858,12 @@ class ClickIndex(Mapping):
             pts[hit], st[hit], sizes[hit] = self.points[i[hit]], self.status[i[hit]], self.sizes[i[hit]]
         return (pts, st, sizes) if with_sizes else (pts, st)
 
-    def save(self, path):
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "wb") as f:  # a file object: np.savez(str) would append ".npz" to the name
-            np.savez(f, format=np.array(INDEX_FORMAT), keys=self.keys, points=self.points, status=self.status,
-                     n_selected=self.n_selected, n_entries=self.n_entries, sizes=self.sizes)
-        os.replace(tmp, path)
-
     @classmethod
     def from_xml(cls, xml_root, workers=None, progress=False):
-        """Scan an ImageNet-AB XML tree. Returns (index, problems as (kind, file, detail) list, n_appledouble)."""
-        paths, n_apple = _list_xml(xml_root)
-        workers = _default_workers(len(paths)) if workers is None else workers
-        chunk = max(64, min(1024, len(paths) // (workers * 8) + 1))
-        chunks = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
-        cols, problems = ([], [], [], [], [], []), []
-        for res in _parallel(_index_chunk, chunks, workers, progress and "index", len(paths)):
-            for col, part in zip(cols, res[:6]):
-                col.extend(part)
-            problems.extend(res[6])
-        keys, pts, status, n_sel, n_ent, sizes = cols
-        index = cls(keys, np.array(pts, np.float32).reshape(-1, 2), status, n_sel, n_ent, sizes)
-        if len(index.keys) < len(keys):
-            seen = set()
-            for p, k in zip(paths, keys):
-                if k in seen:
-                    problems.append(("duplicate-xml", p, f"{k} already read from another file; ignored"))
-                seen.add(k)
-        return index, problems, n_apple
-
-
-def build_imagenet_index(xml_root, out_path, workers=None, strict=False, progress=True):
-    """Convert an ImageNet-AB XML tree into one .npz index (see ClickIndex); returns a stats dict.
-
-    xml_root may be train_xml/, its parent, or an imagenet_ab_v1_0/ prefix above it: every *.xml below is
-    keyed by "<parent dir>/<stem>". Bad files are counted, named in one summary line and stored with status
-    BAD (mask 0); strict=True raises BadInput after the scan instead of writing the index.
-    """
-    t0 = time.perf_counter()
-    index, probs, n_apple = ClickIndex.from_xml(xml_root, workers=workers, progress=progress)
-    seconds = time.perf_counter() - t0
-    problems = Problems(f"index-imagenet({xml_root})")
-    problems.extend(probs)
-    line = problems.finish(strict, warn=False)
-    index.save(out_path)
-    n = len(index.keys)
-    stats = {"files": n, "with_click": int((index.status == CLICK).sum()),
-             "no_click": int((index.status == NO_CLICK).sum()), "bad": int((index.status == BAD).sum()),
-             "appledouble_skipped": n_apple, "seconds": seconds, "files_per_s": n / max(seconds, 1e-9),
-             "workers": _default_workers(n) if workers is None else workers, "problems": line}
-    return stats
+        """Scan an ImageNet-AB XML tree in memory, as index-imagenet does (tools/prepare.py: scan_imagenet_ab)
+        -> (index, problems [(kind, file, detail)], n_appledouble)."""
+        from tools.prepare import scan_imagenet_ab  # the builder imports this file: import it when needed
+        return scan_imagenet_ab(xml_root, workers, progress)
 
 
 def _looks_like(path):
@@ -1155,12 +881,12 @@ def _looks_like(path):
 
 
 def load_imagenet_index(path):
-    """Load an index written by build_imagenet_index -> ClickIndex (a Mapping "wnid/stem" -> (x, y)).
+    """Load an index written by tools/prepare.py index-imagenet -> ClickIndex (a Mapping "wnid/stem" -> (x, y)).
 
     Anything else (a COCO-AB JSON, an XML file, a truncated .npz) raises BadInput (not-an-index) saying what the
     file seems to be. An index written before image sizes were recorded (v1) loads with one warning: it still
     works, but the dataset cannot check that it belongs to the images (rebuild it to get the check)."""
-    hint = f"expected the .npz that `byproducts.py index-imagenet --xml-root train_xml/ --out {path}` writes"
+    hint = f"expected the .npz that `tools/prepare.py index-imagenet --xml-root train_xml/ --out {path}` writes"
     try:
         z = np.load(path, allow_pickle=False)  # never unpickle: an index holds plain arrays only
     except Exception:  # ValueError (pickled or unknown data), OSError, EOFError, BadZipFile ...
@@ -1172,7 +898,7 @@ def load_imagenet_index(path):
         if "sizes" not in z.files:
             warnings.warn(f"{path} is an old click index ({fmt}) without image sizes: the clicks are used, but "
                           "nothing checks that the index belongs to these images; rebuild it with "
-                          "`byproducts.py index-imagenet` to get that check", BadInputWarning, stacklevel=2)
+                          "`tools/prepare.py index-imagenet` to get that check", BadInputWarning, stacklevel=2)
         return ClickIndex(z["keys"], z["points"], z["status"], z.get("n_selected"), z.get("n_entries"),
                           z.get("sizes"))
 
@@ -1275,119 +1001,6 @@ def coco_points(record, mode="final-add", problems=None):
     return state
 
 
-def rle_from_string(s):
-    """Compressed COCO RLE string -> list of counts (port of cocoapi rleFrString)."""
-    if isinstance(s, bytes):
-        s = s.decode("ascii")
-    counts, p = [], 0
-    while p < len(s):
-        x = k = 0
-        more = 1
-        while more:
-            c = ord(s[p]) - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = c & 0x20
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)  # sign extension
-        if len(counts) > 2:
-            x += counts[-2]  # counts after the third are stored as differences
-        counts.append(x)
-    return counts
-
-
-def rle_decode(rle):
-    """{"size": [h, w], "counts": list | compressed str} -> uint8[h, w] mask.
-
-    Counts alternate zeros and ones, starting with zeros, over the pixels in COLUMN-major order.
-    """
-    h, w = (int(v) for v in rle["size"])
-    counts = rle["counts"]
-    if isinstance(counts, (str, bytes)):
-        counts = rle_from_string(counts)
-    counts = np.asarray(counts, np.int64)
-    if (counts < 0).any() or counts.sum() != h * w:
-        raise BadInput("bad-rle", f"counts sum {counts.sum()} != h*w {h * w}")
-    flat = np.repeat((np.arange(len(counts)) % 2).astype(np.uint8), counts)
-    return flat.reshape(w, h).T.copy()
-
-
-def rle_encode(mask):
-    """uint8/bool[h, w] mask -> uncompressed RLE {"size": [h, w], "counts": list} (column-major, zeros first)."""
-    h, w = mask.shape
-    flat = np.asarray(mask, bool).T.ravel()
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    bounds = np.concatenate([[0], change, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    if flat.size and flat[0]:
-        counts = [0] + counts
-    return {"size": [int(h), int(w)], "counts": [int(c) for c in counts]}
-
-
-def polygon_to_rle(xy, h, w):
-    """One COCO polygon [x1, y1, x2, y2, ...] (pixels) -> RLE counts, a port of cocoapi rleFrPoly.
-
-    cocoapi upsamples by 5 and walks the boundary, so a box polygon (0,0)-(3,2) covers exactly 3 x 2 pixels;
-    PIL's ImageDraw.polygon would include the outline and differ by ~1 px, which is why we port it.
-    """
-    xy = np.asarray(xy, np.float64).reshape(-1, 2)
-    scale = 5.0
-    x = np.trunc(scale * xy[:, 0] + 0.5).astype(np.int64)  # C's (int) cast truncates toward zero
-    y = np.trunc(scale * xy[:, 1] + 0.5).astype(np.int64)
-    x, y = np.append(x, x[:1]), np.append(y, y[:1])
-    us, vs = [], []
-    for j in range(len(xy)):
-        xs, xe, ys, ye = int(x[j]), int(x[j + 1]), int(y[j]), int(y[j + 1])
-        dx, dy = abs(xe - xs), abs(ys - ye)
-        flip = (dx >= dy and xs > xe) or (dx < dy and ys > ye)
-        if flip:
-            xs, xe, ys, ye = xe, xs, ye, ys
-        if dx >= dy:
-            d = np.arange(dx + 1)
-            t = dx - d if flip else d
-            s = (ye - ys) / dx if dx else 0.0
-            us.append(t + xs)
-            vs.append(np.trunc(ys + s * t + 0.5).astype(np.int64))
-        else:
-            d = np.arange(dy + 1)
-            t = dy - d if flip else d
-            s = (xe - xs) / dy
-            vs.append(t + ys)
-            us.append(np.trunc(xs + s * t + 0.5).astype(np.int64))
-    u, v = np.concatenate(us), np.concatenate(vs)
-    j = np.flatnonzero(u[1:] != u[:-1]) + 1  # points where the boundary crosses a column
-    xd = np.where(u[j] < u[j - 1], u[j], u[j] - 1).astype(np.float64)
-    xd = (xd + 0.5) / scale - 0.5
-    keep = (np.floor(xd) == xd) & (xd >= 0) & (xd <= w - 1)
-    yd = np.where(v[j] < v[j - 1], v[j], v[j - 1]).astype(np.float64)
-    yd = np.ceil(np.clip((yd + 0.5) / scale - 0.5, 0, h))
-    a = np.sort(np.append(xd[keep].astype(np.int64) * h + yd[keep].astype(np.int64), h * w))
-    a = np.diff(np.concatenate([[0], a])).tolist()
-    b, j = [a[0]], 1
-    while j < len(a):  # merge zero-length runs exactly as rleFrPoly does
-        if a[j] > 0:
-            b.append(a[j])
-            j += 1
-        else:
-            j += 1
-            if j < len(a):
-                b[-1] += a[j]
-                j += 1
-    return b
-
-
-def annotation_mask(segmentation, h, w):
-    """COCO segmentation (list of polygons, uncompressed RLE dict, or compressed RLE dict) -> bool[h, w]."""
-    if isinstance(segmentation, dict):
-        return rle_decode(segmentation).astype(bool)
-    m = np.zeros((h, w), bool)
-    for poly in segmentation:  # several polygons: their union (pycocotools merges the RLEs)
-        if len(poly) >= 6:
-            m |= rle_decode({"size": [h, w], "counts": polygon_to_rle(poly, h, w)}).astype(bool)
-    return m
-
-
 class CocoInstances:
     """A COCO instances file without pycocotools.
 
@@ -1424,19 +1037,6 @@ class CocoInstances:
         b[:, 2:] += b[:, :2]
         return b, np.array([self.cat_index[a["category_id"]] for a in anns], np.int64)
 
-    def ann_mask(self, ann):
-        im = self.images[ann["image_id"]]
-        return annotation_mask(ann["segmentation"], im["height"], im["width"])
-
-    def class_mask(self, image_id, category_id):
-        """bool[H, W]: the union of the masks of one class in one image."""
-        im = self.images[image_id]
-        m = np.zeros((im["height"], im["width"]), bool)
-        for a in self.anns[image_id]:
-            if a["category_id"] == category_id:
-                m |= self.ann_mask(a)
-        return m
-
 
 def read_coco_instances(path):
     """instances_*.json -> CocoInstances. A corrupt file raises BadInput (there is nothing to train on)."""
@@ -1446,158 +1046,3 @@ def read_coco_instances(path):
     except (ValueError, UnicodeDecodeError) as e:
         raise BadInput("corrupt-json", f"{path}: {e}") from None
     return CocoInstances(data, name=f"read_coco_instances({path})")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# per-image records with boxes (evaluate.py's Fig. D, tools/analyses.py)
-
-def points_in_boxes(points, boxes, W, H):
-    """bool[...]: normalised points [..., 2] inside any box float[M, 4] (pixels of a W x H image), with +-1 px
-    slack since ILSVRC's 0- or 1-based indexing is undocumented (docs/formats.md §4)."""
-    p = np.asarray(points, np.float64)[..., None, :] * (W, H)
-    x, y = p[..., 0], p[..., 1]
-    b = np.asarray(boxes, np.float64)
-    return np.any((b[:, 0] - 1 <= x) & (x <= b[:, 2] + 1) & (b[:, 1] - 1 <= y) & (y <= b[:, 3] + 1), -1)
-
-
-def imagenet_records(xml_root, boxes=None):
-    """ImageNet-AB XML tree -> (records, counts). One record per file: key "wnid/stem", entries, click (x, y) | None
-    (imagenet_click), size (W, H) and boxes float[M, 4] px, or None / None without boxes. Boxes come from the
-    ILSVRC box tree when `boxes` is given, else from the VOC part merged into the AB XML."""
-    box_index = load_boxes(boxes) if boxes else None
-    paths, n_apple = _list_xml(xml_root)
-    records, bad = [], 0
-    for p in paths:
-        key = _xml_key(p)
-        try:
-            entries, voc = read_imagenet_ab_xml(p, with_voc=True)
-            click = imagenet_click(entries)
-        except (BadInput, OSError):
-            bad += 1
-            continue
-        b = voc if box_index is None else box_index.get(key)
-        ok = bool(b and b["size"] and len(b["boxes"]))
-        records.append({"key": key, "entries": entries, "click": click, "size": b["size"] if ok else None,
-                        "boxes": b["boxes"] if ok else None})
-    return records, {"files": len(paths), "bad_files": bad, "appledouble_skipped": n_apple}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# bad input bookkeeping: errors, warnings, the one-line problem report
-
-class BadInput(ValueError):
-    """A file or record the parser refuses. kind is a short tag (corrupt-xml, bad-coordinate, ...)."""
-
-    def __init__(self, kind, detail=""):
-        super().__init__(f"{kind}: {detail}" if detail else kind)
-        self.kind, self.detail = kind, detail
-
-
-class BadImage(BadInput):
-    """An image file read_image refuses: kind "unreadable-image" (zero bytes, truncated, not an image) or
-    "unsupported-mode" (a pixel format with no faithful RGB form). size is the header's (W, H), or None."""
-
-    def __init__(self, kind, detail="", size=None):
-        super().__init__(kind, detail)
-        self.size = size
-
-
-class BadInputWarning(UserWarning):
-    pass
-
-
-def error_line(e):
-    """One line for a BadInput, also when a DataLoader re-raised it with the worker's traceback in its text."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return re.sub(r"^[\w.]*Bad(Input|Image): ", "", lines[-1]) if lines else type(e).__name__
-
-
-class Problems:
-    """Counts bad input by kind, keeps the first few file names, and reports everything in one line."""
-
-    # documented quirks of the release, harmless repeats, or what a flag accepted: reported, never fatal
-    NOTES = {"duplicate-image-id", "duplicate-xml", "empty-class"}
-
-    def __init__(self, what="byproducts"):
-        self.what, self.counts, self.examples = what, Counter(), {}
-
-    def add(self, kind, name, detail=""):
-        self.counts[kind] += 1
-        ex = self.examples.setdefault(kind, [])
-        if len(ex) < 3:
-            ex.append(f"{name} ({detail})" if detail else str(name))
-
-    def extend(self, triples):
-        for kind, name, detail in triples:
-            self.add(kind, name, detail)
-
-    def merge(self, other):
-        for kind, n in other.counts.items():
-            self.counts[kind] += n
-            ex = self.examples.setdefault(kind, [])
-            ex.extend(other.examples[kind][:3 - len(ex)])
-
-    @property
-    def n_bad(self):
-        return sum(n for k, n in self.counts.items() if k not in self.NOTES)
-
-    def __len__(self):
-        return sum(self.counts.values())
-
-    def summary(self):
-        parts = [f"{k} x{n}: {'; '.join(self.examples[k])}{' ...' if n > len(self.examples[k]) else ''}"
-                 for k, n in sorted(self.counts.items())]
-        return f"{self.what}: {len(self)} problem(s) [" + " | ".join(parts) + "]"
-
-    def finish(self, strict=False, warn=True):
-        """Raise (strict and anything bad) or warn once with the summary line; returns the line or None."""
-        if not self.counts:
-            return None
-        line = self.summary()
-        if strict and self.n_bad:
-            raise BadInput("strict", line)
-        if warn:
-            warnings.warn(line, BadInputWarning, stacklevel=3)
-        return line
-
-
-def _coord(v):
-    """A click coordinate as a float in [0, 1], or None when NaN, non-numeric or outside [0, 1]."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    v = float(v)
-    if not (-1e-6 <= v <= 1 + 1e-6):  # also false for NaN; the 1e-6 slack only absorbs float rounding
-        return None
-    return min(max(v, 0.0), 1.0)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# CLI
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    i = sub.add_parser("index-imagenet", help="convert an ImageNet-AB XML tree into one .npz index", allow_abbrev=False)
-    i.add_argument("--xml-root", required=True, help="train_xml/ (or a parent, e.g. imagenet_ab_v1_0/)")
-    i.add_argument("--out", required=True, help="output file (.npz)")
-    i.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    i.add_argument("--strict", action="store_true", help="any bad file is an error (nothing is written)")
-    args = ap.parse_args(argv)
-    workers = args.workers or _cpu_count()
-    try:
-        st = build_imagenet_index(args.xml_root, args.out, workers=workers, strict=args.strict)
-    except BadInput as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    if st["problems"]:
-        print(st["problems"], file=sys.stderr)
-    print(f"indexed {st['files']:,} XML files in {st['seconds']:.1f}s: {st['files_per_s']:,.0f} files/s on "
-          f"{st['workers']} worker(s) ({st['files_per_s'] / st['workers']:,.0f}/s per worker); "
-          f"{st['with_click']:,} with a click, {st['no_click']:,} without, {st['bad']:,} bad, "
-          f"{st['appledouble_skipped']} AppleDouble skipped -> {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -49,6 +49,7 @@ import byproducts
 import models
 import utils
 from byproducts import IMAGENET_MEAN, IMAGENET_STD, eval_crop_geometry, eval_points_to_original
+from tools.coco_masks import annotation_mask
 from utils import Progress, UnpaddedDistributedSampler, all_reduce_sum, dist_on, gather_by_index, get_rank, \
     get_world_size, init_distributed, log
 
@@ -633,7 +634,7 @@ class ImageList(Dataset):
         return self.reader.finish(i, self.transform(self.load(i))), i
 
 # -----------------------------------------------------------------------------
-# COCO val for evaluation (instances parsed and masks decoded by byproducts.py, without pycocotools)
+# COCO val for evaluation (instances parsed by byproducts.py, masks decoded by tools/coco_masks.py; no pycocotools)
 
 class CocoEvalSet(Dataset):
     """COCO val images with >= 1 annotation (ASL's CocoDetection: imgToAnns keys), sorted by image id.
@@ -670,7 +671,7 @@ class CocoEvalSet(Dataset):
         per_class = {}
         for a in self.coco.anns[info["id"]]:
             m = per_class.setdefault(self.coco.cat_index[a["category_id"]], np.zeros((2, h, w), bool))
-            m[1 if a.get("iscrowd", 0) else 0] |= byproducts.annotation_mask(a["segmentation"], h, w)[:h, :w]
+            m[1 if a.get("iscrowd", 0) else 0] |= annotation_mask(a["segmentation"], h, w)[:h, :w]
         classes = sorted(per_class)
         out = np.zeros((len(classes), S, S), np.uint8)
         for j, k in enumerate(classes):
@@ -1518,16 +1519,17 @@ def figure_icons_coco(args, path, n=12, cell=256):
     return save_sheet(cells, title, legend, path)
 
 def click_accuracy_maps(records, grid=8):
-    """Fig. D (right): click localisation accuracy by location. records: byproducts.imagenet_records() with
+    """Fig. D (right): click localisation accuracy by location. records: analyses.imagenet_records() with
     boxes. Returns (by_box [grid, grid], by_click [grid, grid]) of (hits, images): images binned by the centre of
-    their largest GT box, and by their click; a hit = the click inside any GT box (byproducts' +-1 px rule)."""
+    their largest GT box, and by their click; a hit = the click inside any GT box (analyses' +-1 px rule)."""
+    from tools import analyses  # imports this file: import it when needed
     out = np.zeros((2, 2, grid, grid), np.int64)  # [by box | by click, hits | images, row y, col x]
     for r in records:
         if r["click"] is None or r["boxes"] is None:
             continue
         W, H = r["size"]
         b = r["boxes"][np.argmax((r["boxes"][:, 2] - r["boxes"][:, 0]) * (r["boxes"][:, 3] - r["boxes"][:, 1]))]
-        hit = int(byproducts.points_in_boxes(r["click"], r["boxes"], W, H))
+        hit = int(analyses.points_in_boxes(r["click"], r["boxes"], W, H))
         for k, (x, y) in enumerate((((b[0] + b[2]) / 2 / W, (b[1] + b[3]) / 2 / H), r["click"])):
             row, col = (min(max(int(v * grid), 0), grid - 1) for v in (y, x))
             out[k, :, row, col] += (hit, 1)
@@ -1536,7 +1538,8 @@ def click_accuracy_maps(records, grid=8):
 def figure_click_accuracy(args, path, grid=8, cell=56):
     """Fig. D (right column) as two accuracy maps side by side, each cell coloured and labelled with its %."""
     from PIL import ImageDraw
-    records, _ = byproducts.imagenet_records(args.imagenet_ab_xml, args.imagenet_train_boxes)
+    from tools import analyses  # imports this file: import it when needed
+    records, _ = analyses.imagenet_records(args.imagenet_ab_xml, args.imagenet_train_boxes)
     maps = click_accuracy_maps(records, grid)
     if maps[0][1].sum() == 0:
         raise SystemExit(f"--imagenet-ab-xml {args.imagenet_ab_xml}: no image has both a click and a GT box; give "

@@ -42,6 +42,8 @@ from torchvision.datasets import ImageFolder
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import byproducts as bp  # noqa: E402
+import utils  # noqa: E402
+from tools.prepare import build_imagenet_index  # noqa: E402
 from tools.synth import synth  # noqa: E402
 
 
@@ -218,7 +220,8 @@ def stubbed_overhead(root, ab, coco_args, inst, repeats=7):
     random draws + point maths, so what is left is exactly what a byproduct dataset adds to a plain one."""
     from PIL import Image
     img = Image.new("RGB", (120, 100))
-    real_loader, bp.read_image = bp.read_image, (lambda path: img)
+    real_loader = utils.read_image
+    utils.read_image = bp.read_image = lambda path: img  # ImageReader calls utils', the plain datasets bp's
     try:
         stub = _CropOnly(ab.transform)
         folder = ImageFolder(root, loader=lambda path: img, transform=stub)
@@ -232,7 +235,7 @@ def stubbed_overhead(root, ab, coco_args, inst, repeats=7):
         return getitem_loop({"ImageFolder": folder, "ImageNetAB clicks": ab_s, "plain COCO": plain,
                              "CocoAB clicks": coco_s}, repeats)
     finally:
-        bp.read_image = real_loader
+        utils.read_image = bp.read_image = real_loader
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -256,7 +259,7 @@ def index_rate(src_xml_root, tmp, n_files, workers_list):
         best = None
         for _ in range(2):
             r0 = [resource.getrusage(k) for k in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
-            st = bp.build_imagenet_index(root, os.path.join(tmp, "big.npz"), workers=w, progress=False)
+            st = build_imagenet_index(root, os.path.join(tmp, "big.npz"), workers=w, progress=False)
             r1 = [resource.getrusage(k) for k in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
             # pool workers are joined when the scan ends, so RUSAGE_CHILDREN holds their CPU time
             cpu = sum(b.ru_utime + b.ru_stime - a.ru_utime - a.ru_stime for a, b in zip(r0, r1))

@@ -60,7 +60,7 @@ def inet(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def inet_figures(inet):
-    records, counts = bp.imagenet_records(inet[0])
+    records, counts = an.imagenet_records(inet[0])
     return an.imagenet_stats(records, counts, n_images=10)
 
 

@@ -22,7 +22,7 @@ import byproducts as bp
 import evaluate as E
 import train_coco
 import train_imagenet
-from tools import analyses
+from tools import analyses, prepare
 from tools.synth import SYNTH_WNIDS
 from tools.synth import synth as write_synth
 
@@ -262,7 +262,7 @@ def test_index_records_sizes_and_the_dataset_checks_them(tmp_path):
         jpeg(tmp_path / "img" / "n1" / f"n1_{k}.JPEG")
     ab_xml(tmp_path / "xml" / "n1" / "n1_0.xml", (0.5, 0.25), orig=(40, 30))
     ab_xml(tmp_path / "xml" / "n1" / "n1_1.xml", (0.5, 0.25), orig=(500, 375))
-    bp.build_imagenet_index(str(tmp_path / "xml"), str(tmp_path / "i.npz"), workers=1, progress=False)
+    prepare.build_imagenet_index(str(tmp_path / "xml"), str(tmp_path / "i.npz"), workers=1, progress=False)
     idx = bp.load_imagenet_index(str(tmp_path / "i.npz"))
     assert idx.has_sizes and idx.sizes.tolist() == [[40, 30], [500, 375]]
     ds = bp.ImageNetAB(str(tmp_path / "img"), clicks=str(tmp_path / "i.npz"),
@@ -284,7 +284,7 @@ def test_index_of_another_dataset_does_not_pass_silently(synth, tmp_path):
     names, sizes drawn anew). Every click whose recorded size differs from the opened image gets weight 0."""
     other = tmp_path / "other"
     write_synth(str(other), seed=1, n_classes=2, n_train=4, n_val=1, coco_train=0, coco_val=0)
-    bp.build_imagenet_index(str(other / "imagenet_ab"), str(tmp_path / "other.npz"), workers=1, progress=False)
+    prepare.build_imagenet_index(str(other / "imagenet_ab"), str(tmp_path / "other.npz"), workers=1, progress=False)
     ds = bp.ImageNetAB(str(synth / "imagenet" / "train"), clicks=str(tmp_path / "other.npz"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bp.BadInputWarning)
@@ -345,7 +345,7 @@ def test_non_numeric_click_keeps_its_text(tmp_path):
     ab_xml(tmp_path / "n1" / "n1_0.xml", ("12,5%", 0.5))
     with pytest.raises(bp.BadInput, match=r"x='12,5%' y=0\.5"):
         bp.imagenet_click(bp.read_imagenet_ab_xml(str(tmp_path / "n1" / "n1_0.xml")))
-    st = bp.build_imagenet_index(str(tmp_path), str(tmp_path / "i.npz"), workers=1, progress=False)
+    st = prepare.build_imagenet_index(str(tmp_path), str(tmp_path / "i.npz"), workers=1, progress=False)
     assert "x='12,5%'" in st["problems"] and "nan" not in st["problems"]
 
 

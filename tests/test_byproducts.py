@@ -1,5 +1,5 @@
-"""Tests for byproducts.py (readers, point-aware transforms, datasets, Mixup / CutMix), on fixture files written
-in the released layouts.
+"""Tests for byproducts.py (readers, point-aware transforms, datasets, Mixup / CutMix) and the index and mask code
+it hands to tools/prepare.py and tools/coco_masks.py, on fixture files written in the released layouts.
 
 Fixtures reproduce published example records (a real ImageNet-AB XML, cited in docs/formats.md §1, and the COCO-AB
 record of docs/formats.md §2) byte for byte; hand-computed numbers are worked out in the comments.
@@ -19,6 +19,8 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
 import byproducts as bp
+from tools import analyses, prepare
+from tools import coco_masks as cm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -144,7 +146,7 @@ def test_appledouble_skipped_and_prefix_accepted(tmp_path):
     ab_file(root / "n01440764_1.xml", meta(clicks=((0.4, 0.6),)))
     (root / "._n01440764_1.xml").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        \x00\x02")
     assert bp.read_imagenet_ab_xml(str(root / "._n01440764_1.xml")) == []
-    st = bp.build_imagenet_index(str(tmp_path), str(tmp_path / "idx.npz"), workers=1, progress=False)
+    st = prepare.build_imagenet_index(str(tmp_path), str(tmp_path / "idx.npz"), workers=1, progress=False)
     assert st["files"] == 1 and st["appledouble_skipped"] == 1 and st["bad"] == 0 and st["problems"] is None
     idx = bp.load_imagenet_index(str(tmp_path / "idx.npz"))
     assert list(idx) == ["n01440764/n01440764_1"] and idx["n01440764/n01440764_1"] == pytest.approx((0.4, 0.6))
@@ -161,12 +163,12 @@ def test_bad_coordinates(tmp_path, x, kind):
         bp.imagenet_click(bp.read_imagenet_ab_xml(p))
     assert e.value.kind == kind
     ab_file(tmp_path / "n1" / "good.xml", meta(clicks=((0.5, 0.5),)))
-    st = bp.build_imagenet_index(str(tmp_path), str(tmp_path / "i.npz"), workers=1, progress=False)
+    st = prepare.build_imagenet_index(str(tmp_path), str(tmp_path / "i.npz"), workers=1, progress=False)
     assert st["bad"] == 1 and st["with_click"] == 1 and kind in st["problems"] and "bad.xml" in st["problems"]
     idx = bp.load_imagenet_index(str(tmp_path / "i.npz"))
     assert "n1/bad" not in idx and idx.get("n1/bad") is None  # weight 0 downstream
     with pytest.raises(bp.BadInput, match="bad.xml"):
-        bp.build_imagenet_index(str(tmp_path), str(tmp_path / "j.npz"), workers=1, strict=True, progress=False)
+        prepare.build_imagenet_index(str(tmp_path), str(tmp_path / "j.npz"), workers=1, strict=True, progress=False)
     assert not os.path.exists(tmp_path / "j.npz")
 
 
@@ -178,7 +180,7 @@ def test_corrupt_and_truncated_xml(tmp_path):
         bp.read_imagenet_ab_xml(str(tmp_path / "n1" / "trunc.xml"))
     # both paths of the index (inline and a 2-process pool) count and name every bad file; no worker dies
     for workers in (1, 2):
-        st = bp.build_imagenet_index(str(tmp_path), str(tmp_path / "i.npz"), workers=workers, progress=False)
+        st = prepare.build_imagenet_index(str(tmp_path), str(tmp_path / "i.npz"), workers=workers, progress=False)
         assert (st["files"], st["bad"], st["with_click"]) == (3, 2, 1)
         assert "corrupt-xml x2" in st["problems"] and "trunc.xml" in st["problems"] and "junk.xml" in st["problems"]
 
@@ -195,7 +197,7 @@ def test_entity_declarations_refused(tmp_path):
     (tmp_path / "n1" / "lol16.xml").write_bytes(lol.replace('"1.0"', '"1.0" encoding="UTF-16"').encode("utf-16"))
     with pytest.raises(bp.BadInput):
         bp.read_imagenet_ab_xml(str(tmp_path / "n1" / "lol16.xml"))
-    st = bp.build_imagenet_index(str(tmp_path), str(tmp_path / "i.npz"), workers=1, progress=False)
+    st = prepare.build_imagenet_index(str(tmp_path), str(tmp_path / "i.npz"), workers=1, progress=False)
     assert st["bad"] == 2 and "entity-declaration" in st["problems"]
 
 
@@ -220,7 +222,7 @@ def test_dataset_reports_xml_problems_from_a_scan_or_an_index_file(tmp_path):
     line = str(rec[0].message)
     assert "corrupt-xml x1" in line and "n1_1.xml" in line and "xml-without-image x1: n1/n1_gone" in line
     assert [ds[i][3].item() for i in range(2)] == [1.0, 0.0]
-    bp.build_imagenet_index(str(tmp_path / "xml"), str(tmp_path / "i.npz"), workers=1, progress=False)
+    prepare.build_imagenet_index(str(tmp_path / "xml"), str(tmp_path / "i.npz"), workers=1, progress=False)
     with pytest.warns(bp.BadInputWarning, match=r"bad-xml x1: n1/n1_1 .*xml-without-image x1: n1/n1_gone"):
         ds = bp.ImageNetAB(str(tmp_path / "img"), clicks=str(tmp_path / "i.npz"))  # an index file
     assert [ds[i][3].item() for i in range(2)] == [1.0, 0.0] and ds[0][2].tolist() == [[0.5, 0.25]]
@@ -338,7 +340,8 @@ def test_coco_instances_targets_boxes_masks(synth_dir):
     assert t.dtype == np.float32 and t.shape == (80,) and t[inst.cat_index[a["category_id"]]] == 1  # crowd counts
     for anns in list(inst.anns.values())[:5]:
         for a in anns:
-            m = inst.ann_mask(a)
+            im = inst.images[a["image_id"]]
+            m = cm.annotation_mask(a["segmentation"], im["height"], im["width"])
             ys, xs = np.nonzero(m)
             assert m.sum() == a["area"] and [xs.min(), ys.min()] == a["bbox"][:2]
     boxes, labels = inst.boxes(a["image_id"])
@@ -349,26 +352,26 @@ def test_rle_and_polygon_masks_against_hand_made_masks(tmp_path):
     # uncompressed RLE, size [h=2, w=3], counts [1, 2, 3] over column-major pixels: 0 | 1 1 | 0 0 0
     toy = np.array([[0, 1, 0],
                     [1, 0, 0]], np.uint8)
-    np.testing.assert_array_equal(bp.rle_decode({"size": [2, 3], "counts": [1, 2, 3]}), toy)
-    assert bp.rle_encode(toy) == {"size": [2, 3], "counts": [1, 2, 3]}
+    np.testing.assert_array_equal(cm.rle_decode({"size": [2, 3], "counts": [1, 2, 3]}), toy)
+    assert cm.rle_encode(toy) == {"size": [2, 3], "counts": [1, 2, 3]}
     # compressed string, worked by hand: counts [0, 20, 10, 6] <- "0", "d0" (20 needs 2 chars), ":",
     # "B" (6 is stored as 6 - 20 = -14: low 5 bits 18 with the sign bit, + 48 = "B")
-    assert bp.rle_from_string("0d0:B") == [0, 20, 10, 6]
+    assert cm.rle_from_string("0d0:B") == [0, 20, 10, 6]
     six = np.zeros((6, 6), np.uint8)
     six[:, 0:3] = 1      # 18 ones down columns 0-2 ...
     six[0:2, 3] = 1      # ... 2 more in column 3, then 10 zeros ...
     six[:, 5] = 1        # ... and the last 6 pixels (column 5)
-    np.testing.assert_array_equal(bp.rle_decode({"size": [6, 6], "counts": "0d0:B"}), six)
+    np.testing.assert_array_equal(cm.rle_decode({"size": [6, 6], "counts": "0d0:B"}), six)
     # polygons as cocoapi's rleFrPoly: a box polygon covers exactly its w x h pixels (PIL's fill would add the
     # outline); a triangle keeps the pixels whose centre is strictly inside
-    np.testing.assert_array_equal(bp.annotation_mask([[0, 0, 3, 0, 3, 2, 0, 2]], 2, 3), np.ones((2, 3), bool))
+    np.testing.assert_array_equal(cm.annotation_mask([[0, 0, 3, 0, 3, 2, 0, 2]], 2, 3), np.ones((2, 3), bool))
     box = np.zeros((5, 6), bool)
     box[1:3, 1:4] = True
-    np.testing.assert_array_equal(bp.annotation_mask([[1, 1, 4, 1, 4, 3, 1, 3]], 5, 6), box)
+    np.testing.assert_array_equal(cm.annotation_mask([[1, 1, 4, 1, 4, 3, 1, 3]], 5, 6), box)
     r, c = np.mgrid[0:6, 0:6]
-    np.testing.assert_array_equal(bp.annotation_mask([[0, 0, 6, 0, 0, 6]], 6, 6), (c + 0.5) + (r + 0.5) < 6)
+    np.testing.assert_array_equal(cm.annotation_mask([[0, 0, 6, 0, 0, 6]], 6, 6), (c + 0.5) + (r + 0.5) < 6)
     # two polygons: their union
-    two = bp.annotation_mask([[0, 0, 1, 0, 1, 1, 0, 1], [2, 1, 3, 1, 3, 2, 2, 2]], 2, 3)
+    two = cm.annotation_mask([[0, 0, 1, 0, 1, 1, 0, 1], [2, 1, 3, 1, 3, 2, 2, 2]], 2, 3)
     np.testing.assert_array_equal(two, [[1, 0, 0], [0, 0, 1]])
     # compressed-string RLE inside an instances file (results files use them)
     inst_p = tmp_path / "inst.json"
@@ -378,9 +381,9 @@ def test_rle_and_polygon_masks_against_hand_made_masks(tmp_path):
                          "area": 26, "segmentation": {"size": [6, 6], "counts": "0d0:B"}}],
         "categories": [{"id": c, "name": n} for n, c in bp.COCO_NAME_TO_ID.items()]}))
     inst = bp.read_coco_instances(str(inst_p))
-    np.testing.assert_array_equal(inst.class_mask(5, 18), six.astype(bool))
+    np.testing.assert_array_equal(analyses.class_mask(inst, 5, 18), six.astype(bool))
     with pytest.raises(bp.BadInput, match="bad-rle"):
-        bp.rle_decode({"size": [2, 3], "counts": [1, 2]})
+        cm.rle_decode({"size": [2, 3], "counts": [1, 2]})
 
 
 def _coco_fixture(tmp_path, records):
@@ -462,9 +465,9 @@ def test_coco_dataset_modes_and_loader(synth_dir):
 def test_index_roundtrip_matches_reader(synth_dir, tmp_path):
     xml_root = os.path.join(synth_dir, "imagenet_ab")
     out = str(tmp_path / "index.npz")
-    st = bp.build_imagenet_index(xml_root, out, workers=2, progress=False)
+    st = prepare.build_imagenet_index(xml_root, out, workers=2, progress=False)
     idx = bp.load_imagenet_index(out)
-    records, counts = bp.imagenet_records(xml_root)  # the reader, file by file
+    records, counts = analyses.imagenet_records(xml_root)  # the reader, file by file
     assert st["files"] == len(records) == len(idx.keys) and counts["appledouble_skipped"] == 2 and st["bad"] == 0
     n_click = 0
     for r in records:
@@ -483,14 +486,14 @@ def test_index_roundtrip_matches_reader(synth_dir, tmp_path):
 
 def test_index_cli(synth_dir, tmp_path):
     out = tmp_path / "cli.npz"
-    r = subprocess.run([sys.executable, os.path.join(REPO, "byproducts.py"), "index-imagenet", "--xml-root",
+    r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "prepare.py"), "index-imagenet", "--xml-root",
                         os.path.join(synth_dir, "imagenet_ab"), "--out", str(out)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "files/s" in r.stdout and "2 AppleDouble skipped" in r.stdout and out.exists()
     bad = tmp_path / "xml" / "n1"
     bad.mkdir(parents=True)
     (bad / "b.xml").write_text("<annotation><metadata>")
-    r = subprocess.run([sys.executable, os.path.join(REPO, "byproducts.py"), "index-imagenet", "--xml-root",
+    r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "prepare.py"), "index-imagenet", "--xml-root",
                         str(tmp_path / "xml"), "--out", str(tmp_path / "x.npz"), "--strict"],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "b.xml" in r.stderr and not (tmp_path / "x.npz").exists()
@@ -579,11 +582,12 @@ def test_crop_and_flip_maths_by_hand(monkeypatch):
         assert out.shape == (3, 20, 20) and p.flatten().tolist() == pytest.approx([x_expect, 0.75]) and wt.item() == 1.0
     _, p, wt = bp.TrainTransform(size=20, hflip=0.0)(img, torch.tensor([[0.1, 0.5]]), w)
     assert wt.item() == 0.0 and p[0, 0].item() == pytest.approx(-0.2)  # never clamped to the border
-    # the K = 80 (tensor) path gives the same numbers; (0.7, 0.25) = pixel (70, 20) -> (1.0, 0.25) -> flip (0, 0.25)
-    many = torch.tensor([[0.5, 0.5], [0.1, 0.5], [0.7, 0.25]])
-    _, p, wt = bp.TrainTransform(size=20, hflip=1.0)(img, many, torch.ones(3))
-    assert p.flatten().tolist() == pytest.approx([0.4, 0.75, 1.2, 0.75, 0.0, 0.25], abs=1e-6)
-    assert wt.tolist() == [1, 0, 1]
+    # several points (COCO) go the same way; (0.7, 0.25) = pixel (70, 20) -> (1.0, 0.25) -> flip (0, 0.25); a point
+    # of weight 0 is no target: it keeps its values
+    many = torch.tensor([[0.5, 0.5], [0.1, 0.5], [0.7, 0.25], [0.3, 0.3]])
+    _, p, wt = bp.TrainTransform(size=20, hflip=1.0)(img, many, torch.tensor([1.0, 1.0, 1.0, 0.0]))
+    assert p.flatten().tolist() == pytest.approx([0.4, 0.75, 1.2, 0.75, 0.0, 0.25, 0.3, 0.3], abs=1e-6)
+    assert wt.tolist() == [1, 0, 1, 0]
 
 
 def test_point_follows_the_pixels_through_rrc_and_flip():
@@ -715,7 +719,7 @@ def test_randaugment_inc1_survives_thousands_of_draws():
         return orig_apply(op, im, pts, level)
     ra._apply = counting
     for _ in range(3000):
-        out, _ = ra(img, torch.tensor([[0.5, 0.5]]))
+        out, _, _ = ra(img, torch.tensor([[0.5, 0.5]]), torch.ones(1))
         assert out.size == (16, 12)
     assert ops["PosterizeIncreasing"] > 150 and "Posterize" not in ops  # -inc1 uses the increasing variants
     # the 0-bit case itself: a magnitude clipped at 10 (level 1.0) is a black image, not an exception
@@ -787,7 +791,7 @@ def test_duplicate_xml_under_two_prefixes(tmp_path):
     # the tar extracted twice (with and without the imagenet_ab_v1_0/ prefix): one entry per image, a note
     ab_file(tmp_path / "imagenet_ab_v1_0" / "train_xml" / "n1" / "n1_0.xml", meta(clicks=((0.1, 0.2),)))
     ab_file(tmp_path / "train_xml" / "n1" / "n1_0.xml", meta(clicks=((0.3, 0.4),)))
-    st = bp.build_imagenet_index(str(tmp_path), str(tmp_path / "i.npz"), workers=2, strict=True, progress=False)
+    st = prepare.build_imagenet_index(str(tmp_path), str(tmp_path / "i.npz"), workers=2, strict=True, progress=False)
     assert st["files"] == 1 and "duplicate-xml x1" in st["problems"]
     idx = bp.load_imagenet_index(str(tmp_path / "i.npz"))
     assert len(idx) == 1 and idx["n1/n1_0"] == pytest.approx((0.1, 0.2))  # the first path in sorted order

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader
 
-import byproducts
 import evaluate as E
 import utils
+from tools import coco_masks
 from tools.synth import synth
 
 W = E.wnids("imagenet")
@@ -254,7 +254,7 @@ def make_coco(root):
     """val2014 with 3 images (224 x 224 PNGs): 10 = A + B, 20 = C + a crowd region of C (also painted blue),
     30 = no annotation (not evaluated). Shapes are painted from the decoded masks, so a channel's CAM is exactly
     its class's mask."""
-    mask = lambda poly: byproducts.annotation_mask([poly], 224, 224)
+    mask = lambda poly: coco_masks.annotation_mask([poly], 224, 224)
     arr = np.zeros((224, 224, 3), np.uint8)
     arr[mask(COCO_A)] = (255, 0, 0)
     arr[mask(COCO_B)] = (0, 255, 0)
@@ -269,7 +269,7 @@ def make_coco(root):
     anns = [dict(id=1, image_id=10, category_id=1, segmentation=[COCO_A], bbox=box(COCO_A), iscrowd=0, area=1),
             dict(id=2, image_id=10, category_id=3, segmentation=[COCO_B], bbox=box(COCO_B), iscrowd=0, area=1),
             dict(id=3, image_id=20, category_id=18, segmentation=[COCO_C], bbox=box(COCO_C), iscrowd=0, area=1),
-            dict(id=4, image_id=20, category_id=18, segmentation=byproducts.rle_encode(crowd),
+            dict(id=4, image_id=20, category_id=18, segmentation=coco_masks.rle_encode(crowd),
                  bbox=[150, 150, 50, 50], iscrowd=1, area=1)]
     images = [dict(id=i, width=224, height=224, file_name=f"COCO_val2014_{i:012d}.png") for i in (30, 20, 10)]
     cats = [dict(id=18, name="dog"), dict(id=1, name="person"), dict(id=3, name="car")]
@@ -575,15 +575,15 @@ def test_point_in_box_accuracy_inclusive_and_skips():
 
 
 def test_coco_mask_decoding_used_by_pxap():
-    # byproducts' decoders (pycocotools ports), which CocoEvalSet uses: a 3 x 2 toy mask [[0, 1], [1, 1], [0, 0]]
+    # tools/coco_masks' decoders (pycocotools ports), which CocoEvalSet uses: a 3 x 2 toy mask [[0, 1], [1, 1], [0, 0]]
     # is column-major 0 1 0 | 1 1 0 -> counts [1, 1, 1, 2, 1]; compressed, counts after the 3rd are deltas: "11110"
     want = np.array([[0, 1], [1, 1], [0, 0]])
-    assert np.array_equal(byproducts.rle_decode({"counts": [1, 1, 1, 2, 1], "size": [3, 2]}), want)
-    assert np.array_equal(byproducts.rle_decode({"counts": "11110", "size": [3, 2]}), want)
+    assert np.array_equal(coco_masks.rle_decode({"counts": [1, 1, 1, 2, 1], "size": [3, 2]}), want)
+    assert np.array_equal(coco_masks.rle_decode({"counts": "11110", "size": [3, 2]}), want)
     # a negative delta: counts [1, 3, 1, 1, 1]; 1 - 3 = -2 -> 5 bits 11110 with the sign bit set -> chr(48+30) = "N"
-    assert byproducts.rle_from_string("131N0") == [1, 3, 1, 1, 1]
+    assert coco_masks.rle_from_string("131N0") == [1, 3, 1, 1, 1]
     # a box polygon (2, 2)-(7, 5) covers exactly 5 x 3 pixels, as pycocotools' rleFrPoly
-    m = byproducts.annotation_mask([[2, 2, 7, 2, 7, 5, 2, 5]], 8, 10)
+    m = coco_masks.annotation_mask([[2, 2, 7, 2, 7, 5, 2, 5]], 8, 10)
     assert m.sum() == 15 and m[2:5, 2:7].all()
 
 # -----------------------------------------------------------------------------

@@ -29,13 +29,55 @@ import drawing as dr  # noqa: E402
 import evaluate  # noqa: E402
 import models  # noqa: E402
 from byproducts import (COCO_NAME_TO_ID, IMAGENET_MEAN, IMAGENET_STD, BadInput, EvalTransform,  # noqa: E402
-                        coco_points, error_line, imagenet_click, imagenet_records, points_in_boxes, read_coco_ab,
-                        read_coco_instances, read_image)
+                        _list_xml, _xml_key, coco_points, error_line, imagenet_click, load_boxes, read_coco_ab,
+                        read_coco_instances, read_image, read_imagenet_ab_xml)
+from tools.coco_masks import annotation_mask  # noqa: E402
 
 
 ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))  # random-click curve: 0 = always the centre, 1 = uniform
 LAST_N = (0, 1, 2, 4, 8, 16)  # trace records before the click (0 = the click itself)
 QUANTILES = ALPHAS  # trace / time quantiles: 0 = entering the image, 1 = the click
+
+
+def points_in_boxes(points, boxes, W, H):
+    """bool[...]: normalised points [..., 2] inside any box float[M, 4] (pixels of a W x H image), with +-1 px
+    slack since ILSVRC's 0- or 1-based indexing is undocumented (docs/formats.md §4)."""
+    p = np.asarray(points, np.float64)[..., None, :] * (W, H)
+    x, y = p[..., 0], p[..., 1]
+    b = np.asarray(boxes, np.float64)
+    return np.any((b[:, 0] - 1 <= x) & (x <= b[:, 2] + 1) & (b[:, 1] - 1 <= y) & (y <= b[:, 3] + 1), -1)
+
+
+def imagenet_records(xml_root, boxes=None):
+    """ImageNet-AB XML tree -> (records, counts). One record per file: key "wnid/stem", entries, click (x, y) | None
+    (imagenet_click), size (W, H) and boxes float[M, 4] px, or None / None without boxes. Boxes come from the
+    ILSVRC box tree when `boxes` is given, else from the VOC part merged into the AB XML."""
+    box_index = load_boxes(boxes) if boxes else None
+    paths, n_apple = _list_xml(xml_root)
+    records, bad = [], 0
+    for p in paths:
+        key = _xml_key(p)
+        try:
+            entries, voc = read_imagenet_ab_xml(p, with_voc=True)
+            click = imagenet_click(entries)
+        except (BadInput, OSError):
+            bad += 1
+            continue
+        b = voc if box_index is None else box_index.get(key)
+        ok = bool(b and b["size"] and len(b["boxes"]))
+        records.append({"key": key, "entries": entries, "click": click, "size": b["size"] if ok else None,
+                        "boxes": b["boxes"] if ok else None})
+    return records, {"files": len(paths), "bad_files": bad, "appledouble_skipped": n_apple}
+
+
+def class_mask(inst, image_id, category_id):
+    """bool[H, W]: the union of the masks of one class in one image of a byproducts.CocoInstances."""
+    im = inst.images[image_id]
+    m = np.zeros((im["height"], im["width"]), bool)
+    for a in inst.anns[image_id]:
+        if a["category_id"] == category_id:
+            m |= annotation_mask(a["segmentation"], im["height"], im["width"])
+    return m
 
 
 def _pct(hits):
@@ -170,7 +212,7 @@ def coco_stats(coco_ab, inst, mode="final-add"):
         for cid, (x, y) in pts.items():
             points.append((x, y))
             px, py = min(int(x * W), W - 1), min(int(y * H), H - 1)
-            inside = cid in inst.cat_index and bool(inst.class_mask(iid, cid)[py, px])
+            inside = cid in inst.cat_index and bool(class_mask(inst, iid, cid)[py, px])
             correct.append(inside)
             if cid in inst.cat_index and (cls == inst.cat_index[cid]).any():
                 offsets.append(_box_offset((x, y), boxes[cls == inst.cat_index[cid]], W, H))

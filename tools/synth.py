@@ -23,7 +23,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-from byproducts import COCO_NAME_TO_ID, annotation_mask, rle_encode  # noqa: E402
+from byproducts import COCO_NAME_TO_ID  # noqa: E402
+from tools.coco_masks import annotation_mask, rle_encode  # noqa: E402
 
 # Imagenette's ten wnids: real ImageNet class folders, so class-name tables downstream still resolve.
 SYNTH_WNIDS = ["n01440764", "n02102040", "n02979186", "n03000684", "n03028079", "n03394916", "n03417042",
