@@ -1516,7 +1516,8 @@ def evaluate_all(model, args):
                         # the paper's Params column: the classifier without the point head (dropped at inference)
                         "params_m": sum(p.numel() for k, p in model.named_parameters()
                                         if not k.startswith("point_head.")) / 1e6,
-                        "point_head": args.has_points, "world_size": get_world_size(), "amp_bf16": args.amp_dtype is not None,
+                        "point_head": args.has_points, "world_size": get_world_size(),
+                        "amp_bf16": args.amp_dtype is not None,
                         "img_size": args.img_size, "resize": args.resize, "interpolation": args.interpolation,
                         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S")},
                "protocol": {}, "counts": {}, "skipped": {}, "seconds": {}}
