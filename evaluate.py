@@ -5,18 +5,17 @@ Every evaluation number of the LUAB paper for one checkpoint: one command, one J
     torchrun --nproc_per_node=8 evaluate.py ...      (every image counted exactly once, no padding)
     python evaluate.py --table base.json luab.json   (rows = checkpoints, columns = benchmarks, diffs to row 1)
 
-Columns: Table 1 (Params, IN-1k, V2, ReaL, A, C, O, Sketch, R, Cocc, ObjectNet, SI-Score, Background
-Challenge), Table 2, Table 4 (MaxBoxAccV2 of the CAM), Tables 5-7 (COCO mAP, context bias, mPxAP), the appendix
-tables' columns and the point head's localisation accuracy (not Table 3, detection transfer). A checkpoint
+Columns: Tables 1, 2, 4-7 (IN-1k ... Background Challenge, MaxBoxAccV2, COCO mAP, context bias, mPxAP), the
+appendix tables' and the point head's localisation accuracy (not Table 3, detection transfer). A checkpoint
 describes itself (model, classes, point heads, image size: its "meta"); flags override. Each benchmark has its
-own root flag; a root that is given must exist and hold images. docs/evaluation.md lists every column's JSON
-key and protocol (official or reconstructed, and why); where the paper is silent the choice made is a flag and
-is written into the JSON's `protocol` entry next to the number.
+own root flag, which must exist and hold images. docs/evaluation.md lists every column's JSON key and protocol;
+where the paper is silent the choice is a flag, written into the JSON's `protocol` entry next to the number.
 
 Distributed runs shard every set by index (rank r takes r, r + w, ...) and gather results by index, so the
-arrays the metrics see are the single-process arrays. The one difference left is the model itself: conv kernels
-give ~1e-6 different outputs for a different batch composition (more under bf16), which can move a CAM value
-across a PxAP bin or flip a near-tied argmax.
+arrays the metrics see are the single-process arrays. The one difference left is the model itself: its float32
+outputs depend on the batch composition, as between two --batch-size values of one process (COCO demo, CPU:
+context rows up to 4e-6 points apart, the rest equal; more under bf16), which can also move a CAM value across
+a PxAP bin or flip a near-tied argmax.
 
 The metrics are pure numpy functions of arrays (logits, labels, masks, boxes), so they are tested without a
 model. Coordinates: normalised (x, y) in [0, 1]^2 of the image a tensor represents, origin top-left, x right,
@@ -638,9 +637,8 @@ class CocoEvalSet(Dataset):
             byproducts.read_coco_instances(instances)
         self.category_ids = list(self.coco.cat_ids)
         self.images = [self.coco.images[i] for i in self.coco.image_ids if self.coco.anns[i]]
-        self.targets = np.zeros((len(self.images), len(self.category_ids)), np.float32)
-        for j, im in enumerate(self.images):
-            self.targets[j] = self.coco.target(im["id"])
+        self.targets = np.array([self.coco.target(im["id"]) for im in self.images], np.float32).reshape(
+            len(self.images), len(self.category_ids))
         self.image_dir, self.size, self.masks = Path(image_dir), size, masks
         self.transform = square_transform(size, interpolation)
         self.reader = byproducts.ImageReader(len(self.images), broken="nan")  # broken: NaN, counted wrong
@@ -751,8 +749,7 @@ def predict_set(model, dataset, args, desc, **hooks):
 # they were measured, images used), or raises Skip(reason) when it cannot run for this model or these inputs
 
 class Skip(Exception):
-    """A benchmark that cannot run (e.g. a COCO root for an ImageNet model): evaluate_all records the reason in
-    the JSON's `skipped` and goes on."""
+    """A benchmark that cannot run (a COCO root for an ImageNet model): evaluate_all records why in `skipped`."""
 
 def eval_imagenet_val(model, args):
     """IN-1k top-1/top-5, IN-ReaL, and the in-distribution side of IN-O, from one pass over IN-val; Cocc on a
@@ -860,9 +857,8 @@ def val_point_boxes(paths, args):
 _FILL_DOC = {"mean": "0 after normalisation = the mean pixel", "black": "black pixels, (0 - mean) / std"}
 
 def cocc_fill(kind):
-    if kind == "mean":
-        return torch.zeros(3)
-    return -torch.tensor(IMAGENET_MEAN) / torch.tensor(IMAGENET_STD)
+    """The normalised [3] value of a fill (Cocc's hole, context erasing): _FILL_DOC."""
+    return torch.zeros(3) if kind == "mean" else -torch.tensor(IMAGENET_MEAN) / torch.tensor(IMAGENET_STD)
 
 def eval_top1_folder(model, args, root, label_of, desc, transform=None, border=0, return_paths=False):
     """Logits [N, C] of every image under root/<folder>/ that label_of maps, labels [N], and the folder names
@@ -1376,11 +1372,8 @@ def format_table(rows, args):
     return "\n".join([fmt(header), sep] + [fmt(r) for r in lines])
 
 def print_table(paths, args):
-    rows = []
-    for p in paths:
-        r = json.loads(Path(p).read_text())
-        rows.append((r.get("meta", {}).get("name") or Path(p).stem, r))
-    print(format_table(rows, args))
+    rows = [json.loads(Path(p).read_text()) for p in paths]
+    print(format_table([(r.get("meta", {}).get("name") or Path(p).stem, r) for p, r in zip(paths, rows)], args))
 
 # -----------------------------------------------------------------------------
 # model, run, main
@@ -1396,11 +1389,10 @@ def resolve_eval_geometry(args, meta=None):
     return args
 
 def load_model(path, name=None, num_classes=None, num_points=None, img_size=None):
-    """The trained classifier a checkpoint file holds -> (model in eval mode, meta), by
-    models.model_from_checkpoint: its meta says the architecture, classes, point heads and input size, the
-    arguments (evaluate.py's flags) override it, and a bare torchvision / DeiT state dict needs `name`. Every
-    problem is a one-line SystemExit naming the file and the fix; a backbone without classifier weights is
-    refused; the notes about the heads are logged. tools/figures.py and tools/analyses.py load with it too."""
+    """The trained classifier a checkpoint file holds -> (model in eval mode, meta), by models.model_from_checkpoint
+    (the meta says architecture, classes, point heads and input size; the arguments override it; a bare
+    torchvision / DeiT state dict needs `name`). Every problem is a one-line SystemExit naming the file and the fix;
+    a backbone without classifier weights is refused. tools/figures.py and tools/analyses.py load with it too."""
     if name is not None and name not in models.MODEL_NAMES:
         raise SystemExit(f"--model {name}: unknown; choose from {', '.join(models.MODEL_NAMES)}")
     try:

@@ -41,6 +41,20 @@ def outlined_text(d, xy, s, colour, size=LABEL_SIZE):
     d.text(xy, s, fill=colour, font=dr.font(size), stroke_width=2, stroke_fill=(0, 0, 0))
 
 
+def draw_labels(d, labels, cell, r=7):
+    """Class names beside their marks, drawn after every mark and box of a cell x cell picture. labels: [(x, y,
+    name, colour)] with (x, y) the mark's pixel. A name goes right of its mark, or left where it would leave the
+    picture, and down past the marks and the names already placed, so none hides another."""
+    taken = [(x - r, y - r, x + r, y + r) for x, y, _, _ in labels]
+    for x, y, s, colour in labels:
+        w, h = dr.text_size(s, LABEL_SIZE)[0] + 4, LABEL_SIZE + 4
+        x, y = (x + r + 3 if x + r + 3 + w <= cell else max(0, x - r - 3 - w)), min(max(0, y - h // 2), cell - h)
+        while y + h < cell and any(x < b[2] and b[0] < x + w and y < b[3] and b[1] < y + h for b in taken):
+            y += 4
+        taken.append((x, y, x + w, y + h))
+        outlined_text(d, (x + 2, y), s, colour)
+
+
 def mark_point(d, point, cell, colour, r=6):
     """A normalised point as an x on a cell x cell picture; a point outside the picture (the head is not bounded)
     as an o on the border, where it left. Drawn over a black outline, as the labels. -> its pixel (x, y)."""
@@ -137,13 +151,13 @@ def figure_points_coco(model, args, path, n=12, cell=256):
         points = model(x[None], return_points=True)[1][0].float().cpu().numpy()  # [C, 2], normalised to the image
         info = ds.images[i]
         c = unnormalise(x).resize((cell, cell), Image.BILINEAR)
-        d = ImageDraw.Draw(c)
+        d, labels = ImageDraw.Draw(c), []
         for j, (k, boxes) in enumerate(sorted(ds.boxes(i).items())):
             colour = CLASS_COLOURS[j % len(CLASS_COLOURS)]
             for b in boxes / np.array([info["width"], info["height"]] * 2) * cell:
                 d.rectangle(b.tolist(), outline=colour, width=2)
-            x, y = mark_point(d, points[k], cell, colour)
-            outlined_text(d, (min(x + 9, cell - dr.text_size(names[k], LABEL_SIZE)[0] - 4), y - 8), names[k], colour)
+            labels.append((*mark_point(d, points[k], cell, colour), names[k], colour))
+        draw_labels(d, labels, cell)
         cells.append(c)
     title = f"Fig. N: {args.model} points on {len(cells)} random COCO {args.coco_split} images ({args.coco_size} px)"
     legend = ("per GT class of the image: x = that class's predicted point (its own point head; o on the border: "
@@ -167,12 +181,12 @@ def figure_icons_coco(args, path, n=12, cell=256):
     for j, i in enumerate(chosen):
         c = reader.read(j, root / args.coco_train_split / inst.images[i]["file_name"])
         c = c.resize((cell, cell), Image.BILINEAR)
-        d = ImageDraw.Draw(c)
+        d, labels = ImageDraw.Draw(c), []
         for k, (cid, (x, y)) in enumerate(sorted(byproducts.coco_points(records[i]).items())):
-            colour, name = CLASS_COLOURS[k % len(CLASS_COLOURS)], names.get(cid, str(cid))
+            colour = CLASS_COLOURS[k % len(CLASS_COLOURS)]
             d.ellipse([x * cell - 6, y * cell - 6, x * cell + 6, y * cell + 6], fill=colour, outline=dr.WHITE, width=2)
-            outlined_text(d, (min(x * cell + 10, cell - dr.text_size(name, LABEL_SIZE)[0] - 4), y * cell - 8), name,
-                          colour)
+            labels.append((x * cell, y * cell, names.get(cid, str(cid)), colour))
+        draw_labels(d, labels, cell)
         cells.append(c)
     title = f"Fig. I: COCO-AB icon placements on {len(cells)} random COCO {args.coco_train_split} images"
     legend = ("dot = where the annotator dropped the class icon (the last 'add' of the class, the paper's point), "
