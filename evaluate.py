@@ -5,18 +5,17 @@ Every evaluation number of the LUAB paper for one checkpoint: one command, one J
     torchrun --nproc_per_node=8 evaluate.py ...      (every image counted exactly once, no padding)
     python evaluate.py --table base.json luab.json   (rows = checkpoints, columns = benchmarks, diffs to row 1)
 
-Columns: Table 1 (Params, IN-1k, V2, ReaL, A, C, O, Sketch, R, Cocc, ObjectNet, SI-Score, Background
-Challenge), Table 2, Table 4 (MaxBoxAccV2 of the CAM), Tables 5-7 (COCO mAP, context bias, mPxAP), the appendix
-tables' columns and the point head's localisation accuracy (not Table 3, detection transfer). A checkpoint
+Columns: Tables 1, 2, 4-7 (IN-1k ... Background Challenge, MaxBoxAccV2, COCO mAP, context bias, mPxAP), the
+appendix tables' and the point head's localisation accuracy (not Table 3, detection transfer). A checkpoint
 describes itself (model, classes, point heads, image size: its "meta"); flags override. Each benchmark has its
-own root flag; a root that is given must exist and hold images. docs/evaluation.md lists every column's JSON
-key and protocol (official or reconstructed, and why); where the paper is silent the choice made is a flag and
-is written into the JSON's `protocol` entry next to the number.
+own root flag, which must exist and hold images. docs/evaluation.md lists every column's JSON key and protocol;
+where the paper is silent the choice is a flag, written into the JSON's `protocol` entry next to the number.
 
 Distributed runs shard every set by index (rank r takes r, r + w, ...) and gather results by index, so the
-arrays the metrics see are the single-process arrays. The one difference left is the model itself: conv kernels
-give ~1e-6 different outputs for a different batch composition (more under bf16), which can move a CAM value
-across a PxAP bin or flip a near-tied argmax.
+arrays the metrics see are the single-process arrays. The one difference left is the model itself: its float32
+outputs depend on the batch composition, as between two --batch-size values of one process (COCO demo, CPU:
+context rows up to 4e-6 points apart, the rest equal; more under bf16), which can also move a CAM value across
+a PxAP bin or flip a near-tied argmax.
 
 The metrics are pure numpy functions of arrays (logits, labels, masks, boxes), so they are tested without a
 model. Coordinates: normalised (x, y) in [0, 1]^2 of the image a tensor represents, origin top-left, x right,
@@ -48,7 +47,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 import byproducts
 import models
 import utils
-from byproducts import IMAGENET_MEAN, IMAGENET_STD, eval_crop_geometry, eval_points_to_original
+from byproducts import IMAGENET_MEAN, IMAGENET_STD, eval_points_to_original
 from tools.coco_masks import annotation_mask
 from utils import Progress, UnpaddedDistributedSampler, all_reduce_sum, dist_on, gather_by_index, get_rank, \
     get_world_size, init_distributed, log
@@ -370,27 +369,13 @@ def _label_runs(lv, y, x0, x1, H, W):
     area = np.bincount(comp, weights=x1 - x0, minlength=P).astype(np.int64)
     return lv[roots], boxes, area
 
-def connected_component_boxes(binary):
-    """8-connected components of each binary map, without OpenCV. binary: bool [L, H, W] (or [H, W]).
-    Returns (level [P], boxes [P, 4] int64 (x0, y0, x1, y1) with x1 = max x + 1 and y1 = max y + 1, as
-    cv2.boundingRect gives, area [P] in pixels), sorted by level, then by first pixel in raster order."""
-    binary = np.asarray(binary, dtype=bool)
-    if binary.ndim == 2:
-        binary = binary[None]
-    L, H, W = binary.shape
-    padded = np.zeros((L, H, W + 2), np.int8)
-    padded[:, :, 1:-1] = binary
-    edges = np.flatnonzero(np.diff(padded, axis=2))  # +1 / -1 alternate along a row: start, end, start, ...
-    starts, ends = edges[0::2], edges[1::2]
-    lv, rem = np.divmod(starts, H * (W + 1))
-    y, x0 = np.divmod(rem, W + 1)
-    return _label_runs(lv, y, x0, ends % (W + 1), H, W)
-
 def nested_component_boxes(top):
-    """Components of the nested masks {top >= k} for k = 0 .. top.max(): the masks of a thresholded map.
-    top: int [H, W], the highest level each pixel belongs to (-1: none). The row runs of all levels are
-    generated straight from horizontal neighbour pairs (a run of level k starts at x iff top[x-1] < k <= top[x])
-    so the [L, H, W] stack is never built. Same output as connected_component_boxes(stack)."""
+    """8-connected components, without OpenCV, of the nested masks {top >= k} for k = 0 .. top.max(): the masks
+    of a thresholded map. top: int [H, W], the highest level each pixel belongs to (-1: none). Returns (level [P],
+    boxes [P, 4] int64 (x0, y0, x1, y1) with x1 = max x + 1 and y1 = max y + 1, as cv2.boundingRect gives, area
+    [P] in pixels), sorted by level, then by first pixel in raster order. The row runs of all levels come
+    straight from horizontal neighbour pairs (a run of level k starts at x iff top[x-1] < k <= top[x]), so the
+    [L, H, W] stack of masks is never built."""
     top = np.asarray(top, np.int64)
     H, W = top.shape
     k = np.full((H, W + 2), -1, np.int64)
@@ -610,6 +595,11 @@ def default_transform(args):
 def describe_default(args):
     return f"Resize({args.resize}, {args.interpolation})+CenterCrop({args.img_size})"
 
+def square_transform(size, interpolation):
+    """Resize((size, size)) of the whole image (no crop) + ToTensor + Normalize: COCO, WSOL, SI-Score resize."""
+    return T.Compose([T.Resize((size, size), interpolation=T.InterpolationMode(interpolation)), T.ToTensor(),
+                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
 class ImageList(Dataset):
     """Image files -> (normalised tensor, dataset index). Labels stay with the caller. `border` crops that many
     pixels off every side first (ObjectNet's red frame). Every image goes through byproducts.read_image (Sketch,
@@ -648,12 +638,10 @@ class CocoEvalSet(Dataset):
             byproducts.read_coco_instances(instances)
         self.category_ids = list(self.coco.cat_ids)
         self.images = [self.coco.images[i] for i in self.coco.image_ids if self.coco.anns[i]]
-        self.targets = np.zeros((len(self.images), len(self.category_ids)), np.float32)
-        for j, im in enumerate(self.images):
-            self.targets[j] = self.coco.target(im["id"])
+        self.targets = np.array([self.coco.target(im["id"]) for im in self.images], np.float32).reshape(
+            len(self.images), len(self.category_ids))
         self.image_dir, self.size, self.masks = Path(image_dir), size, masks
-        self.transform = T.Compose([T.Resize((size, size), interpolation=T.InterpolationMode(interpolation)),
-                                    T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        self.transform = square_transform(size, interpolation)
         self.reader = byproducts.ImageReader(len(self.images), broken="nan")  # broken: NaN, counted wrong
 
     def __len__(self):
@@ -694,6 +682,11 @@ def _collate_with_masks(batch):
 # inference: the one prediction loop (evaluation and the training scripts' validation), batched, multi-worker,
 # exact under torchrun
 
+def to_input(x, device, channels_last=False):
+    """A batch on the model's device, in its memory format (channels_last: NHWC, for a CNN on CUDA)."""
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
 @torch.no_grad()
 def predict(model, loader, device, autocast=contextlib.nullcontext, channels_last=False, points=False, pre=None,
             post=None, desc=None):
@@ -715,9 +708,7 @@ def predict(model, loader, device, autocast=contextlib.nullcontext, channels_las
     progress = Progress(desc, len(loader.dataset)) if desc else None
     outs = []
     for batch in loader:
-        x = batch[0].to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = to_input(batch[0], device, channels_last)
         if pre is not None:
             x = pre(x)
         with autocast():
@@ -736,13 +727,6 @@ def predict(model, loader, device, autocast=contextlib.nullcontext, channels_las
     cols = [torch.cat(c) for c in zip(*outs)] if outs else [torch.zeros(0)] * (ncols or 1)
     return gather_by_index(indices, *cols)
 
-def _autocast(args):
-    """The context every forward of evaluate.py runs in: bf16 autocast on CUDA unless --no-amp, none on CPU."""
-    return utils.autocast(args.device, "bfloat16" if _amp_on(args) else None)
-
-def _amp_on(args):
-    return args.device.type == "cuda" and args.amp
-
 def per_process(batch, flag):
     """A global batch size (summed over the processes, as the training scripts' --batch-size) -> this
     process's share; SystemExit if the processes cannot split it evenly."""
@@ -758,16 +742,15 @@ def _loader(dataset, args, collate_fn=None):
 def predict_set(model, dataset, args, desc, **hooks):
     """predict over `dataset` with this run's loader, device, autocast and memory format; hooks: points, pre,
     post of predict."""
-    return predict(model, _loader(dataset, args), args.device, lambda: _autocast(args), args.channels_last,
-                   desc=desc, **hooks)
+    return predict(model, _loader(dataset, args), args.device, lambda: utils.autocast(args.device, args.amp_dtype),
+                   args.channels_last, desc=desc, **hooks)
 
 # -----------------------------------------------------------------------------
 # the benchmarks: each runner returns (results, protocol, counts), dicts keyed by the JSON keys (numbers, how
 # they were measured, images used), or raises Skip(reason) when it cannot run for this model or these inputs
 
 class Skip(Exception):
-    """A benchmark that cannot run (e.g. a COCO root for an ImageNet model): evaluate_all records the reason in
-    the JSON's `skipped` and goes on."""
+    """A benchmark that cannot run (a COCO root for an ImageNet model): evaluate_all records why in `skipped`."""
 
 def eval_imagenet_val(model, args):
     """IN-1k top-1/top-5, IN-ReaL, and the in-distribution side of IN-O, from one pass over IN-val; Cocc on a
@@ -810,9 +793,17 @@ def eval_imagenet_val(model, args):
     (pred,) = predict_set(model, ds, args, "Cocc", pre=lambda x: occlude_center(x, args.cocc_hole, fill.to(x.device)),
                           post=lambda o: safe_argmax(o.float()))
     res["cocc"] = 100.0 * float(np.mean(pred.numpy() == labels))
-    res["cocc_params"] = {"hole": args.cocc_hole, "fill": args.cocc_fill, "input": args.img_size}
+    covers = args.cocc_hole >= args.img_size  # the input is the img_size x img_size centre crop
+    res["cocc_params"] = {"hole": args.cocc_hole, "fill": args.cocc_fill, "input": args.img_size,
+                          "hole_covers_input": covers}
     proto["cocc"] = (f"[A] centre occlusion on IN-val: {describe_default(args)}, then a {args.cocc_hole}x"
                      f"{args.cocc_hole} centre square set to {args.cocc_fill} ({_FILL_DOC[args.cocc_fill]}); top-1")
+    if covers:
+        why = (f"the {args.cocc_hole}-px Cocc hole covers the whole {args.img_size}-px input: every image is the fill "
+               f"alone, so Cocc is the share of the one class predicted for it (chance); --cocc-hole "
+               f"{args.img_size // 2} is the paper's half side")
+        log(f"warning: {why}")
+        proto["cocc"] += f"; NOT A MEASURE: {why}"
     n["cocc"] = len(paths)
     return res, proto, n
 
@@ -850,36 +841,25 @@ def image_boxes(paths, keys, table):
     problems.finish()
     return out, sizes
 
-
 def val_point_boxes(paths, args):
     """GT boxes of the IN-val images for the point accuracy -> (boxes, sizes, description) as image_boxes
     returns them. Source: the ILSVRC box XMLs of --imagenet-boxes (or found by find_val_boxes), else the WSOL
-    metadata's localization.txt."""
+    metadata's localization.txt (boxes in the frame of its image_sizes.txt)."""
     xml_root = args.imagenet_boxes or find_val_boxes(args.imagenet_val)
-    sizes = np.zeros((len(paths), 2), np.float64)
     if xml_root:
         keys = [f"{Path(p).parent.name}/{Path(p).stem}" for p in paths]
         return (*image_boxes(paths, keys, byproducts.load_boxes(str(xml_root))), f"the ILSVRC box XMLs in {xml_root}")
     if not args.wsol_metadata:
-        return [None] * len(paths), sizes, None
+        return [None] * len(paths), np.zeros((len(paths), 2), np.float64), None
     meta = read_wsol_metadata(args.wsol_metadata)
-    by_name = {os.path.basename(k): k for k in meta["boxes"]}
-    out = []
-    for j, p in enumerate(paths):
-        k = by_name.get(os.path.basename(p))
-        if k is None:
-            out.append(None)
-            continue
-        sizes[j] = meta["sizes"][k]
-        out.append(meta["boxes"][k] / np.tile(sizes[j], 2))
-    return out, sizes, "localization.txt of --wsol-metadata"
+    table = {os.path.basename(k): {"size": meta["sizes"][k], "boxes": b} for k, b in meta["boxes"].items()}
+    return (*image_boxes(paths, [os.path.basename(p) for p in paths], table), "localization.txt of --wsol-metadata")
 
 _FILL_DOC = {"mean": "0 after normalisation = the mean pixel", "black": "black pixels, (0 - mean) / std"}
 
 def cocc_fill(kind):
-    if kind == "mean":
-        return torch.zeros(3)
-    return -torch.tensor(IMAGENET_MEAN) / torch.tensor(IMAGENET_STD)
+    """The normalised [3] value of a fill (Cocc's hole, context erasing): _FILL_DOC."""
+    return torch.zeros(3) if kind == "mean" else -torch.tensor(IMAGENET_MEAN) / torch.tensor(IMAGENET_STD)
 
 def eval_top1_folder(model, args, root, label_of, desc, transform=None, border=0, return_paths=False):
     """Logits [N, C] of every image under root/<folder>/ that label_of maps, labels [N], and the folder names
@@ -918,16 +898,14 @@ def eval_imagenet_o(model, args, in_scores):
     eval_imagenet_val returns as results["ino_in_scores"]); Skip if they are None (no --imagenet-val)."""
     if in_scores is None:
         raise Skip("IN-O needs --imagenet-val for its in-distribution side (val images of the 200 IN-O wnids)")
-    ds = ImageList(scan_class_folders(args.imagenet_o, lambda n: wnid_label(n, "imagenet_o"))[0],
-                   default_transform(args))
-    (logits,) = predict_set(model, ds, args, "IN-O")
+    logits, _, _ = eval_top1_folder(model, args, args.imagenet_o, lambda n: wnid_label(n, "imagenet_o"), "IN-O")
     m = ood_measures(-max_softmax(logits, subset_indices("imagenet_o")), in_scores)
     proto = (f"{describe_default(args)}; anomaly score = -max softmax over the 200 IN-O classes; OOD (IN-O) is "
              f"the positive class against IN-val images of the same 200 wnids (hendrycks get_measures)")
     return ({"ino_aupr": m["aupr"], "ino_auroc": m["auroc"], "ino_fpr95": m["fpr95"]},
             {"ino_aupr": proto, "ino_auroc": proto + "; [A] the table's IN-O column shows AUROC by default "
              "(56.7 for R50 is far above AUPR's 16.7% chance level and Hendrycks' ResNet AUPRs)"},
-            {"ino": len(ds), "ino_in_distribution": len(in_scores)})
+            {"ino": len(logits), "ino_in_distribution": len(in_scores)})
 
 def eval_imagenet_c(model, args):
     """One pass over every (corruption, severity) set found among the 15 benchmark corruptions."""
@@ -945,11 +923,7 @@ def eval_imagenet_c(model, args):
     # IN-C images are already 224 x 224: CenterCrop only (Resize(256) would zoom in once more)
     tf = T.Compose([T.CenterCrop(args.img_size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     (pred,) = predict_set(model, ImageList(paths, tf), args, "IN-C", post=lambda o: safe_argmax(o.float()))
-    names = sorted(set(groups))
-    position = {g: j for j, g in enumerate(names)}
-    group = np.fromiter((position[g] for g in groups), np.int64, len(groups))
-    correct = np.bincount(group, weights=pred.numpy() == labels, minlength=len(names))
-    acc = {g: 100.0 * float(c / t) for g, c, t in zip(names, correct, np.bincount(group, minlength=len(names)))}
+    _, acc = per_level_top1(pred.numpy() == labels, groups)  # {(corruption, severity): top-1 %}
     out = imagenet_c_summary(acc)
     out["inc_sets"] = len(acc)
     note = "" if len(acc) == 75 else f"; PARTIAL: {len(acc)} of 75 (corruption, severity) sets found"
@@ -961,22 +935,21 @@ def eval_imagenet_c(model, args):
 def eval_objectnet(model, args):
     root = Path(args.objectnet)
     images = root / "images" if (root / "images").is_dir() else root
-    paths, _, folders = scan_class_folders(images, lambda n: 0 if n in objectnet_to_imagenet() else None)
-    border = args.objectnet_border
-    (logits,) = predict_set(model, ImageList(paths, default_transform(args), border=border), args, "ObjectNet")
+    logits, _, folders = eval_top1_folder(model, args, images, lambda n: 0 if n in objectnet_to_imagenet() else None,
+                                          "ObjectNet", border=args.objectnet_border)
     a, b = objectnet_accuracy(logits, [objectnet_to_imagenet()[f] for f in folders])
-    base = f"{border}px border cropped, then {describe_default(args)}; only the 113 folders that map to ImageNet"
+    base = (f"{args.objectnet_border}px border cropped, then {describe_default(args)}; only the 113 folders that map "
+            "to ImageNet")
     return ({"objnet_A": a, "objnet_B": b},
             {"objnet_A": base + "; protocol A (table default): argmax over 1000, correct iff one of the folder's "
              "1k classes", "objnet_B": base + "; protocol B: argmax over the 125 mapped 1k classes"},
-            {"objnet": len(paths)})
+            {"objnet": len(folders)})
 
 def eval_si_score(model, args):
     root = Path(args.si_score)
     res, proto, n = {}, {}, {}
     if args.si_transform == "resize":
-        tf = T.Compose([T.Resize((args.img_size, args.img_size), interpolation=T.InterpolationMode(args.interpolation)),
-                        T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        tf = square_transform(args.img_size, args.interpolation)
         desc = f"Resize(({args.img_size}, {args.img_size})) of the whole square image"
     else:
         tf, desc = default_transform(args), describe_default(args) + " (clips the image border)"
@@ -1035,14 +1008,8 @@ def si_score_levels(metadata_csv, paths, fields):
 def bgc_split(root, split):
     """Background Challenge split -> (paths, IN-9 labels, class folder names)."""
     d = Path(root) / split / "val"
-    folders = _subdirs(d)
-    paths, labels, names = [], [], []
-    for pos, f in enumerate(folders):
-        for p in _images(f):
-            paths.append(p)
-            labels.append(in9_label(f.name, pos))
-            names.append(f.name)
-    return paths, np.array(labels, np.int64), names
+    position = {f.name: pos for pos, f in enumerate(_subdirs(d))}
+    return scan_class_folders(d, lambda name: in9_label(name, position[name]))
 
 @torch.no_grad()
 def bgc_vulnerability(model, args, fg_paths, mask_paths, labels, bg_paths):
@@ -1055,11 +1022,8 @@ def bgc_vulnerability(model, args, fg_paths, mask_paths, labels, bg_paths):
     to_tensor = T.ToTensor()
     mean = torch.tensor(IMAGENET_MEAN, device=args.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=args.device).view(1, 3, 1, 1)
-    bgs = []
-    for x, _ in DataLoader(ImageList(bg_paths, T.PILToTensor()), batch_size=args.process_batch,
-                           num_workers=args.workers):
-        bgs.append(x)
-    bgs = torch.cat(bgs).to(args.device)  # uint8 [Nb, 3, H, W]: 4050 x 224^2 is 0.6 GB
+    bgs = torch.cat([x for x, _ in DataLoader(ImageList(bg_paths, T.PILToTensor()), batch_size=args.process_batch,
+                                              num_workers=args.workers)]).to(args.device)  # uint8 [Nb, 3, H, W]
     map9 = torch.as_tensor(imagenet_to_in9(), device=args.device)
     mine = list(UnpaddedDistributedSampler(len(fg_paths)))
     vulnerable, progress = [], Progress("BGC-acc foregrounds", len(fg_paths))
@@ -1073,10 +1037,8 @@ def bgc_vulnerability(model, args, fg_paths, mask_paths, labels, bg_paths):
         fooled = False
         for s in range(0, len(bgs), args.process_bgc_batch):
             x = bgs[s:s + args.process_bgc_batch].float() / 255 * (1 - m) + m * fg
-            x = (x - mean) / std
-            if args.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(args):
+            x = to_input((x - mean) / std, args.device, args.channels_last)
+            with utils.autocast(args.device, args.amp_dtype):
                 pred = safe_argmax(model(x).float())
             pred = torch.where(pred < 0, -1, map9[pred.clamp(min=0)])
             if bool((pred != int(labels[i])).any()):
@@ -1174,9 +1136,7 @@ def eval_wsol(model, args):
     ids = meta["ids"]
     paths = resolve_wsol_images(ids, args.wsol_images, args.imagenet_val)
     S = args.img_size
-    tf = T.Compose([T.Resize((S, S), interpolation=T.InterpolationMode(args.interpolation)), T.ToTensor(),
-                    T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    ds = ImageList(paths, tf)
+    ds = ImageList(paths, square_transform(S, args.interpolation))
     acc = BoxAccumulator(args.cam_curve_interval, args.iou_thresholds)
     progress = Progress("WSOL MaxBoxAccV2", len(ds))
     # Its own loop, not predict's: the CAMs (feature maps, not logits) are consumed batch by batch, the box search
@@ -1184,11 +1144,9 @@ def eval_wsol(model, args):
     pool = mp.get_context("spawn").Pool(args.workers) if args.workers > 0 else None
     pending = deque()
     for x, idx in _loader(ds, args):
-        x = x.to(args.device, non_blocking=True)
+        x = to_input(x, args.device, args.channels_last)
         classes = torch.tensor([meta["labels"][ids[i]] for i in idx.tolist()], device=args.device)
-        if args.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(args):
+        with utils.autocast(args.device, args.amp_dtype):
             fmap = model.feature_map(x)
         cams = compute_cams(model, fmap, classes, S).cpu().numpy()
         for cam, i in zip(cams, idx.tolist()):
@@ -1276,13 +1234,11 @@ def coco_mask_pass(model, args, ds, logits):
     loader, ctx = _loader(masked, args, collate_fn=_collate_with_masks), [torch.zeros(0, C, 4)]
     progress = Progress("COCO masks", len(ds))
     for x, idx, classes, masks in loader:
-        x = x.to(args.device, non_blocking=True)
-        if args.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = to_input(x, args.device, args.channels_last)
         if args.coco_pxap:
             flat = torch.cat(classes).to(args.device)
             owner = torch.repeat_interleave(torch.arange(len(idx)), torch.tensor([len(c) for c in classes]))
-            with _autocast(args):
+            with utils.autocast(args.device, args.amp_dtype):
                 fmap = model.feature_map(x)  # once per image, shared by its GT classes
             cams = compute_cams(model, fmap[owner.to(args.device)], flat, S).cpu().numpy()
             for cam, k, m in zip(cams, flat.tolist(), torch.cat(masks).numpy()):
@@ -1351,7 +1307,7 @@ def context_scores(model, args, x, logits, classes, masks, idx, fill):
                 region &= ~(masks[b][cls.index(c)] > 0)
             region = region.to(args.device)
             xs[j] = torch.where(region[None], fill, xs[j])
-        with _autocast(args):
+        with utils.autocast(args.device, args.amp_dtype):
             p = model(xs).float().sigmoid()
         scores += [float(p[j, c]) for j, (_, c, _) in enumerate(chunk)]
     per_pair = {}
@@ -1366,223 +1322,6 @@ def context_scores(model, args, x, logits, classes, masks, idx, fill):
         out[b, c, 2] = min(s for _, s in lst)
         out[b, c, 3] = own
     return out
-
-# -----------------------------------------------------------------------------
-# pictures (Pillow and torchvision.utils only): appendix Figures M, N, I and D's right column. Every picture
-# carries a title line and a legend drawn on it, so a PNG says what it shows without this code.
-
-CLASS_COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 200, 200),
-                 (240, 50, 230), (150, 150, 0)]
-
-def titled(img, title, legend):
-    """img (PIL) with the title (wrapped) in a band above and the legend (wrapped) in a band below, drawn with
-    Pillow's default font."""
-    import textwrap
-    from PIL import ImageDraw, ImageFont
-    width, line_h = max(40, img.width // 7), 17
-    head, foot = textwrap.wrap(title, width), textwrap.wrap(legend, width)
-    out = Image.new("RGB", (img.width, img.height + line_h * (len(head) + len(foot)) + 12), (255, 255, 255))
-    out.paste(img, (0, line_h * len(head) + 4))
-    d = ImageDraw.Draw(out)
-    for j, line in enumerate(head):
-        d.text((4, 2 + j * line_h), line, fill=(0, 0, 0), font=ImageFont.load_default(size=14))
-    for j, line in enumerate(foot):
-        d.text((4, img.height + line_h * (len(head) + j) + 8), line, fill=(40, 40, 40),
-               font=ImageFont.load_default(size=13))
-    return out
-
-def image_grid(cells, ncol=4):
-    """PIL images of one size -> one PIL image, torchvision.utils.make_grid with a white 4 px gutter."""
-    from torchvision.utils import make_grid
-    t = [torch.from_numpy(np.array(c.convert("RGB"))).permute(2, 0, 1) for c in cells]
-    g = make_grid(t, nrow=ncol, padding=4, pad_value=255)
-    return Image.fromarray(g.permute(1, 2, 0).numpy())
-
-def save_sheet(cells, title, legend, path, ncol=4):
-    """The cells as a grid with the title and legend drawn on it, saved as PNG at path. -> path"""
-    titled(image_grid(cells, ncol), title, legend).save(path)
-    return path
-
-def _unnormalise(x):
-    """Normalised input [3, H, W] -> the PIL image the network saw."""
-    rgb = x.float().cpu() * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    return Image.fromarray((rgb.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
-
-def _mark_point(d, point, cell, colour, r=6):
-    """A normalised point as an x on a cell x cell picture; a point outside the picture (the head is not
-    bounded) as an o on the border, where it left."""
-    q = np.clip(point, 0, 1)
-    x, y = q * (cell - 1)
-    if np.array_equal(q, point):
-        for off in ((-r, -r, r, r), (-r, r, r, -r)):
-            d.line([x + off[0], y + off[1], x + off[2], y + off[3]], fill=colour, width=3)
-    else:
-        x, y = np.clip((x, y), r, cell - 1 - r)  # the whole o inside the picture
-        d.ellipse([x - r, y - r, x + r, y + r], outline=colour, width=3)
-    return x, y
-
-def _pick(n_items, n, seed=0):
-    """n indices drawn without replacement (seeded), in ascending order."""
-    return sorted(np.random.default_rng(seed).choice(n_items, min(n, n_items), replace=False).tolist())
-
-@torch.no_grad()
-def figure_points_imagenet(model, args, path, n=16, cell=192):
-    """Fig. M: the point head's prediction on random IN-val images, drawn on the network's own input (the
-    checkpoint's Resize + CenterCrop), with the GT boxes mapped into that crop."""
-    from PIL import ImageDraw
-    all_paths, _, _ = scan_class_folders(args.imagenet_val, imagenet_label_of(args))
-    paths = [all_paths[i] for i in _pick(len(all_paths), n)]
-    boxes, sizes, source = val_point_boxes(paths, args)
-    tf, cells, hits = default_transform(args), [], []
-    for j, p in enumerate(paths):
-        with Image.open(p) as im:
-            img = im.convert("RGB")
-        x = tf(img).to(args.device)
-        point = model(x[None], return_points=True)[1][0, 0].float().cpu().numpy()  # normalised in the crop
-        c = _unnormalise(x).resize((cell, cell), Image.BILINEAR)
-        d = ImageDraw.Draw(c)
-        if boxes[j] is not None:
-            scale, offset = eval_crop_geometry(sizes[j:j + 1], args.resize, args.img_size)
-            for b in boxes[j]:  # normalised to the original image -> pixels of the crop -> pixels of the cell
-                lo = (b[:2] * sizes[j] * scale[0] - offset[0]) / args.img_size * cell
-                hi = (b[2:] * sizes[j] * scale[0] - offset[0]) / args.img_size * cell
-                d.rectangle([*lo, *hi], outline=(0, 220, 0), width=3)
-            hits.append(bool(point_in_box_accuracy(eval_points_to_original(point[None], sizes[j:j + 1], args.resize,
-                                                                           args.img_size) / sizes[j],
-                                                   [boxes[j]]) > 0))
-        _mark_point(d, point, cell, (255, 30, 30))
-        cells.append(c)
-    legend = ("red x: the point head's prediction (o on the border: outside the crop); green: GT boxes "
-              + (f"({source}); the point is inside a box in {sum(hits)} of the {len(hits)} images with boxes"
-                 if hits else "(none found: pass --imagenet-boxes)"))
-    title = (f"Fig. M: {args.model} points on {len(cells)} random IN-val images, as the network sees them "
-             f"({describe_default(args)})")
-    return save_sheet(cells, title, legend, path)
-
-@torch.no_grad()
-def figure_points_coco(model, args, path, n=12, cell=256):
-    """Fig. N: for random COCO val images, each GT class's predicted point (its own point head) and the GT boxes
-    of that class, one colour per class, the class name beside the point."""
-    from PIL import ImageDraw
-    root = Path(args.coco)
-    ds = CocoEvalSet(root / args.coco_split, root / "annotations" / f"instances_{args.coco_split}.json",
-                     args.coco_size, interpolation=args.interpolation)
-    names = {k: c["name"] for k, c in enumerate(ds.coco.categories)}
-    heads = model.point_head.out_features // 2
-    if heads != len(names):
-        raise SystemExit(f"--coco {args.coco}: Fig. N needs one point head per category ({len(names)}); "
-                         f"--checkpoint {args.checkpoint} has {heads}")
-    cells = []
-    for i in _pick(len(ds), n):
-        x = ds[i][0].to(args.device)
-        points = model(x[None], return_points=True)[1][0].float().cpu().numpy()  # [C, 2], normalised to the image
-        info = ds.images[i]
-        c = _unnormalise(x).resize((cell, cell), Image.BILINEAR)
-        d = ImageDraw.Draw(c)
-        for j, (k, boxes) in enumerate(sorted(ds.boxes(i).items())):
-            colour = CLASS_COLOURS[j % len(CLASS_COLOURS)]
-            for b in boxes / np.array([info["width"], info["height"]] * 2) * cell:
-                d.rectangle(b.tolist(), outline=colour, width=2)
-            x, y = _mark_point(d, points[k], cell, colour)
-            d.text((min(x + 8, cell - 60), y - 8), names[k], fill=colour)
-        cells.append(c)
-    title = f"Fig. N: {args.model} points on {len(cells)} random COCO {args.coco_split} images ({args.coco_size} px)"
-    legend = ("per GT class of the image: x = that class's predicted point (its own point head; o on the border: "
-              "outside the image), boxes = its GT boxes, one colour per class, the class name beside the point")
-    return save_sheet(cells, title, legend, path)
-
-def figure_icons_coco(args, path, n=12, cell=256):
-    """Fig. I: COCO-AB icon placements (the final "add" of each class, the paper's point) on random COCO train
-    images, the class name beside each icon."""
-    from PIL import ImageDraw
-    root = Path(args.coco)
-    inst = byproducts.read_coco_instances(root / "annotations" / f"instances_{args.coco_train_split}.json")
-    records = byproducts.read_coco_ab(args.coco_ab)
-    ids = [i for i in inst.image_ids if i in records and byproducts.coco_points(records[i])]
-    if not ids:
-        raise SystemExit(f"--coco-ab {args.coco_ab}: no record with an icon matches an image of "
-                         f"instances_{args.coco_train_split}.json; give the COCO-AB file of that split")
-    names = {c["id"]: c["name"] for c in inst.categories}
-    cells = []
-    for i in [ids[j] for j in _pick(len(ids), n)]:
-        with Image.open(root / args.coco_train_split / inst.images[i]["file_name"]) as im:
-            c = im.convert("RGB").resize((cell, cell), Image.BILINEAR)
-        d = ImageDraw.Draw(c)
-        for j, (cid, (x, y)) in enumerate(sorted(byproducts.coco_points(records[i]).items())):
-            colour = CLASS_COLOURS[j % len(CLASS_COLOURS)]
-            d.ellipse([x * cell - 6, y * cell - 6, x * cell + 6, y * cell + 6], fill=colour, outline=(255, 255, 255))
-            d.text((x * cell + 9, y * cell - 8), names.get(cid, str(cid)), fill=colour)
-        cells.append(c)
-    title = f"Fig. I: COCO-AB icon placements on {len(cells)} random COCO {args.coco_train_split} images"
-    legend = ("dot = where the annotator dropped the class icon (the last 'add' of the class, the paper's point), "
-              "class name beside it; images resized to square cells")
-    return save_sheet(cells, title, legend, path)
-
-def click_accuracy_maps(records, grid=8):
-    """Fig. D (right): click localisation accuracy by location. records: analyses.imagenet_records() with
-    boxes. Returns (by_box [grid, grid], by_click [grid, grid]) of (hits, images): images binned by the centre of
-    their largest GT box, and by their click; a hit = the click inside any GT box (analyses' +-1 px rule)."""
-    from tools import analyses  # imports this file: import it when needed
-    out = np.zeros((2, 2, grid, grid), np.int64)  # [by box | by click, hits | images, row y, col x]
-    for r in records:
-        if r["click"] is None or r["boxes"] is None:
-            continue
-        W, H = r["size"]
-        b = r["boxes"][np.argmax((r["boxes"][:, 2] - r["boxes"][:, 0]) * (r["boxes"][:, 3] - r["boxes"][:, 1]))]
-        hit = int(analyses.points_in_boxes(r["click"], r["boxes"], W, H))
-        for k, (x, y) in enumerate((((b[0] + b[2]) / 2 / W, (b[1] + b[3]) / 2 / H), r["click"])):
-            row, col = (min(max(int(v * grid), 0), grid - 1) for v in (y, x))
-            out[k, :, row, col] += (hit, 1)
-    return out[0], out[1]
-
-def figure_click_accuracy(args, path, grid=8, cell=56):
-    """Fig. D (right column) as two accuracy maps side by side, each cell coloured and labelled with its %."""
-    from PIL import ImageDraw
-    from tools import analyses  # imports this file: import it when needed
-    records, _ = analyses.imagenet_records(args.imagenet_ab_xml, args.imagenet_train_boxes)
-    maps = click_accuracy_maps(records, grid)
-    if maps[0][1].sum() == 0:
-        raise SystemExit(f"--imagenet-ab-xml {args.imagenet_ab_xml}: no image has both a click and a GT box; give "
-                         "--imagenet-train-boxes (the ILSVRC train box XMLs)")
-    panels = []
-    for (hits, n), name in zip(maps, ("by GT box centre", "by click location")):
-        p = Image.new("RGB", (grid * cell, grid * cell + 20), (255, 255, 255))
-        d = ImageDraw.Draw(p)
-        d.text((4, 3), f"accuracy {name}", fill=(0, 0, 0))
-        for row in range(grid):
-            for col in range(grid):
-                box = [col * cell, 20 + row * cell, (col + 1) * cell - 1, 20 + (row + 1) * cell - 1]
-                if n[row, col] == 0:
-                    d.rectangle(box, fill=(200, 200, 200))
-                    continue
-                a = hits[row, col] / n[row, col]
-                d.rectangle(box, fill=(int(255 * (1 - a)), int(200 * a), 60))  # red (0 %) -> green (100 %)
-                d.text((box[0] + 4, box[1] + 4), f"{100 * a:.0f}%", fill=(255, 255, 255))
-                d.text((box[0] + 4, box[1] + 20), f"n={n[row, col]}", fill=(255, 255, 255))
-        panels.append(p)
-    title = (f"Fig. D (right): click localisation accuracy per location, {int(maps[0][1].sum())} clicked images "
-             f"with GT boxes, overall {100 * maps[0][0].sum() / maps[0][1].sum():.1f}%")
-    legend = (f"the image split into {grid}x{grid} cells (x right, y down); left: images binned by the centre of "
-              "their largest GT box, right: by where the click is; colour and number = % of those clicks inside a "
-              "GT box (red 0% .. green 100%), n = images; grey = no image")
-    return save_sheet(panels, title, legend, path, ncol=2)
-
-def draw_figures(model, args):
-    """Every picture whose inputs are given, into --figures DIR. -> list of paths written."""
-    out = Path(args.figures)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    if model is not None and not getattr(model, "point_head", None):
-        raise SystemExit(f"--checkpoint {args.checkpoint} has no point head: Figures M and N draw predicted points")
-    if model is not None and args.imagenet_val:
-        written.append(figure_points_imagenet(model, args, out / "fig_m_points_imagenet_val.png", args.figures_n))
-    if model is not None and args.coco:
-        written.append(figure_points_coco(model, args, out / "fig_n_points_coco_val.png", args.figures_n))
-    if args.coco_ab:
-        written.append(figure_icons_coco(args, out / "fig_i_icons_coco.png", args.figures_n))
-    if args.imagenet_ab_xml:
-        written.append(figure_click_accuracy(args, out / "fig_d_click_accuracy_maps.png"))
-    return written
 
 # -----------------------------------------------------------------------------
 # the paper-style table
@@ -1634,11 +1373,8 @@ def format_table(rows, args):
     return "\n".join([fmt(header), sep] + [fmt(r) for r in lines])
 
 def print_table(paths, args):
-    rows = []
-    for p in paths:
-        r = json.loads(Path(p).read_text())
-        rows.append((r.get("meta", {}).get("name") or Path(p).stem, r))
-    print(format_table(rows, args))
+    rows = [json.loads(Path(p).read_text()) for p in paths]
+    print(format_table([(r.get("meta", {}).get("name") or Path(p).stem, r) for p, r in zip(paths, rows)], args))
 
 # -----------------------------------------------------------------------------
 # model, run, main
@@ -1653,37 +1389,39 @@ def resolve_eval_geometry(args, meta=None):
     args.coco_size = args.coco_size or meta.get("img_size") or 224
     return args
 
-def load_model(args):
-    """The model a checkpoint describes (models.model_from_checkpoint: name, classes, point heads from its meta,
-    flags override; a bare torchvision / DeiT state dict needs --model), and the eval geometry it validated with.
-    Every mismatch is a one-line SystemExit naming the file and the fix."""
-    path = args.checkpoint
-    if not Path(path).is_file():
+def load_model(path, name=None, num_classes=None, num_points=None, img_size=None):
+    """The trained classifier a checkpoint file holds -> (model in eval mode, meta), by models.model_from_checkpoint
+    (the meta says architecture, classes, point heads and input size; the arguments override it; a bare
+    torchvision / DeiT state dict needs `name`). Every problem is a one-line SystemExit naming the file and the fix;
+    a backbone without classifier weights is refused. tools/figures.py and tools/analyses.py load with it too."""
+    if name is not None and name not in models.MODEL_NAMES:
+        raise SystemExit(f"--model {name}: unknown; choose from {', '.join(models.MODEL_NAMES)}")
+    try:
+        ckpt = utils.read_checkpoint(path)  # weights_only=True: a checkpoint must not run code
+    except FileNotFoundError:
         raise SystemExit(f"--checkpoint {path}: no such file; give the checkpoint.pt a training run wrote "
-                         "(or a torchvision / DeiT state dict)")
-    if args.model is not None and args.model not in models.MODEL_NAMES:
-        raise SystemExit(f"--model {args.model}: unknown; choose from {', '.join(models.MODEL_NAMES)}")
-    try:
-        ckpt = models.read_checkpoint(path)  # weights_only=True: a checkpoint must not run code
+                         "(or a torchvision / DeiT state dict)") from None
     except ValueError as e:  # not a torch file, truncated, or a pickle that would run code
-        raise SystemExit(f"--checkpoint {path}: refused by torch.load(weights_only=True) ({e}); evaluate only "
-                         "files holding tensors, e.g. torch.save(model.state_dict(), ...)")
+        raise SystemExit(f"--checkpoint {path}: refused by torch.load(weights_only=True) ({e}); load only "
+                         "files holding tensors, e.g. torch.save(model.state_dict(), ...)") from None
     try:
-        # a ViT's input size: --img-size, else the checkpoint's (as resolve_eval_geometry below resolves it)
-        model, meta, notes = models.model_from_checkpoint(ckpt, args.model, args.num_classes, args.num_points,
-                                                          img_size=args.img_size)
-        resolve_eval_geometry(args, meta)
+        model, meta, notes = models.model_from_checkpoint(ckpt, name, num_classes, num_points, img_size=img_size)
     except ValueError as e:
-        raise SystemExit(f"--checkpoint {path} {e}")
-    args.model = args.model or meta["model"]
-    args.num_classes, args.num_points = model.classifier.out_features, model.num_points
-    args.classes = meta.get("classes")
+        raise SystemExit(f"--checkpoint {path} {e}") from None
     fresh = [note for note in notes if "fresh initialisation" in note and "point_head" not in note]
     if fresh:
         raise SystemExit(f"--checkpoint {path} has no classifier weights ({fresh[0]}): it is a backbone "
-                         "only; evaluate the checkpoint of a trained classifier")
+                         "only; give the checkpoint of a trained classifier")
     for note in notes:
         log(f"note: {note}")
+    return model, meta
+
+def load_run_model(args):
+    """load_model for this run's flags (a ViT's input size: --img-size, else the checkpoint's); the flags left
+    unset take the checkpoint's model name, classes and eval geometry. -> the model."""
+    model, meta = load_model(args.checkpoint, args.model, args.num_classes, args.num_points, args.img_size)
+    resolve_eval_geometry(args, meta)
+    args.model, args.classes = args.model or meta["model"], meta.get("classes")
     return model
 
 # (flag attribute, runner, label space it needs: "imagenet" = the 1000 classes or a class subset of them,
@@ -1700,16 +1438,13 @@ BENCHMARKS = [
 WSOL_METADATA_FILES = ("image_ids.txt", "class_labels.txt", "image_sizes.txt", "localization.txt")
 
 def _has_image(root):
-    for _, _, names in os.walk(root, followlinks=True):
-        if any(n.lower().endswith(IMG_EXTENSIONS) and not n.startswith(".") for n in names):
-            return True
-    return False
+    return any(n.lower().endswith(IMG_EXTENSIONS) and not n.startswith(".")
+               for _, _, names in os.walk(root, followlinks=True) for n in names)
 
 def check_inputs(args):
     """Every root flag that is given must exist and hold what it names: a one-line SystemExit otherwise
     (naming the flag, the path and where to look), before any model runs."""
-    flags = [f for f, _, _ in BENCHMARKS] + ["imagenet_real", "imagenet_boxes", "wsol_images", "coco_ab",
-                                              "imagenet_ab_xml", "imagenet_train_boxes"]
+    flags = [f for f, _, _ in BENCHMARKS] + ["imagenet_real", "imagenet_boxes", "wsol_images"]
     for flag in flags:
         root = getattr(args, flag, None)
         if not root:
@@ -1717,8 +1452,6 @@ def check_inputs(args):
         name = f"--{flag.replace('_', '-')}"
         if not Path(root).exists():
             raise SystemExit(f"{name} {root}: no such file or directory (the expected layout is in --help)")
-        if flag in ("coco_ab", "imagenet_ab_xml", "imagenet_train_boxes"):
-            continue  # read by the pictures, which say what they miss
         if flag == "imagenet_real":
             if not Path(root).is_file():
                 raise SystemExit(f"{name} {root}: not a file; give real.json of google-research/reassessed-imagenet")
@@ -1748,6 +1481,7 @@ def prepare(model, args):
     resolve_eval_geometry(args)
     args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     args.channels_last = args.device.type == "cuda" and not getattr(model, "is_vit", False)
+    args.amp_dtype = "bfloat16" if args.device.type == "cuda" and args.amp else None  # every forward's autocast
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     args.process_batch = per_process(args.batch_size, "--batch-size")
@@ -1766,9 +1500,7 @@ def require_label_space(needs, args, num_classes):
 
 def evaluate_all(model, args):
     """Every benchmark whose root flag is set. -> the results dict that --out writes (same on every rank).
-    One value goes from one benchmark to another: IN-O's in-distribution side, the anomaly scores of the IN-val
-    images of the 200 IN-O wnids, which eval_imagenet_val returns as results["ino_in_scores"] (not written to
-    the JSON) and eval_imagenet_o takes as an argument."""
+    One value goes from one benchmark to another, IN-O's in-distribution side (see eval_imagenet_val)."""
     model = prepare(model, args)
     num_classes = model.classifier.out_features
     name = args.name or (Path(args.checkpoint).stem if args.checkpoint else args.model) or type(model).__name__
@@ -1777,7 +1509,8 @@ def evaluate_all(model, args):
                         # the paper's Params column: the classifier without the point head (dropped at inference)
                         "params_m": sum(p.numel() for k, p in model.named_parameters()
                                         if not k.startswith("point_head.")) / 1e6,
-                        "point_head": args.has_points, "world_size": get_world_size(), "amp_bf16": _amp_on(args),
+                        "point_head": args.has_points, "world_size": get_world_size(),
+                        "amp_bf16": args.amp_dtype is not None,
                         "img_size": args.img_size, "resize": args.resize, "interpolation": args.interpolation,
                         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S")},
                "protocol": {}, "counts": {}, "skipped": {}, "seconds": {}}
@@ -1808,30 +1541,35 @@ def evaluate_all(model, args):
         results["skipped"]["imagenet_real"] = "needs --imagenet-val and the 1000 ImageNet classes"
     return results
 
-def get_args_parser():
-    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--table", nargs="+", metavar="JSON", help="print the paper-style table of these results and exit")
-    g = p.add_argument_group("model")
+def add_model_args(p):
+    """The flags that choose the model and its input, shared with tools/figures.py. -> their argument group."""
+    g = p.add_argument_group("model and input")
+    g.add_argument("--checkpoint", default=None, help="our training checkpoint (it describes itself: model, classes, "
+                   "point heads, image size), or a torchvision / DeiT file")
     g.add_argument("--model", default=None, help="resnet18/50/101/152, vit_tiny/small/base (default: the "
                    "checkpoint's meta; needed for a bare torchvision / DeiT state dict)")
-    g.add_argument("--checkpoint", default=None, help="required: our training checkpoint (it describes itself: "
-                   "model, classes, point heads, image size), or a torchvision / DeiT file")
     g.add_argument("--num-classes", type=int, default=None, help="default: from the checkpoint")
     g.add_argument("--num-points", type=int, default=None, help="point-head size; default: from the checkpoint")
-    g.add_argument("--name", default=None, help="row name in the table (default: the checkpoint's file name)")
-    g = p.add_argument_group("run")
-    g.add_argument("--batch-size", type=int, default=128,
-                   help="global, as in training: each of N processes takes 1/N (must divide evenly)")
-    g.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                   help="data-loading workers per process (default: min(8, CPU count))")
     g.add_argument("--device", default=None, help="default: this process's GPU if there is one, else cpu")
-    g.add_argument("--no-amp", dest="amp", action="store_false", help="disable bf16 autocast on CUDA")
     g.add_argument("--img-size", type=int, default=None,
                    help="network input (the crop); default: the checkpoint's, else 224")
     g.add_argument("--resize", type=int, default=None,
                    help="shorter side before the centre crop; default: the checkpoint's val_resize, else 256")
     g.add_argument("--interpolation", default=None, choices=["bilinear", "bicubic"],
                    help="resize interpolation; default: the checkpoint's, else bilinear (the benchmarks' code)")
+    return g
+
+def get_args_parser():
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--table", nargs="+", metavar="JSON", help="print the paper-style table of these results and exit")
+    g = add_model_args(p)
+    g.add_argument("--name", default=None, help="row name in the table (default: the checkpoint's file name)")
+    g = p.add_argument_group("run")
+    g.add_argument("--batch-size", type=int, default=128,
+                   help="global, as in training: each of N processes takes 1/N (must divide evenly)")
+    g.add_argument("--workers", type=int, default=utils.default_workers(),
+                   help="data-loading workers per process (default: up to 8, this process's share of the CPU cores)")
+    g.add_argument("--no-amp", dest="amp", action="store_false", help="disable bf16 autocast on CUDA")
     g.add_argument("--out", default=None, help="write the results JSON here")
     g = p.add_argument_group("benchmark roots (a benchmark runs only if its root is given)")
     g.add_argument("--imagenet-val", help="val/<wnid>/*.JPEG (IN-1k, ReaL, Cocc, IN-O's in-distribution side)")
@@ -1853,7 +1591,8 @@ def get_args_parser():
                    "names up in --imagenet-val)")
     g.add_argument("--coco", help="COCO root with <split>/ images and annotations/instances_<split>.json")
     g = p.add_argument_group("benchmark options (the paper is silent on these; the JSON records what was used)")
-    g.add_argument("--cocc-hole", type=int, default=112, help="Cocc: side of the centre hole on the input")
+    g.add_argument("--cocc-hole", type=int, default=112, help="Cocc: side of the centre hole on the input, in px "
+                   "(112: half of 224; a hole that covers a smaller input is flagged in the log and the JSON)")
     g.add_argument("--cocc-fill", default="mean", choices=["mean", "black"],
                    help="Cocc fill: 0 after normalisation (the mean pixel) or black pixels")
     g.add_argument("--objectnet-border", type=int, default=2, help="pixels cropped off each side (red frame)")
@@ -1872,15 +1611,6 @@ def get_args_parser():
     g.add_argument("--ctx-thr", type=float, default=0.5, help="context bias: a class counts if its sigmoid > thr")
     g.add_argument("--ctx-fill", default="mean", choices=["mean", "black"], help="fill of erased pixels")
     g.add_argument("--ctx-seed", type=int, default=0, help="seed of the random erased class")
-    g = p.add_argument_group("pictures (appendix Figures M, N, I, D right), instead of the benchmarks")
-    g.add_argument("--figures", metavar="DIR", help="write the pictures whose inputs are given into DIR: Fig. M "
-                   "(--checkpoint, --imagenet-val), Fig. N (--checkpoint, --coco), Fig. I (--coco, --coco-ab), "
-                   "Fig. D right (--imagenet-ab-xml, --imagenet-train-boxes)")
-    g.add_argument("--figures-n", type=int, default=16, help="images per picture")
-    g.add_argument("--coco-ab", help="COCO-AB JSON (Fig. I), with the images of --coco-train-split under --coco")
-    g.add_argument("--coco-train-split", default="train2014")
-    g.add_argument("--imagenet-ab-xml", help="ImageNet-AB train_xml/ (Fig. D)")
-    g.add_argument("--imagenet-train-boxes", help="ILSVRC train box XMLs (Fig. D; default: the boxes in the AB XML)")
     g = p.add_argument_group("table")
     g.add_argument("--ino-metric", default="auroc", choices=["auroc", "aupr"], help="what the IN-O column shows")
     g.add_argument("--objnet-protocol", default="A", choices=["A", "B"], help="what the ObjNet column shows")
@@ -1897,15 +1627,13 @@ def main(argv=None):
     if args.table:
         print_table(args.table, args)
         return
-    if args.figures:
-        return main_figures(parser, args)
     if not args.checkpoint:
         parser.error("--checkpoint is required (or --table JSON ... to print results)")
     if not any(getattr(args, flag) for flag, _, _ in BENCHMARKS):
         parser.error("give at least one benchmark root, e.g. --imagenet-val DIR or --coco DIR")
     check_inputs(args)  # before the model is built: a wrong path fails in a second
     args.device = torch.device(init_distributed(args.device)[2])  # torchrun's process group, if any
-    model = load_model(args).to(args.device)
+    model = load_run_model(args).to(args.device)
     results = evaluate_all(model, args)
     if not results["protocol"]:
         raise SystemExit("nothing was evaluated: " + "; ".join(f"--{k.replace('_', '-')}: {v}" for k, v in
@@ -1918,16 +1646,6 @@ def main(argv=None):
         print(format_table([(results["meta"]["name"], results)], args))
     if dist.is_initialized():
         dist.destroy_process_group()
-
-def main_figures(parser, args):
-    if not (args.checkpoint or args.coco_ab or args.imagenet_ab_xml):
-        parser.error("--figures needs --checkpoint (with --imagenet-val / --coco), --coco-ab or --imagenet-ab-xml")
-    check_inputs(args)
-    args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load_model(args).to(args.device).eval() if args.checkpoint else None
-    resolve_eval_geometry(args)
-    args.label_space = label_space(getattr(args, "classes", None), model.classifier.out_features) if model else None
-    print("wrote " + " ".join(str(p) for p in draw_figures(model, args)))
 
 if __name__ == "__main__":
     main()

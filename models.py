@@ -3,7 +3,8 @@ The seven backbones of the LUAB paper, hand-written in plain PyTorch, with an op
 
 - ResNet-18/50/101/152 (torchvision's v1.5: a Bottleneck strides on its 3x3 conv) and ViT-Ti/S/B with patch 16.
 - Parameter names are torchvision's, so a torchvision `resnet50()` or `vit_b_16()` state dict loads with
-  strict=True and gives the same logits. ViT-Ti/S use the same layout; `load_pretrained` also reads DeiT/timm ViTs.
+  strict=True and gives the same logits. ViT-Ti/S use the same layout; utils.load_pretrained also reads
+  DeiT/timm ViTs, and model_from_checkpoint rebuilds any model trained here from its checkpoint alone.
 - LUAB's only addition is `point_head`: a linear layer on the L2-normalised penultimate features (see
   ImageClassifier.point_input) that regresses K normalised (x, y) points, origin top-left, x to the right,
   y down, in [0, 1]^2 of the network input. There is no sigmoid, so predictions may leave the unit square.
@@ -15,13 +16,13 @@ The seven backbones of the LUAB paper, hand-written in plain PyTorch, with an op
 
 import math
 import os
-import pickle
-import re
 from collections import OrderedDict
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from utils import checkpoint_parts, load_pretrained, read_checkpoint, strip_wrapper_prefixes  # model_from_checkpoint
 
 # -----------------------------------------------------------------------------
 # shared tail: classifier + optional point head on the penultimate features
@@ -30,8 +31,8 @@ POINT_HEADS = ("normed", "plain")  # what the point head reads: ImageClassifier.
 POOLINGS = ("avg", "attentive")  # how a ResNet pools its last feature map: ResNet.pool
 
 class ImageClassifier(nn.Module):
-    """Subclasses define forward_features (x -> [B, D]), feature_map (x -> [B, D, h, w]) and classifier; a
-    subclass whose pooling itself predicts the point overrides pooled_features."""
+    """Subclasses define pooled_features (x -> (features [B, D], points [B, K, 2] the pooling predicted, or
+    None)), feature_map (x -> [B, D, h, w], what a CAM weighs) and classifier."""
 
     is_vit = False
 
@@ -56,10 +57,6 @@ class ImageClassifier(nn.Module):
         by (|f|^2 + 1) x lr x lambda x dLoss/dpoint, and |f|^2 ~ D for ReLU features, so under the ResNet SGD
         recipe the point loss overshoots for epochs. (No parameters here: both kinds have the same state dict.)"""
         return F.normalize(feats, dim=-1) if self.point_head_kind == "normed" else feats
-
-    def pooled_features(self, x):
-        """x -> (features [B, D], points [B, K, 2] that the pooling predicted, or None)."""
-        return self.forward_features(x), None
 
     def forward(self, x, return_points=False):
         """x: [B, 3, H, W] -> logits [B, C], as any torchvision classifier.
@@ -201,17 +198,14 @@ class ResNet(ImageClassifier):
         point = torch.stack([(att.sum(1) * xs).sum(1), (att.sum(2) * ys).sum(1)], dim=1)
         return feats, point.view(-1, 1, 2)
 
-    def pooled_features(self, x):
-        return self.pool(self.feature_map(x))
-
     def feature_map(self, x):
         """x: [B, 3, H, W] -> last stage output [B, D, H/32, W/32] (what CAM weighs with fc.weight)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
-    def forward_features(self, x):
-        """x: [B, 3, H, W] -> pooled features [B, D] (the global average pool, or the attentive pool)."""
-        return self.pool(self.feature_map(x))[0]
+    def pooled_features(self, x):
+        """x -> (pooled features [B, D], point [B, 1, 2] or None): the global average pool, or the attentive pool."""
+        return self.pool(self.feature_map(x))
 
 # -----------------------------------------------------------------------------
 # Vision Transformer
@@ -325,9 +319,9 @@ class VisionTransformer(ImageClassifier):
         x = torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1)
         return self.encoder(x)
 
-    def forward_features(self, x):
-        """x -> the class token after the final LayerNorm [B, D]."""
-        return self.tokens(x)[:, 0]
+    def pooled_features(self, x):
+        """x -> (the class token after the final LayerNorm [B, D], None: no point)."""
+        return self.tokens(x)[:, 0], None
 
     def feature_map(self, x):
         """x -> patch tokens after the final LayerNorm on the patch grid [B, D, H/16, W/16]."""
@@ -387,63 +381,7 @@ def param_groups(model, weight_decay):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 # -----------------------------------------------------------------------------
-# loading foreign and own checkpoints
-
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
-_LAYER = r"encoder.layers.encoder_layer_\1."
-_VIT_RENAMES = [  # DeiT/timm -> torchvision names; q/k/v row order already agrees (timm qkv = in_proj rows)
-    (r"^cls_token$", "class_token"),
-    (r"^pos_embed$", "encoder.pos_embedding"),
-    (r"^patch_embed\.proj\.", "conv_proj."),
-    (r"^blocks\.(\d+)\.norm1\.", _LAYER + "ln_1."),
-    (r"^blocks\.(\d+)\.attn\.qkv\.(weight|bias)$", _LAYER + r"self_attention.in_proj_\2"),
-    (r"^blocks\.(\d+)\.attn\.proj\.", _LAYER + "self_attention.out_proj."),
-    (r"^blocks\.(\d+)\.norm2\.", _LAYER + "ln_2."),
-    (r"^blocks\.(\d+)\.mlp\.fc1\.", _LAYER + "mlp.0."),
-    (r"^blocks\.(\d+)\.mlp\.fc2\.", _LAYER + "mlp.3."),
-    (r"^norm\.", "encoder.ln."),
-    (r"^head\.", "heads.head."),
-    (r"\.mlp\.linear_1\.", ".mlp.0."),  # torchvision before vision#6053 (e.g. vit_b_16-c867db91.pth)
-    (r"\.mlp\.linear_2\.", ".mlp.3."),
-]
-
-def read_checkpoint(path):
-    """torch.load(path, weights_only=True) on the CPU: the one checkpoint reader of every entry point.
-
-    A missing file raises FileNotFoundError; a corrupt or truncated file, or one that pickles more than tensors
-    and plain containers (its unpickling could run code: refused, never retried unsafely), raises a ValueError
-    whose message is one line naming the file."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):  # garbage bytes fail with "invalid load key" etc.
-            raise ValueError(f"cannot read checkpoint {path}: not a torch checkpoint ({str(e).splitlines()[0]})") \
-                from None
-        found = re.search(r"GLOBAL (\S+)", str(e))
-        what = f" ({found.group(1)})" if found else ""
-        raise ValueError(f"refused {path}: it pickles Python objects{what} besides tensors, and unpickling them "
-                         "could run code; only plain weight checkpoints are loaded") from None
-    except Exception as e:  # corrupt, truncated, not a torch file
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {first}") from None
-
-def checkpoint_parts(ckpt):
-    """What a checkpoint (read_checkpoint's result) holds -> (state dict, meta dict).
-
-    Our training checkpoints carry "model" and a self-describing "meta" (model, num_classes, num_points,
-    point_head, img_size, val_resize, interpolation, classes; train_imagenet.checkpoint_meta); older ones only
-    "args", read as meta; DeiT's are {"model": state dict}; torchvision's are the bare state dict (meta {})."""
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
-        meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else ckpt.get("args")
-        ckpt, meta = ckpt["model"], meta if isinstance(meta, dict) else {}
-    else:
-        meta = {}
-    if not isinstance(ckpt, dict) or not ckpt or not all(torch.is_tensor(v) for v in ckpt.values()):
-        raise ValueError("holds no state dict (str -> tensor, or one under 'model')")
-    return ckpt, meta
+# rebuilding a trained model from its checkpoint (reading and loading weights: utils.py)
 
 def model_from_checkpoint(path_or_ckpt, name=None, num_classes=None, num_points=None, img_size=None):
     """The one way to rebuild a trained model: a path (or read_checkpoint's result) -> (model in eval mode,
@@ -479,63 +417,3 @@ def model_from_checkpoint(path_or_ckpt, name=None, num_classes=None, num_points=
         raise ValueError(f"does not fit --model {name} ({num_classes} classes, {num_points} points): {str(e)[:300]}; "
                          "pass the --model (and --num-classes) it was trained with") from None
     return model.eval(), meta, notes
-
-def strip_wrapper_prefixes(key):
-    """A state-dict key without the wrappers' prefixes (DDP's "module.", torch.compile's "_orig_mod.")."""
-    while key.startswith(_WRAPPER_PREFIXES):
-        key = key.split(".", 1)[1]
-    return key
-
-def load_pretrained(model, state_dict_or_path, drop_mismatched_heads=False):
-    """Load torchvision, DeiT/timm or our own weights (a state dict, a {"model": state dict} checkpoint,
-    or a path to either) into `model`. Returns a list of notes (str) about the heads: a point head, an
-    attentive pool's `attention` or a classifier (fc / heads.head) that is entirely absent from the file keeps
-    its fresh initialisation (so torchvision weights load into an attentive ResNet), and a point head or
-    attention in the file is ignored when the model has none (the head is dropped at inference). With
-    drop_mismatched_heads (fine-tuning, e.g. ImageNet -> COCO: 1000 classes and 1 point vs 80 and 80), a
-    classifier or point head of another shape is dropped the same way, as DeiT's fine-tuning does. Anything
-    else that does not match exactly (unknown key, missing key, shape) raises a ValueError naming the key."""
-    sd = state_dict_or_path
-    if isinstance(sd, (str, os.PathLike)):
-        sd = read_checkpoint(sd)
-    sd, _ = checkpoint_parts(sd)
-    renamed = {}
-    for key, value in sd.items():
-        key = strip_wrapper_prefixes(key)
-        if model.is_vit:
-            for pattern, repl in _VIT_RENAMES:
-                key = re.sub(pattern, repl, key)
-        renamed[key] = value
-    expected = model.state_dict()
-    notes, problems, to_load = [], [], {}
-    if drop_mismatched_heads:
-        for key in [k for k in renamed if k.startswith(("fc.", "heads.head.", "point_head."))]:
-            if key in expected and renamed[key].shape != expected[key].shape:
-                notes.append(f"dropped {key} {list(renamed.pop(key).shape)} from the checkpoint: "
-                             f"this model's is {list(expected[key].shape)}")
-    for key, value in renamed.items():
-        if key.startswith("point_head.") and model.point_head is None:
-            notes.append(f"ignored {key} from the checkpoint: the model has no point head")
-        elif key.startswith("attention.") and getattr(model, "attention", None) is None:
-            notes.append(f"ignored {key} from the checkpoint: the model pools by average")
-        elif key not in expected:
-            problems.append(f"unexpected key {key!r}")
-        elif value.shape != expected[key].shape:
-            problems.append(f"shape mismatch for {key!r}: checkpoint {list(value.shape)}, "
-                            f"model {list(expected[key].shape)}")
-        else:
-            to_load[key] = value
-    head = "heads.head." if model.is_vit else "fc."
-    head_dropped = not any(key.startswith(head) for key in renamed)  # the whole layer, not half of it
-    for key in expected:
-        if key in renamed:
-            continue
-        if key.startswith(("point_head.", "attention.")) or (head_dropped and key.startswith(head)):
-            notes.append(f"{key} is not in the checkpoint: kept its fresh initialisation")
-        elif not key.endswith("num_batches_tracked"):  # old torchvision files lack it; BatchNorm back-fills it
-            problems.append(f"missing key {key!r}")
-    if problems:
-        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise ValueError(f"checkpoint does not fit {type(model).__name__}: " + "; ".join(problems[:5]) + more)
-    model.load_state_dict(to_load, strict=False)
-    return notes

@@ -16,6 +16,7 @@ import glob
 import json
 import math
 import os
+import pickle
 import random
 import re
 import shutil
@@ -32,6 +33,126 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 from torch.utils.data import Sampler
+
+# -----------------------------------------------------------------------------
+# checkpoints: reading and rebuilding (our own files, torchvision's and DeiT/timm's), always weights_only=True
+
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
+
+def strip_wrapper_prefixes(key):
+    """A state-dict key without the wrappers' prefixes (DDP's "module.", torch.compile's "_orig_mod.")."""
+    while key.startswith(_WRAPPER_PREFIXES):
+        key = key.split(".", 1)[1]
+    return key
+
+_LAYER = r"encoder.layers.encoder_layer_\1."
+_VIT_RENAMES = [  # DeiT/timm -> torchvision names; q/k/v row order already agrees (timm qkv = in_proj rows)
+    (r"^cls_token$", "class_token"),
+    (r"^pos_embed$", "encoder.pos_embedding"),
+    (r"^patch_embed\.proj\.", "conv_proj."),
+    (r"^blocks\.(\d+)\.norm1\.", _LAYER + "ln_1."),
+    (r"^blocks\.(\d+)\.attn\.qkv\.(weight|bias)$", _LAYER + r"self_attention.in_proj_\2"),
+    (r"^blocks\.(\d+)\.attn\.proj\.", _LAYER + "self_attention.out_proj."),
+    (r"^blocks\.(\d+)\.norm2\.", _LAYER + "ln_2."),
+    (r"^blocks\.(\d+)\.mlp\.fc1\.", _LAYER + "mlp.0."),
+    (r"^blocks\.(\d+)\.mlp\.fc2\.", _LAYER + "mlp.3."),
+    (r"^norm\.", "encoder.ln."),
+    (r"^head\.", "heads.head."),
+    (r"\.mlp\.linear_1\.", ".mlp.0."),  # torchvision before vision#6053 (e.g. vit_b_16-c867db91.pth)
+    (r"\.mlp\.linear_2\.", ".mlp.3."),
+]
+
+def read_checkpoint(path):
+    """torch.load(path, weights_only=True) on the CPU: the one checkpoint reader of every entry point.
+
+    A missing file raises FileNotFoundError; a corrupt or truncated file, or one that pickles more than tensors
+    and plain containers (its unpickling could run code: refused, never retried unsafely), raises a ValueError
+    whose message is one line naming the file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):  # garbage bytes fail with "invalid load key" etc.
+            raise ValueError(f"cannot read checkpoint {path}: not a torch checkpoint ({str(e).splitlines()[0]})") \
+                from None
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f" ({found.group(1)})" if found else ""
+        raise ValueError(f"refused {path}: it pickles Python objects{what} besides tensors, and unpickling them "
+                         "could run code; only plain weight checkpoints are loaded") from None
+    except Exception as e:  # corrupt, truncated, not a torch file
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {first}") from None
+
+def checkpoint_parts(ckpt):
+    """What a checkpoint (read_checkpoint's result) holds -> (state dict, meta dict).
+
+    Our training checkpoints carry "model" and a self-describing "meta" (model, num_classes, num_points,
+    point_head, img_size, val_resize, interpolation, classes; train_imagenet.checkpoint_meta); older ones only
+    "args", read as meta; DeiT's are {"model": state dict}; torchvision's are the bare state dict (meta {})."""
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
+        meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else ckpt.get("args")
+        ckpt, meta = ckpt["model"], meta if isinstance(meta, dict) else {}
+    else:
+        meta = {}
+    if not isinstance(ckpt, dict) or not ckpt or not all(torch.is_tensor(v) for v in ckpt.values()):
+        raise ValueError("holds no state dict (str -> tensor, or one under 'model')")
+    return ckpt, meta
+
+def load_pretrained(model, state_dict_or_path, drop_mismatched_heads=False):
+    """Load torchvision, DeiT/timm or our own weights (a state dict, a {"model": state dict} checkpoint,
+    or a path to either) into `model`. Returns a list of notes (str) about the heads: a point head, an
+    attentive pool's `attention` or a classifier (fc / heads.head) that is entirely absent from the file keeps
+    its fresh initialisation (so torchvision weights load into an attentive ResNet), and a point head or
+    attention in the file is ignored when the model has none (the head is dropped at inference). With
+    drop_mismatched_heads (fine-tuning, e.g. ImageNet -> COCO: 1000 classes and 1 point vs 80 and 80), a
+    classifier or point head of another shape is dropped the same way, as DeiT's fine-tuning does. Anything
+    else that does not match exactly (unknown key, missing key, shape) raises a ValueError naming the key."""
+    sd = state_dict_or_path
+    if isinstance(sd, (str, os.PathLike)):
+        sd = read_checkpoint(sd)
+    sd, _ = checkpoint_parts(sd)
+    renamed = {}
+    for key, value in sd.items():
+        key = strip_wrapper_prefixes(key)
+        if model.is_vit:
+            for pattern, repl in _VIT_RENAMES:
+                key = re.sub(pattern, repl, key)
+        renamed[key] = value
+    expected = model.state_dict()
+    notes, problems, to_load = [], [], {}
+    if drop_mismatched_heads:
+        for key in [k for k in renamed if k.startswith(("fc.", "heads.head.", "point_head."))]:
+            if key in expected and renamed[key].shape != expected[key].shape:
+                notes.append(f"dropped {key} {list(renamed.pop(key).shape)} from the checkpoint: "
+                             f"this model's is {list(expected[key].shape)}")
+    for key, value in renamed.items():
+        if key.startswith("point_head.") and model.point_head is None:
+            notes.append(f"ignored {key} from the checkpoint: the model has no point head")
+        elif key.startswith("attention.") and getattr(model, "attention", None) is None:
+            notes.append(f"ignored {key} from the checkpoint: the model pools by average")
+        elif key not in expected:
+            problems.append(f"unexpected key {key!r}")
+        elif value.shape != expected[key].shape:
+            problems.append(f"shape mismatch for {key!r}: checkpoint {list(value.shape)}, "
+                            f"model {list(expected[key].shape)}")
+        else:
+            to_load[key] = value
+    head = "heads.head." if model.is_vit else "fc."
+    head_dropped = not any(key.startswith(head) for key in renamed)  # the whole layer, not half of it
+    for key in expected:
+        if key in renamed:
+            continue
+        if key.startswith(("point_head.", "attention.")) or (head_dropped and key.startswith(head)):
+            notes.append(f"{key} is not in the checkpoint: kept its fresh initialisation")
+        elif not key.endswith("num_batches_tracked"):  # old torchvision files lack it; BatchNorm back-fills it
+            problems.append(f"missing key {key!r}")
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ValueError(f"checkpoint does not fit {type(model).__name__}: " + "; ".join(problems[:5]) + more)
+    model.load_state_dict(to_load, strict=False)
+    return notes
 
 # -----------------------------------------------------------------------------
 # the process group

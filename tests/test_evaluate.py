@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections import deque
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -26,8 +27,8 @@ from torch.utils.data import DataLoader
 
 import evaluate as E
 import utils
-from tools import coco_masks
-from tools.synth import synth
+from tools import analyses, coco_masks, figures
+from tools.synth import _voc_xml, synth
 
 W = E.wnids("imagenet")
 MEAN = torch.tensor(E.IMAGENET_MEAN).view(1, 3, 1, 1)
@@ -103,6 +104,7 @@ class PaletteModel(FakeCamModel):
         img = x.float() * STD + MEAN
         centre = img[:, :, img.shape[2] // 2, img.shape[3] // 2]
         logits = self.table[torch.cdist(centre, self.colours).argmin(1)]
+        logits = logits + 0 * centre.sum(1, keepdim=True)  # a NaN input gives NaN logits, as a network's would
         if not return_points:
             return logits
         return logits, None if self.point_head is None else torch.full((len(x), self.num_points, 2), 0.5)
@@ -118,6 +120,7 @@ class CocoFake(FakeCamModel):
         with torch.no_grad():
             self.fc.weight.copy_(torch.eye(3))
             self.fc.bias.zero_()
+        self.num_points = 3
         self.point_head = nn.Linear(3, 6)
 
     def forward(self, x, return_points=False):
@@ -479,21 +482,17 @@ def bfs_components(b):
 
 def test_connected_components_match_bfs():
     diag = np.eye(5, dtype=bool) | np.eye(5, dtype=bool)[::-1]  # an X: one component through diagonals
-    lv, boxes, area = E.connected_component_boxes(diag)
-    assert boxes.tolist() == [[0, 0, 5, 5]] and area.tolist() == [9]
+    lv, boxes, area = E.nested_component_boxes(diag.astype(np.int64) - 1)
+    assert lv.tolist() == [0] and boxes.tolist() == [[0, 0, 5, 5]] and area.tolist() == [9]
     rng = np.random.default_rng(0)
     for _ in range(60):
         H, Wd = rng.integers(1, 16, 2)
-        b = rng.random((3, H, Wd)) < rng.uniform(0.1, 0.9)
-        lv, boxes, area = E.connected_component_boxes(b)
-        for level in range(3):
+        cam = rng.integers(0, 6, (H, Wd))  # levels 0..4 of the output: the components of the masks {cam >= 1..5}
+        lv, boxes, area = E.nested_component_boxes(cam - 1)
+        assert lv.tolist() == sorted(lv.tolist())
+        for level in range(5):
             got = sorted(tuple(x) + (a,) for x, a in zip(boxes[lv == level].tolist(), area[lv == level].tolist()))
-            assert got == bfs_components(b[level])
-        # the nested path (one map, many thresholds) equals labelling the stack of thresholded masks
-        cam = rng.integers(0, 6, (H, Wd))
-        stack = cam[None] >= np.arange(1, 6)[:, None, None]
-        for x, y in zip(E.nested_component_boxes(cam - 1), E.connected_component_boxes(stack)):
-            assert np.array_equal(x, y)
+            assert got == bfs_components(cam >= level + 1)
 
 
 def two_blob_cam():
@@ -656,9 +655,18 @@ def test_imagenet_val_real_cocc_and_point_acc(results):
     assert results["inreal_all"] == pytest.approx(60.0)  # the same 3 hits over all 5 val images
     # Cocc: the 112 px hole filled with the mean pixel makes the centre grey = class 2: only image 5 right
     assert results["cocc"] == pytest.approx(20.0)
-    assert results["cocc_params"] == {"hole": 112, "fill": "mean", "input": 224}
+    assert results["cocc_params"] == {"hole": 112, "fill": "mean", "input": 224, "hole_covers_input": False}
     # point head answers the centre; WSOL boxes of images 1 and 3 contain it, image 2's does not; 4, 5 no box
     assert results["point_acc"] == pytest.approx(200 / 3) and results["counts"]["point_acc"] == 3
+
+
+def test_cocc_hole_that_covers_the_input_is_flagged(fixture_root, capsys):
+    args = eval_args(fixture_root, ["--img-size", "64", "--resize", "73"])  # the default 112 px hole on 64 px
+    res, proto, _ = E.eval_imagenet_val(E.prepare(PaletteModel(), args), args)
+    assert res["cocc_params"] == {"hole": 112, "fill": "mean", "input": 64, "hole_covers_input": True}
+    assert res["cocc"] == pytest.approx(20.0)  # every input is the grey fill = class 2: image 5's share
+    assert "NOT A MEASURE: the 112-px Cocc hole covers the whole 64-px input" in proto["cocc"]
+    assert "--cocc-hole 32 is the paper's half side" in capsys.readouterr().out
 
 
 def test_cocc_black_fill(fixture_root):
@@ -837,7 +845,7 @@ def test_usage_errors(capsys):
         with pytest.raises(SystemExit) as e:
             E.main(argv)
         assert e.value.code == 2 and why in capsys.readouterr().err.splitlines()[-1]
-    assert E.get_args_parser().parse_args([]).workers == min(8, os.cpu_count() or 1)
+    assert E.get_args_parser().parse_args([]).workers == utils.default_workers()
 
 
 class _Exploit:
@@ -907,6 +915,73 @@ def test_val_boxes_found_beside_the_val_tree(tmp_path):
     assert E.find_val_boxes(tmp_path / "a" / "val") == tmp_path / "a" / "boxes" / "val"
     assert E.find_val_boxes(tmp_path / "ILSVRC/Data/CLS-LOC/val") == tmp_path / "ILSVRC/Annotations/CLS-LOC/val"
     assert E.find_val_boxes(tmp_path / "b" / "val") is None
+
+
+def make_val_with_broken_files(root):
+    """An IN-val tree with box XMLs beside it (boxes/val/, flat): images 1, 2 red (class 1), 3 green (class 51),
+    all 64 x 48, and two files the reader refuses: 6 (class 1) has zero bytes, 7 (class 51) is text. Boxes: 1 and 3
+    hold the image centre, 2's is a corner; 6 and 7 have boxes too. -> (val dir, boxes dir)"""
+    files = [(W[1], 1, "red", [10, 10, 50, 40]), (W[1], 2, "red", [0, 0, 10, 10]),
+             (W[51], 3, "green", [20, 12, 44, 36]), (W[1], 6, None, [10, 10, 50, 40]), (W[51], 7, None, [10, 10, 50, 40])]
+    os.makedirs(f"{root}/boxes/val")
+    for wnid, i, colour, box in files:
+        path = f"{root}/val/{wnid}/ILSVRC2012_val_{i:08d}.JPEG"
+        if colour:
+            save(path, COLOUR[colour], size=(64, 48))
+        else:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            open(path, "wb").write(b"" if i == 6 else b"not an image, only text")
+        with open(f"{root}/boxes/val/ILSVRC2012_val_{i:08d}.xml", "w") as f:
+            f.write(f"<annotation>\n{_voc_xml(wnid, f'ILSVRC2012_val_{i:08d}', 64, 48, [box])}</annotation>\n")
+    return root / "val", root / "boxes" / "val"
+
+
+def test_broken_images_beside_box_xmls_are_counted_not_fatal(tmp_path):
+    """evaluate.py's IN-val pass with two unreadable files that have box XMLs: no crash; both counted wrong
+    (NaN input) and counted in the JSON; the point accuracy is over the 3 readable images (centre point: 1 and 3
+    inside their box, 2 not)."""
+    val, _ = make_val_with_broken_files(tmp_path)
+    args = E.get_args_parser().parse_args(["--imagenet-val", str(val), "--device", "cpu", "--workers", "0",
+                                           "--batch-size", "2"])
+    with pytest.warns(byproducts.BadInputWarning) as caught:
+        res = E.evaluate_all(PaletteModel(num_points=1), args)
+    assert res["counts"]["imagenet_val_broken_images"] == 2 and res["counts"]["in1k"] == 5
+    assert res["in1k"] == pytest.approx(60.0)  # 1, 2, 3 right; 6, 7 broken: counted wrong
+    assert res["point_acc"] == pytest.approx(200 / 3) and res["counts"]["point_acc"] == 3
+    boxes_warning = [str(w.message) for w in caught if str(w.message).startswith("point-accuracy boxes")]
+    assert len(boxes_warning) == 1 and "unreadable-image x2" in boxes_warning[0]
+    assert "ILSVRC2012_val_00000006.JPEG" in boxes_warning[0] and "ILSVRC2012_val_00000007.JPEG" in boxes_warning[0]
+
+
+class TwoClassPalette(PaletteModel):
+    """The palette over the classes (W[1], W[51]) of make_val_with_broken_files, in that (sorted) order."""
+
+    def __init__(self):
+        super().__init__(num_points=1)
+
+    def forward(self, x, return_points=False):
+        out = super().forward(x, return_points)
+        return (out[0][:, [1, 51]], out[1]) if return_points else out[:, [1, 51]]
+
+
+def test_training_validation_with_broken_images_beside_box_xmls(tmp_path):
+    """The same files through train_imagenet's validation: val_point_boxes skips (and names) the two unreadable
+    images, evaluate_imagenet counts them wrong and reports the point accuracy over the readable three."""
+    import train_imagenet
+    val_dir, boxes_dir = make_val_with_broken_files(tmp_path)
+    args = SimpleNamespace(val_boxes=str(boxes_dir), device="cpu", channels_last=False, amp=False, amp_dtype=None,
+                           val_resize=73, img_size=64)
+    val = byproducts.ImageNetAB(str(val_dir), point_source="none", broken="nan",
+                                transform=byproducts.EvalTransform(size=64, resize=73))
+    with pytest.warns(byproducts.BadInputWarning, match=r"point-accuracy boxes: 2 problem\(s\) \[unreadable-image x2"):
+        boxes, sizes = train_imagenet.val_point_boxes(args, val)
+    assert [b is None for b in boxes] == [False, False, True, False, True]  # sorted: W[1] 1, 2, 6; W[51] 3, 7
+    assert sizes[~np.array([b is None for b in boxes])].tolist() == [[64, 48]] * 3
+    loader = DataLoader(val, batch_size=2, sampler=utils.UnpaddedDistributedSampler(val))
+    with pytest.warns(byproducts.BadInputWarning):
+        stats = train_imagenet.evaluate_imagenet(args, TwoClassPalette(), loader, (boxes, sizes))
+    assert stats["val_broken_images"] == 2 and stats["val_top1"] == pytest.approx(60.0)
+    assert stats["val_point_acc"] == pytest.approx(200 / 3)
 
 
 class SubsetPalette(PaletteModel):
@@ -1129,7 +1204,7 @@ def test_click_accuracy_maps_hand_computed():
              "boxes": np.array([[60.0, 60.0, 90.0, 90.0], [0.0, 0.0, 5.0, 5.0]])},  # hit
             {"click": None, "size": (100, 100), "boxes": box},          # no click: not counted
             {"click": (0.5, 0.5), "size": None, "boxes": None}]         # no box: not counted
-    by_box, by_click = E.click_accuracy_maps(recs, grid=2)
+    by_box, by_click = figures.click_accuracy_maps(recs, grid=2)
     assert by_box[0].tolist() == [[1, 0], [0, 1]] and by_box[1].tolist() == [[2, 0], [0, 1]]
     assert by_click[0].tolist() == [[1, 0], [0, 1]] and by_click[1].tolist() == [[1, 1], [0, 1]]
 
@@ -1139,11 +1214,11 @@ def test_figures_are_written_with_title_and_legend(fixture_root, tmp_path):
         {"actionType": "add", "iconType": "person", "pointTo": {"x": 0.25, "y": 0.2}}]}]))
 
     def draw(model, *flags):
-        args = E.get_args_parser().parse_args(["--figures", str(tmp_path / "fig"), "--figures-n", "3",
-                                               "--device", "cpu", *flags])
+        args = figures.get_args_parser().parse_args(["--out", str(tmp_path / "fig"), "--per-picture", "3",
+                                                     "--device", "cpu", *flags])
         E.resolve_eval_geometry(args)
         args.device, args.label_space, args.model = torch.device("cpu"), None, "fake"
-        return E.draw_figures(model, args)
+        return figures.draw_figures(model, args)
 
     m = draw(PaletteModel(num_points=1), "--imagenet-val", f"{fixture_root}/val", "--wsol-metadata",
              f"{fixture_root}/wsol_meta")
@@ -1157,7 +1232,23 @@ def test_figures_are_written_with_title_and_legend(fixture_root, tmp_path):
     with Image.open(m[0]) as im:
         assert (im.width, im.height) == (3 * 192 + 4 * 4, 192 + 2 * 4 + 17 * (2 + 3) + 12)
     msg = _exit_message(lambda: draw(PaletteModel(num_points=1), *coco))  # an ImageNet model on COCO
-    assert "Fig. N needs one point head per category (3)" in msg
+    assert "Fig. N needs one point head per category (3); --checkpoint None has 1" in msg
+    msg = _exit_message(lambda: draw(PaletteModel(), "--imagenet-val", f"{fixture_root}/val"))
+    assert msg == "--checkpoint None predicts no point: Figures M and N draw predicted points"
+
+
+def test_figures_tool_draws_fig_d_from_the_files(synth_dir, tmp_path, capsys):
+    """tools/figures.py as a command, without a model: Fig. D from the synthetic ImageNet-AB XML and train boxes."""
+    xml, boxes = f"{synth_dir}/imagenet_ab/train_xml", f"{synth_dir}/imagenet/boxes/train"
+    figures.main(["--imagenet-ab-xml", xml, "--imagenet-train-boxes", boxes, "--out", str(tmp_path / "f")])
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'f' / 'fig_d_click_accuracy_maps.png'}"
+    records, _ = analyses.imagenet_records(xml, boxes)
+    (hits, n), _ = figures.click_accuracy_maps(records)
+    with Image.open(tmp_path / "f" / "fig_d_click_accuracy_maps.png") as im:
+        assert im.width == 2 * 8 * 56 + 3 * 4  # two 8 x 8 maps of 56 px cells, 4 px gutters
+    assert n.sum() == sum(r["click"] is not None and r["boxes"] is not None for r in records) > 0
+    msg = _exit_message(lambda: figures.main(["--coco-ab", str(tmp_path / "none.json"), "--out", str(tmp_path)]))
+    assert msg == f"--coco-ab {tmp_path / 'none.json'}: no such file or directory"
 
 
 def test_an_attentive_pooling_checkpoint_gets_every_metric(fixture_root, results, tmp_path):
@@ -1169,8 +1260,8 @@ def test_an_attentive_pooling_checkpoint_gets_every_metric(fixture_root, results
     net = models.create_model("resnet18", num_classes=1000, num_points=1, pooling="attentive")
     torch.save({"model": net.state_dict(), "meta": {"model": "resnet18", "num_classes": 1000, "num_points": 1,
                                                     "pooling": "attentive"}}, tmp_path / "attentive.pt")
-    model = E.load_model(eval_args(fixture_root, ["--checkpoint", str(tmp_path / "attentive.pt"), "--img-size", "64",
-                                                  "--resize", "73"]))
+    model = E.load_run_model(eval_args(fixture_root, ["--checkpoint", str(tmp_path / "attentive.pt"),
+                                                      "--img-size", "64", "--resize", "73"]))
     assert model.pooling == "attentive" and model.point_head is None
     res = E.evaluate_all(model, eval_args(fixture_root, ["--img-size", "64", "--resize", "73"]))
     assert sorted(k for k in res if k not in ("meta", "seconds")) == \

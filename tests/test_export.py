@@ -37,7 +37,7 @@ def test_export_loads_strict_into_torchvision_resnet50_with_our_logits(r50):
     tv.load_state_dict(sd, strict=True)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        ours = model.classifier(model.forward_features(x))
+        ours = model.classifier(model.pooled_features(x)[0])
         assert torch.equal(tv.eval()(x), ours)
 
 

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 import torchvision
 
 import models
+import utils
 
 RESNETS = ["resnet18", "resnet50", "resnet101", "resnet152"]
 VITS = ["vit_tiny", "vit_small", "vit_base"]
@@ -69,7 +70,7 @@ def test_point_head(name, K):
     # the points are the head applied to the L2-normalised penultimate features, (x, y) per point
     model.eval()
     with torch.no_grad():
-        feats = model.forward_features(x)
+        feats = model.pooled_features(x)[0]
         logits, points = model(x, return_points=True)
         torch.testing.assert_close(model(x), logits, rtol=0, atol=0)  # without return_points: logits only
     torch.testing.assert_close(points, model.point_head(F.normalize(feats, dim=-1)).view(2, K, 2))
@@ -98,7 +99,8 @@ def test_features_feature_map_classifier(name):
     model, x = small(name, num_classes=10)
     model.eval()
     with torch.no_grad():
-        feats, fmap, logits = model.forward_features(x), model.feature_map(x), model(x)
+        (feats, pooled_point), fmap, logits = model.pooled_features(x), model.feature_map(x), model(x)
+    assert pooled_point is None  # average pool / class token: the point head, not the pooling, gives points
     grid = 2  # 32 px / patch 16 for the ViT, 64 px / stride 32 for the ResNet
     assert feats.shape == (2, WIDTH[name]) and fmap.shape == (2, WIDTH[name], grid, grid)
     torch.testing.assert_close(model.classifier(feats), logits)
@@ -187,7 +189,7 @@ def test_torchvision_vit_b_16_parity():
 # load_pretrained
 
 def to_deit(sd):
-    """torchvision -> DeiT/timm key names, written independently of models._VIT_RENAMES."""
+    """torchvision -> DeiT/timm key names, written independently of utils._VIT_RENAMES."""
     out = {}
     for k, v in sd.items():
         if k.startswith("encoder.layers.encoder_layer_"):
@@ -210,7 +212,7 @@ def check_loads(src, sd_or_path, x, **create_kw):
     """Load into a fresh model of the same kind and compare eval outputs with the source model."""
     torch.manual_seed(123)  # a different init than src
     dst = models.create_model(src.name, **create_kw)
-    notes = models.load_pretrained(dst, sd_or_path)
+    notes = utils.load_pretrained(dst, sd_or_path)
     src.eval(), dst.eval()
     with torch.no_grad():
         (a, a_points), (b, b_points) = src(x, return_points=True), dst(x, return_points=True)
@@ -287,7 +289,7 @@ def test_missing_point_head_is_fine():
     torch.manual_seed(5)
     dst = models.create_model("vit_tiny", img_size=32, num_points=80)
     fresh = dst.point_head.weight.clone()
-    notes = models.load_pretrained(dst, src.state_dict())
+    notes = utils.load_pretrained(dst, src.state_dict())
     assert any("point_head.weight" in n for n in notes)
     torch.testing.assert_close(dst.point_head.weight, fresh)
     torch.testing.assert_close(dst.class_token, src.class_token)
@@ -300,17 +302,17 @@ def test_dropped_classifier_keeps_fresh_init(name):
     torch.manual_seed(5)
     dst = models.create_model(name, num_classes=80, img_size=32)
     fresh = dst.classifier.weight.clone()
-    notes = models.load_pretrained(dst, backbone)
+    notes = utils.load_pretrained(dst, backbone)
     assert sorted(notes) == sorted(f"{head}{p} is not in the checkpoint: kept its fresh initialisation"
                                    for p in ("weight", "bias"))
     torch.testing.assert_close(dst.classifier.weight, fresh)
     x = torch.randn(2, 3, 32, 32)
     src.eval(), dst.eval()
     with torch.no_grad():
-        torch.testing.assert_close(dst.forward_features(x), src.forward_features(x), rtol=0, atol=0)
+        torch.testing.assert_close(dst.pooled_features(x)[0], src.pooled_features(x)[0], rtol=0, atol=0)
     half = {**backbone, head + "weight": dst.classifier.weight.detach().clone()}  # bias alone missing: an error
     with pytest.raises(ValueError, match=f"missing key '{head}bias'"):
-        models.load_pretrained(dst, half)
+        utils.load_pretrained(dst, half)
 
 def test_old_checkpoint_without_num_batches_tracked():
     src = named("resnet18")
@@ -320,36 +322,36 @@ def test_old_checkpoint_without_num_batches_tracked():
 def test_wrong_shape_names_the_key():
     src = models.create_model("resnet18", num_classes=1000)
     with pytest.raises(ValueError, match=r"'fc\.weight'.*\[1000, 512\].*\[10, 512\]"):
-        models.load_pretrained(models.create_model("resnet18", num_classes=10), src.state_dict())
+        utils.load_pretrained(models.create_model("resnet18", num_classes=10), src.state_dict())
     vit = models.create_model("vit_tiny", img_size=224).state_dict()
     with pytest.raises(ValueError, match=r"'encoder\.pos_embedding'"):
-        models.load_pretrained(models.create_model("vit_tiny", img_size=32), vit)
+        utils.load_pretrained(models.create_model("vit_tiny", img_size=32), vit)
     with pytest.raises(ValueError, match=r"'point_head\.weight'"):
-        models.load_pretrained(models.create_model("resnet18", num_points=80),
+        utils.load_pretrained(models.create_model("resnet18", num_points=80),
                                models.create_model("resnet18", num_points=1).state_dict())
 
 def test_unknown_and_missing_keys_are_named():
     sd = models.create_model("resnet18").state_dict()
     with pytest.raises(ValueError, match=r"unexpected key 'fc2\.weight'"):
-        models.load_pretrained(models.create_model("resnet18"), {**sd, "fc2.weight": torch.zeros(1)})
+        utils.load_pretrained(models.create_model("resnet18"), {**sd, "fc2.weight": torch.zeros(1)})
     del sd["layer3.1.bn2.running_var"]
     with pytest.raises(ValueError, match=r"missing key 'layer3\.1\.bn2\.running_var'"):
-        models.load_pretrained(models.create_model("resnet18"), sd)
+        utils.load_pretrained(models.create_model("resnet18"), sd)
     with pytest.raises(ValueError, match=r"unexpected key 'conv1\.weight'"):  # a ResNet file into a ViT
-        models.load_pretrained(models.create_model("vit_tiny", img_size=32), sd)
+        utils.load_pretrained(models.create_model("vit_tiny", img_size=32), sd)
 
 def test_corrupt_and_missing_files_name_the_path(tmp_path):
     bad = tmp_path / "garbage.pth"
     bad.write_bytes(b"this is not a checkpoint" * 10)
     with pytest.raises(ValueError, match="garbage.pth"):
-        models.load_pretrained(models.create_model("resnet18"), bad)
+        utils.load_pretrained(models.create_model("resnet18"), bad)
     good = tmp_path / "truncated.pth"
     torch.save(models.create_model("resnet18").state_dict(), good)
     good.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(ValueError, match="truncated.pth"):
-        models.load_pretrained(models.create_model("resnet18"), str(good))
+        utils.load_pretrained(models.create_model("resnet18"), str(good))
     with pytest.raises(FileNotFoundError, match="nope.pth"):
-        models.load_pretrained(models.create_model("resnet18"), tmp_path / "nope.pth")
+        utils.load_pretrained(models.create_model("resnet18"), tmp_path / "nope.pth")
 
 # -----------------------------------------------------------------------------
 # attentive (point-guided) pooling
@@ -360,7 +362,7 @@ def test_attentive_pooling_starts_as_the_average_pool_and_loads_torchvision():
     tv = torchvision.models.resnet18()
     perturb_(tv)
     model = models.create_model("resnet18", num_points=1, pooling="attentive")
-    notes = models.load_pretrained(model, tv.state_dict())
+    notes = utils.load_pretrained(model, tv.state_dict())
     assert sorted(notes) == [f"attention.{p} is not in the checkpoint: kept its fresh initialisation"
                              for p in ("bias", "weight")]
     assert model.point_head is None and model.num_points == 1

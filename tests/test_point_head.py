@@ -25,7 +25,7 @@ def test_one_sgd_step_of_the_head_moves_its_point_by_lr_lambda_times(kind):
     (lam * (model(x, return_points=True)[1] * c).sum()).backward()  # dL/dp = lam * c
     opt.step()
     after = model(x, return_points=True)[1].detach()
-    feats = model.forward_features(x).detach()
+    feats = model.pooled_features(x)[0].detach()
     gain = 2.0 if kind == "normed" else float(feats.pow(2).sum()) + 1.0
     torch.testing.assert_close(after - before, (-lr * lam * gain * c).view(1, 1, 2), rtol=1e-4, atol=1e-6)
     if kind == "normed":  # zero weights, bias 0.5: the untrained head answers the image centre

@@ -27,7 +27,6 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 import drawing as dr  # noqa: E402
 import evaluate  # noqa: E402
-import models  # noqa: E402
 from byproducts import (COCO_NAME_TO_ID, IMAGENET_MEAN, IMAGENET_STD, BadInput, EvalTransform,  # noqa: E402
                         _list_xml, _xml_key, coco_points, error_line, imagenet_click, load_boxes, read_coco_ab,
                         read_coco_instances, read_image, read_imagenet_ab_xml)
@@ -360,16 +359,9 @@ def _count_images(root):
 
 
 def _load_model(path, name=None):
-    """A trained model from its checkpoint (models.model_from_checkpoint; weights_only=True: a checkpoint must not
-    run code); name overrides the architecture the checkpoint names (needed for a bare state dict)."""
-    try:
-        ckpt = models.read_checkpoint(path)
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"--checkpoint: {e}")
-    try:
-        model, _, _ = models.model_from_checkpoint(ckpt, name)
-    except ValueError as e:
-        raise SystemExit(f"--checkpoint {path} {e}")
+    """A trained model from its checkpoint (evaluate.load_model: weights_only=True, one-line errors); name
+    overrides the architecture the checkpoint names (needed for a bare state dict)."""
+    model, _ = evaluate.load_model(path, name)
     if model.num_points > 1:
         raise SystemExit(f"--checkpoint {path} has {model.num_points} point heads (a COCO model?); the grid draws "
                          "an ImageNet model's single point")

@@ -29,6 +29,7 @@ import torchvision
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import models  # noqa: E402
+import utils  # noqa: E402
 
 RESNETS = {  # (Bottleneck blocks?, blocks in layer3) -> architecture: enough to tell our four ResNets apart
     (False, 2): "resnet18", (True, 6): "resnet50", (True, 23): "resnet101", (True, 36): "resnet152"}
@@ -39,7 +40,7 @@ FC = ("fc.weight", "fc.bias")
 def infer_arch(state_dict):
     """The ResNet a state dict (torchvision names) belongs to, from its block type and layer3 depth; None when
     it is none of RESNETS."""
-    keys = {models.strip_wrapper_prefixes(k) for k in state_dict}
+    keys = {utils.strip_wrapper_prefixes(k) for k in state_dict}
     blocks = {m.group(1) for k in keys if (m := re.match(r"layer3\.(\d+)\.conv1\.weight$", k))}
     return RESNETS.get(("layer1.0.conv3.weight" in keys, len(blocks)))
 
@@ -55,12 +56,12 @@ def export_backbone(checkpoint, out, drop_fc=False, arch=None):
     """Read `checkpoint` (a path: ours or a bare state dict), write the torchvision state dict to `out`
     (atomically: a temporary file renamed). Returns (arch, fc kept?, notes: one line per head dropped or kept).
     Raises ValueError with a one-line message for a ViT, an unknown architecture or a file that does not fit."""
-    ckpt = models.read_checkpoint(checkpoint)
-    meta = ckpt.get("meta") if isinstance(ckpt, dict) and isinstance(ckpt.get("meta"), dict) else {}
-    sd = ckpt["model"] if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict) else ckpt
-    if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
-        raise ValueError(f"{checkpoint}: neither a state dict nor a checkpoint holding one under 'model'")
-    keys = {models.strip_wrapper_prefixes(k): k for k in sd}
+    ckpt = utils.read_checkpoint(checkpoint)
+    try:
+        sd, meta = utils.checkpoint_parts(ckpt)
+    except ValueError as e:
+        raise ValueError(f"{checkpoint} {e}") from None
+    keys = {utils.strip_wrapper_prefixes(k): k for k in sd}
     arch = arch or meta.get("model") or infer_arch(sd)
     if str(arch).startswith("vit") or any(k.startswith(VIT_KEYS) for k in keys):
         raise ValueError(f"{checkpoint} is a ViT: detection transfer (the paper's Table 3) is done with "
@@ -74,7 +75,7 @@ def export_backbone(checkpoint, out, drop_fc=False, arch=None):
     # LUAB: a model without a point head; load_pretrained ignores the file's point head and checks every other
     # key and shape, so what is written is exactly what the checkpoint trained
     model = models.create_model(arch, num_classes=num_classes)
-    models.load_pretrained(model, sd)
+    utils.load_pretrained(model, sd)
     state = model.state_dict()
     n_point = sum(k.startswith("point_head.") for k in keys)
     if n_point:
