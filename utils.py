@@ -70,6 +70,17 @@ def fresh_namespace(store, rank, world, timeout):
         time.sleep(0.1)
     raise dist.DistStoreError(f"rank {rank}: no rank 0 formed a process group within {timeout}")
 
+def exit_together(error=None):
+    """Every rank's verdict for all, where one rank may find a reason to stop (a refused run folder): if any rank
+    has an error line, all exit at once, rank 0 printing the first one (by rank) and the others leaving silently
+    with status 1, so that no rank waits in a collective for one that left. error None: go on."""
+    if dist_on():
+        errors = [None] * dist.get_world_size()
+        dist.all_gather_object(errors, error)
+        error = next((e for e in errors if e), None)
+    if error:
+        raise SystemExit(error if get_rank() == 0 else 1)
+
 def dist_on():
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
