@@ -173,9 +173,49 @@ def init_distributed(device=None, timeout_min=10):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo",
-                                timeout=datetime.timedelta(minutes=timeout_min))
+        timeout = datetime.timedelta(minutes=timeout_min)
+        store, _, _ = next(dist.rendezvous("env://", rank, world, timeout=timeout))  # torchrun's MASTER_ADDR/PORT
+        store.set_timeout(timeout)
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=timeout, rank=rank,
+                                world_size=world, store=fresh_namespace(store, rank, world, timeout))
     return rank, world, device
+
+def fresh_namespace(store, rank, world, timeout):
+    """The part of `store` where this process group forms: one that no earlier group of the job used.
+
+    torchrun keeps one TCP store for all restarts of a job, and the keys of a group whose worker was killed stay
+    in it: a restarted worker that read them would connect to the dead worker's port (gloo: "connectFullMesh
+    failed ... Connection refused"; NCCL: a stale unique id). TORCHELASTIC_RESTART_COUNT cannot name the new
+    part, since each node's agent counts only its own restarts. Instead rank 0 draws a new generation number from
+    a counter in the store, and every other rank takes a generation once rank 0 has echoed the random word it left
+    there (a number left by a dead rank 0 is never echoed: it is read again until the new one appears)."""
+    if rank == 0:
+        gen = store.add("pg/generation", 1)
+        store.set("pg/current", str(gen))
+        for r in range(1, world):  # get waits (up to `timeout`) until rank r has said hello
+            store.set(f"pg/{gen}/welcome{r}", store.get(f"pg/{gen}/hello{r}"))
+        return dist.PrefixStore(f"pg/{gen}", store)
+    word, gen, deadline = os.urandom(8).hex().encode(), None, time.monotonic() + timeout.total_seconds()
+    while time.monotonic() < deadline:
+        latest = store.get("pg/current").decode()  # waits until some rank 0 has drawn one
+        if latest != gen:
+            gen = latest
+            store.set(f"pg/{gen}/hello{rank}", word)
+        if store.check([f"pg/{gen}/welcome{rank}"]) and store.get(f"pg/{gen}/welcome{rank}") == word:
+            return dist.PrefixStore(f"pg/{gen}", store)
+        time.sleep(0.1)
+    raise dist.DistStoreError(f"rank {rank}: no rank 0 formed a process group within {timeout}")
+
+def exit_together(error=None):
+    """Every rank's verdict for all, where one rank may find a reason to stop (a refused run folder): if any rank
+    has an error line, all exit at once, rank 0 printing the first one (by rank) and the others leaving silently
+    with status 1, so that no rank waits in a collective for one that left. error None: go on."""
+    if dist_on():
+        errors = [None] * dist.get_world_size()
+        dist.all_gather_object(errors, error)
+        error = next((e for e in errors if e), None)
+    if error:
+        raise SystemExit(error if get_rank() == 0 else 1)
 
 def dist_on():
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
