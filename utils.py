@@ -641,7 +641,7 @@ class RunFolder:
         a previous run is not replaced by accident, and there is room for a checkpoint (`copies` x `state_bytes`,
         or the size of the one being resumed) plus one more state for best.pt."""
         need = os.path.getsize(self.checkpoint) if resume and os.path.exists(self.checkpoint) else state_bytes * copies
-        agree(self._check(resume, overwrite, need + state_bytes) if is_main() else None)
+        exit_together(self._check(resume, overwrite, need + state_bytes) if is_main() else None)
 
     def _check(self, resume, overwrite, need):
         """None, or the one line that refuses the folder."""
@@ -730,17 +730,6 @@ class RunFolder:
         at = f"epoch {epoch}" + (f" step {step}" if step is not None else "")
         log(f"interrupted at {at}; {done}; continue with --resume")
         raise SystemExit(130) from None
-
-
-def agree(error):
-    """Rank 0's verdict (None or an error line) for every process, so that all stop together (no process hangs in
-    the next collective)."""
-    if dist_on():
-        box = [error]
-        dist.broadcast_object_list(box, src=0)
-        error = box[0]
-    if error:
-        raise SystemExit(error)
 
 
 def git_commit():
