@@ -199,6 +199,15 @@ def coco_stats(coco_ab, inst, mode="final-add"):
 # What `stats` prints: the figures grouped by the appendix-E quantity they reproduce, each with its unit and its
 # JSON key. A row is (key, label, unit); a key ending in ".*" stands for every entry of that dict, its label a
 # format string of the entry's name. Percentages are of the count named in the group's title.
+def _offset_rows(key, things):
+    """The rows of an _offset_figures dict at key (clicks or icons around the nearest box centre)."""
+    return ((f"{key}.n", things, things), (f"{key}.mean_u", "mean u", "box widths"),
+            (f"{key}.mean_v", "mean v", "box heights"), (f"{key}.median_u", "median u", "box widths"),
+            (f"{key}.median_v", "median v", "box heights"),
+            (f"{key}.top_right_pct", f"{things} top-right of the box centre", "%"),
+            (f"{key}.bottom_left_pct", f"{things} bottom-left of the box centre", "%"))
+
+
 IMAGENET_SECTIONS = (
     ("E.1 coverage: which training images have ImageNet-AB byproducts", (
         ("files", "XML files read", "files"), ("bad_files", "unreadable XML files", "files"),
@@ -217,11 +226,7 @@ IMAGENET_SECTIONS = (
     ("E.1 random clicks: % inside a GT box, uniform on a centred square of side alpha (0 = centre, 1 = image)", (
         ("random_click_acc.*", "alpha = {}", "%"),)),
     ("E.1 click position around the nearest GT box: centre 0, edges +-0.5, u right, v down (top-right: u>0, v<0)", (
-        ("click_offset.n", "clicks", "clicks"), ("click_offset.mean_u", "mean u", "box widths"),
-        ("click_offset.mean_v", "mean v", "box heights"), ("click_offset.median_u", "median u", "box widths"),
-        ("click_offset.median_v", "median v", "box heights"),
-        ("click_offset.top_right_pct", "clicks top-right of the box centre", "%"),
-        ("click_offset.bottom_left_pct", "clicks bottom-left of the box centre", "%"))),
+        _offset_rows("click_offset", "clicks"))),
     ("E.1 mouse traces: % of trace points inside a GT box (selected entries of images with GT boxes)", (
         ("last_n_acc.*", "{} records before the final click (0: the click)", "%"),
         ("trace_quantile_acc.*", "at fraction {} of the records (0 = entering, 1 = click)", "%"),
@@ -248,11 +253,7 @@ COCO_SECTIONS = (
     ("E.2 icon precision: % of icon placements inside a GT mask of their class", (
         ("placements", "icon placements", "icons"), ("icon_precision", "placements inside a mask", "%"))),
     ("E.2 icon position around the nearest GT box of its class: centre 0, edges +-0.5, u right, v down", (
-        ("icon_offset.n", "icons", "icons"), ("icon_offset.mean_u", "mean u", "box widths"),
-        ("icon_offset.mean_v", "mean v", "box heights"), ("icon_offset.median_u", "median u", "box widths"),
-        ("icon_offset.median_v", "median v", "box heights"),
-        ("icon_offset.top_right_pct", "icons top-right of the box centre", "%"),
-        ("icon_offset.bottom_left_pct", "icons bottom-left of the box centre", "%"))),
+        _offset_rows("icon_offset", "icons"))),
     ("E.2 action sequences: % of placed icons by their add / move / remove history (the 10 most frequent)", (
         ("action_sequences_top_pct.*", "{}", "%"),)),
 )
