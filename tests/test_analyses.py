@@ -3,6 +3,8 @@ values are worked out in the comments, then smoke runs of the `stats` / `draw` c
 
 import json
 import os
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +128,38 @@ def test_imagenet_cli_with_box_tree(inet, tmp_path, capsys):
     assert "click_acc" in capsys.readouterr().out
 
 
+def _table_rows(text):
+    """format_table's text -> ([section titles], {JSON key: (label, value, unit)}); every key once."""
+    titles, rows = [], {}
+    for line in text.splitlines():
+        if line and not line.startswith("  "):
+            titles.append(line)
+        elif line:
+            label, value_unit, key = re.split(r"\s{2,}", line.strip())  # "label    66.67 %      click_acc"
+            assert key not in rows
+            rows[key] = (label, *(value_unit.split(" ", 1) + [""])[:2])
+    return titles, rows
+
+
+def test_stats_table_sections_units_keys(inet_figures):
+    f = dict(inet_figures[0], a_new_figure=3)
+    titles, rows = _table_rows(an.format_table(f, an.IMAGENET_SECTIONS))
+    assert [t.split(":")[0].split(" (")[0] for t in titles] == [
+        "E.1 coverage", "E.1 click accuracy and centre bias, over the images with a click and GT boxes",
+        "E.1 random clicks", "E.1 click position around the nearest GT box", "E.1 mouse traces",
+        "E.1 annotation time", "other figures"]
+    assert rows["click_acc"] == ("clicks inside a GT box", "66.67", "%")
+    assert rows["evaluated"] == ("images scored", "3", "images")
+    assert rows["random_click_acc.1.0"] == ("alpha = 1.0", "10.42", "%")  # 80 / 768, see above
+    assert rows["click_offset.mean_u"][1:] == ("0.19", "box widths")
+    assert rows["last_n_acc.8"] == ("8 records before the final click (0: the click)", "-", "%")  # None
+    # estimateTime of the 7 entries: 400, 0, 100, 300, 500, 0, 0 -> median 100
+    assert rows["estimate_time_ms.q50"] == ("estimateTime per entry, q50", "100.00", "ms")
+    assert rows["a_new_figure"] == ("a_new_figure", "3", "")  # a figure no section names is still printed
+    flat = an._flat(f, ("per_worker", "per_class", "action_sequences"))
+    assert set(rows) == set(flat) and "per_worker" not in " ".join(rows)  # every scalar once; big ones JSON only
+
+
 @pytest.fixture(scope="module")
 def coco(tmp_path_factory):
     """Images 1, 2 (100 x 100, with records) and 3 (no record); square polygons equal to their boxes.
@@ -170,6 +204,14 @@ def test_coco_stats(coco):
     assert (o["n"], o["mean_u"], o["mean_v"]) == (4, -0.25, -0.25)
     assert f["per_class"]["dog"]["recall"] == 50.0 and f["per_class"]["person"]["recall"] == 100.0
     assert arrays["clicks"].shape == (5, 2)
+    titles, rows = _table_rows(an.format_table(f, an.COCO_SECTIONS))
+    assert [t.split(":")[0] for t in titles] == ["E.2 coverage", "E.2 recall", "E.2 icon precision",
+                                                 "E.2 icon position around the nearest GT box of its class",
+                                                 "E.2 action sequences"]
+    assert rows["recall_by_size.small"] == ("pairs with an icon, small boxes", "66.67", "%")
+    assert rows["icon_precision"] == ("placements inside a mask", "60.00", "%")
+    assert rows["point_source"] == ("icon rule (--point-source)", "final-add", "")
+    assert rows["action_sequences_top_pct.add-remove-add"][1:] == ("25.00", "%")
     g, _ = an.coco_stats(bp.read_coco_ab(coco[0]), bp.read_coco_instances(coco[1]), mode="final-position")
     assert (g["placements"], g["icon_precision"]) == (4, 100.0)  # the moved dog lands inside, cake gone
 
@@ -183,7 +225,8 @@ def test_stats_commands_on_synth(synth_dir, tmp_path):
     assert f["images"] == 32 and f["with_entries"] == 28 and f["appledouble_skipped"] == 2
     # seed 0 writes 11 train images with a click and a box file, every click on its object (none sloppy)
     assert f["evaluated"] == 11 and f["click_acc"] == 100.0
-    with pytest.warns(bp.BadInputWarning):  # synth writes one duplicate COCO-AB record on purpose
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", bp.BadInputWarning)  # synth's COCO data is clean: no duplicate image id
         assert an.main(["stats", "coco", "--coco-ab", str(r / "coco/coco_ab_v1_0.json"), "--instances",
                         str(r / "coco/annotations/instances_train2014.json"), "--out", str(tmp_path / "c.json")]) == 0
     g = json.loads((tmp_path / "c.json").read_text())
@@ -226,9 +269,8 @@ def test_draw_commands_on_synth(synth_dir, tmp_path):
     assert not has(_png(tmp_path / "p/grid.png", 560), an.PRED_COLOUR)
     with pytest.raises(SystemExit, match=r"^--checkpoint .*ck.pth does not say which architecture .*pass --model"):
         an.main(["draw", "imagenet", *common, "--out", str(tmp_path / "x"), "--checkpoint", str(ck)])
-    with pytest.warns(bp.BadInputWarning):
-        assert an.main(["draw", "coco", "--coco-ab", str(r / "coco/coco_ab_v1_0.json"), "--instances",
-                        str(r / "coco/annotations/instances_train2014.json"), "--out", str(tmp_path / "c")]) == 0
+    assert an.main(["draw", "coco", "--coco-ab", str(r / "coco/coco_ab_v1_0.json"), "--instances",
+                    str(r / "coco/annotations/instances_train2014.json"), "--out", str(tmp_path / "c")]) == 0
     for name in ("icons", "box_centres", "icon_offsets"):
         _png(tmp_path / "c" / f"{name}.png", heatmap_width)
 

@@ -66,7 +66,7 @@ def runs(tmp_path):
     luab = [{"epoch": e, "train_loss": 3.0 - 0.5 * e, "train_point_loss": 0.2 - 0.02 * e, "train_point_centre_loss": 0.25}
             for e in range(5)]
     for e, top1, acc in ((1, 20.0, 30.0), (3, 60.0, 50.0), (4, 70.0, 55.0)):
-        luab[e].update(val_top1=top1, val_point_acc=acc)
+        luab[e].update(val_top1=top1, val_point_acc=acc, val_point_acc_centre=40.0)
     plain = [{"epoch": e, "train_loss": 3.2 - 0.4 * e, "train_point_loss": 0.0, "val_top1": 10.0 + 10 * e}
              for e in range(5)]
     plain.insert(1, {"epoch": 0, "train_loss": 3.4, "val_top1": 12.0})  # a repeated epoch: the later line counts
@@ -97,6 +97,8 @@ def test_curves_pixels(runs, tmp_path, capsys):
     # epoch 2 has no validation: the line bridges epochs 1 and 3, through their midpoint (2, 40)
     assert _has(a, axes["val_top1"].px(2, 40.0), blue)
     assert _has(a, axes["train_point_loss"].px(0, 0.25), blue)  # the dashed centre baseline starts there
+    assert _has(a, axes["val_point_acc"].px(1, 40.0), blue)  # val_point_acc_centre, dashed, from epoch 1
+    assert not _has(a, axes["val_point_acc"].px(1, 30.0 + (40.0 - 30.0) / 2), blue, r=0)  # nothing between
     # a run without a metric, or without a point head, is simply absent from that panel
     for key in ("train_point_loss", "val_point_acc"):
         left, top, right, bottom = axes[key].box
@@ -104,6 +106,28 @@ def test_curves_pixels(runs, tmp_path, capsys):
         assert not (a[top:bottom, left:right] == green).all(-1).any()
     left, top, right, bottom = axes["train_loss"].box
     assert (a[top:bottom, left:right] == red).all(-1).any()
+
+
+def test_curves_coco_map_over_present_classes(tmp_path, capsys):
+    """A COCO run whose val set lacks some classes (val_map 20 over all 80, 50 over the 32 present) draws
+    val_map_present; a run where every class is present (the two equal) is drawn at the same key; with no
+    class absent anywhere the panel stays val_map."""
+    absent = _run(tmp_path / "absent", [{"epoch": e, "train_loss": 1.0, "val_map": 20.0 + e,
+                                         "val_map_present": 50.0 + e, "val_point_acc": 10.0 * e} for e in range(3)])
+    full = _run(tmp_path / "full", [{"epoch": e, "train_loss": 1.0, "val_map": 30.0, "val_map_present": 30.0}
+                                    for e in range(3)])
+    out = tmp_path / "coco.png"
+    assert plot.main(["curves", absent, full, "--out", str(out)]) == 0
+    assert "panels train_loss, val_map_present, val_point_acc" in capsys.readouterr().out
+    axes = plot.draw_curves([plot.read_run(absent), plot.read_run(full)], str(tmp_path / "again.png"))
+    a = np.asarray(Image.open(out).convert("RGB"))
+    blue, red = dr.PALETTE[:2]
+    ax = axes["val_map_present"]
+    assert ax.ylim[0] < 30.0 and ax.ylim[1] > 52.0  # spans the present-class values, not val_map's 20..22
+    assert (a[round(ax.px(2, 52.0)[1]), round(ax.px(2, 52.0)[0])] == blue).all()
+    assert (a[round(ax.px(1, 30.0)[1]), round(ax.px(1, 30.0)[0])] == red).all()
+    assert plot.classes_absent([plot.read_run(absent)]) and not plot.classes_absent([plot.read_run(full)])
+    assert list(plot.draw_curves([plot.read_run(full)], str(tmp_path / "f.png"))) == ["train_loss", "val_map"]
 
 
 def test_curves_bad_input(runs, tmp_path):

@@ -41,7 +41,10 @@ def test_synth_deterministic_and_layout(tmp_path):
     sizes = {Image.open(p).size for p in (a / "imagenet/train" / w).iterdir()}
     assert any(x != y for x, y in sizes) and all(64 <= v <= 160 for s in sizes for v in s)
     recs = json.loads((a / "coco/coco_ab_v1_0.json").read_text())
-    assert len({r["image_id"] for r in recs}) == len(recs) - 1  # the duplicate record
+    assert len({r["image_id"] for r in recs}) == len(recs) == 4  # one record per image but the last, no duplicate
+    ids = {split: {im["id"] for im in json.loads((a / f"coco/annotations/instances_{split}2014.json").read_text())
+                   ["images"]} for split in ("train", "val")}
+    assert len(ids["train"]) == 5 and len(ids["val"]) == 2 and not ids["train"] & ids["val"]
     kinds = {tuple(x["actionType"] for x in r["actionHistories"]) for r in recs}
     assert any("move" in k for k in kinds) and any("remove" in k for k in kinds)
     assert s1["ab_multi_entry"] >= 2 and s1["ab_missing"] >= 2

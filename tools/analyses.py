@@ -237,20 +237,106 @@ def coco_stats(coco_ab, inst, mode="final-add"):
     return f, arrays
 
 
-def format_table(figures, skip=("per_worker", "per_class", "action_sequences")):
-    """The scalar figures as aligned 'name  value' lines (nested dicts flattened with '.'; big ones JSON only)."""
-    rows = []
+# What `stats` prints: the figures grouped by the appendix-E quantity they reproduce, each with its unit and its
+# JSON key. A row is (key, label, unit); a key ending in ".*" stands for every entry of that dict, its label a
+# format string of the entry's name. Percentages are of the count named in the group's title.
+def _offset_rows(key, things):
+    """The rows of an _offset_figures dict at key (clicks or icons around the nearest box centre)."""
+    return ((f"{key}.n", things, things), (f"{key}.mean_u", "mean u", "box widths"),
+            (f"{key}.mean_v", "mean v", "box heights"), (f"{key}.median_u", "median u", "box widths"),
+            (f"{key}.median_v", "median v", "box heights"),
+            (f"{key}.top_right_pct", f"{things} top-right of the box centre", "%"),
+            (f"{key}.bottom_left_pct", f"{things} bottom-left of the box centre", "%"))
 
-    def walk(d, prefix):
-        for k, v in d.items():
-            if isinstance(v, dict):
-                if k not in skip:
-                    walk(v, f"{prefix}{k}.")
-            else:
-                rows.append((prefix + k, "-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)))
-    walk(figures, "")
-    width = max((len(k) for k, _ in rows), default=0)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+IMAGENET_SECTIONS = (
+    ("E.1 coverage: which training images have ImageNet-AB byproducts", (
+        ("files", "XML files read", "files"), ("bad_files", "unreadable XML files", "files"),
+        ("appledouble_skipped", "AppleDouble ._ files skipped", "files"),
+        ("with_entries", "images with at least one annotation entry", "images"),
+        ("selected", "images with a final click (selected)", "images"),
+        ("several_entries", "images annotated in several entries", "images"),
+        ("images", "training images under --images", "images"),
+        ("coverage_pct", "training images with an annotation entry", "%"))),
+    ("E.1 click accuracy and centre bias, over the images with a click and GT boxes", (
+        ("evaluated", "images scored", "images"), ("click_acc", "clicks inside a GT box", "%"),
+        ("centre_click_acc", "image centres inside a GT box (the centre baseline)", "%"),
+        ("non_centred", "images whose GT boxes miss the centre", "images"),
+        ("non_centred_click_acc", "clicks inside a GT box, on those images", "%"),
+        ("box_centres_in_central_0_82pct", "GT boxes centred in the central 0.82 % of the area", "%"))),
+    ("E.1 random clicks: % inside a GT box, uniform on a centred square of side alpha (0 = centre, 1 = image)", (
+        ("random_click_acc.*", "alpha = {}", "%"),)),
+    ("E.1 click position around the nearest GT box: centre 0, edges +-0.5, u right, v down (top-right: u>0, v<0)", (
+        _offset_rows("click_offset", "clicks"))),
+    ("E.1 mouse traces: % of trace points inside a GT box (selected entries of images with GT boxes)", (
+        ("last_n_acc.*", "{} records before the final click (0: the click)", "%"),
+        ("trace_quantile_acc.*", "at fraction {} of the records (0 = entering, 1 = click)", "%"),
+        ("time_quantile_acc.*", "at fraction {} of the time (0 = entering, 1 = click)", "%"))),
+    ("E.1 annotation time (q10: 10th percentile) and annotators", (
+        ("estimate_time_ms.*", "estimateTime per entry, {}", "ms"), ("workers.n", "annotators", "workers"),
+        ("workers.with_5_evaluated", "annotators with >= 5 scored clicks", "workers"),
+        ("workers.click_acc_min", "their click accuracy: lowest", "%"),
+        ("workers.click_acc_median", "their click accuracy: median", "%"),
+        ("workers.click_acc_max", "their click accuracy: highest", "%"))),
+)
+COCO_SECTIONS = (
+    ("E.2 coverage: which COCO images have a COCO-AB record", (
+        ("images", "images in --instances", "images"),
+        ("reannotated", "images re-annotated (a COCO-AB record)", "images"),
+        ("coverage_pct", "images re-annotated", "%"),
+        ("records_without_image", "COCO-AB records of images not in --instances", "records"),
+        ("point_source", "icon rule (--point-source)", ""))),
+    ("E.2 recall: (image, GT class) pairs with an icon of the class; size: its largest box (small < 32^2, "
+     "medium < 96^2 px)", (
+        ("gt_pairs", "(image, GT class) pairs", "pairs"), ("recall", "pairs with an icon", "%"),
+        ("recall_by_size.*", "pairs with an icon, {} boxes", "%"),
+        ("pairs_by_size.*", "pairs, {} boxes", "pairs"))),
+    ("E.2 icon precision: % of icon placements inside a GT mask of their class", (
+        ("placements", "icon placements", "icons"), ("icon_precision", "placements inside a mask", "%"))),
+    ("E.2 icon position around the nearest GT box of its class: centre 0, edges +-0.5, u right, v down", (
+        _offset_rows("icon_offset", "icons"))),
+    ("E.2 action sequences: % of placed icons by their add / move / remove history (the 10 most frequent)", (
+        ("action_sequences_top_pct.*", "{}", "%"),)),
+)
+
+
+def _flat(figures, skip, prefix=""):
+    """{dotted key: scalar} of the figures, nested dicts flattened with "."; the skipped ones are JSON only."""
+    out = {}
+    for k, v in figures.items():
+        if isinstance(v, dict):
+            if k not in skip:
+                out.update(_flat(v, skip, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def format_table(figures, sections=IMAGENET_SECTIONS, skip=("per_worker", "per_class", "action_sequences")):
+    """The scalar figures as one block per section: its title, then 'label  value unit  JSON key' lines. A figure
+    that no section names is listed under "other figures"; the skipped (big) ones are in the JSON only."""
+    flat, lines = _flat(figures, skip), []
+
+    def value(v):
+        return "-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
+
+    rows_of = []
+    for title, rows in sections:
+        found = []
+        for key, label, unit in rows:
+            if key.endswith(".*"):
+                found += [(k, label.format(k[len(key) - 1:]), unit) for k in flat if k.startswith(key[:-1])]
+            elif key in flat:
+                found.append((key, label, unit))
+        rows_of.append((title, found))
+    named = {k for _, found in rows_of for k, _, _ in found}
+    rows_of.append(("other figures", [(k, k, "") for k in flat if k not in named]))
+    width = max((len(label) for _, found in rows_of for _, label, _ in found), default=0)
+    for title, found in rows_of:
+        if found:
+            lines += ([""] if lines else []) + [title]
+            lines += [f"  {label:<{width}}  {value(flat[k]):>9} {unit:<11}  {k}".rstrip() for k, label, unit in found]
+    return "\n".join(lines)
 
 
 # pictures (Pillow only; the shared drawing primitives are in drawing.py)
@@ -398,7 +484,7 @@ def _analysis_main(args):
     else:
         figures, arrays = coco_stats(read_coco_ab(args.coco_ab), read_coco_instances(args.instances), args.icon_rule)
     if args.cmd == "stats":
-        print(format_table(figures))
+        print(format_table(figures, IMAGENET_SECTIONS if args.dataset == "imagenet" else COCO_SECTIONS))
         if args.out:
             with open(args.out, "w") as f:
                 json.dump(figures, f, indent=1)

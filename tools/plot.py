@@ -8,7 +8,10 @@ curves: the paper's Fig. 8 / 10. Each run folder's log.jsonl (one JSON object pe
 train_coco.py write it) gives one coloured line per run in every panel (training loss, point loss, val top-1 or
 mAP, val point localisation) that some run has values for; a run without a metric is left out of that panel,
 and epochs without a value (validation every N epochs) are bridged. A repeated epoch (an old resumed log) counts
-with its last line. Labels: --labels, else "points, lambda" from the run's config.json, else the folder name.
+with its last line. Dashed, in each run's colour: always answering the image centre (its point loss, and its
+localisation, val_point_acc_centre). COCO: when some class has no positive in val (val_map != val_map_present,
+e.g. the synthetic demo set), the mAP panel draws val_map_present, the mean over the classes present, and its
+title says so. Labels: --labels, else "points, lambda" from the run's config.json, else the folder name.
 
 sweep: the paper's Fig. L. Result JSONs {"run", "points", "point_weight", "seed", "metrics": {...}} (files, or
 folders: every *.json inside) give one line per --group value: at each --x value the mean of --y over the
@@ -27,14 +30,17 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import drawing as dr  # noqa: E402
 
-# one panel per log key, in this order: (log key, title, y-axis label, key drawn dashed in the same colour)
+# one panel per log key, in this order: (log key, title, y-axis label, key drawn dashed in the same colour: the
+# same quantity for always answering the image centre)
 PANELS = (
     ("train_loss", "training loss", "loss (task + lambda x point)", None),
     ("train_point_loss", "point loss", "SmoothL1 (train)", "train_point_centre_loss"),
     ("val_top1", "validation top-1", "top-1 (%)", None),
     ("val_map", "validation mAP", "mAP (%)", None),
-    ("val_point_acc", "point localisation (val)", "point inside a GT box (%)", None),
+    ("val_point_acc", "point localisation (val)", "point inside a GT box (%)", "val_point_acc_centre"),
 )
+# the mAP panel when some class has no positive in val: train_coco.py's mean over the classes that have one
+MAP_PRESENT = ("val_map_present", "validation mAP, classes present in val only", "mAP (%)", None)
 PANEL_SIZE = (430, 300)  # px per panel, margins included
 
 
@@ -104,15 +110,25 @@ def series(run, key):
     return [e for e, _ in pts], [v for _, v in pts]
 
 
+def classes_absent(runs):
+    """True when some run logged a val mAP over all classes that differs from the one over the classes present
+    in val (train_coco.py's val_map, val_map_present): some class has no positive there and scores 0."""
+    return any(is_number(row.get("val_map")) and is_number(row.get("val_map_present"))
+               and abs(row["val_map"] - row["val_map_present"]) > 1e-9 for r in runs for row in r["epochs"].values())
+
+
 def draw_curves(runs, out, labels=None, title="Training curves"):
-    """One panel per PANELS key that some run has, two columns; saves a PNG at out. Returns {key: Axes} (the
-    pixel mapping of each panel, for tests and for drawing more on top)."""
+    """One panel per PANELS key that some run has (the mAP panel as MAP_PRESENT when classes_absent), two
+    columns; saves a PNG at out. Returns {key drawn: Axes} (the pixel mapping of each panel, for tests and for
+    drawing more on top)."""
     labels = list(labels) if labels else [run_label(r) for r in runs]
     if len(labels) != len(runs):
         raise SystemExit(f"--labels: {len(labels)} labels for {len(runs)} runs (give one per run folder)")
     dup = {s for s in labels if labels.count(s) > 1}  # two runs of the same config: name the folders too
     labels = [f"{s} ({r['name']})" if s in dup else s for s, r in zip(labels, runs)]
-    panels = [p for p in PANELS if any(series(r, p[0])[0] for r in runs)]
+    absent = classes_absent(runs)
+    panels = [MAP_PRESENT if absent and p[0] == "val_map" else p for p in PANELS]
+    panels = [p for p in panels if any(series(r, p[0])[0] for r in runs)]
     if not panels:
         raise SystemExit("curves: no run has any of " + ", ".join(p[0] for p in PANELS) + " in its log.jsonl")
     colours = [dr.PALETTE[i % len(dr.PALETTE)] for i in range(len(runs))]

@@ -206,8 +206,9 @@ def synth(out_dir, seed=0, n_classes=10, n_train=40, n_val=10, coco_train=60, co
     model can learn both the class and the point. ImageNet-AB quirks reproduced: ~5 % of images without XML,
     ~8 % unselected, ~10 % with two <metadata> entries, ~20 % with several select clicks (the last one is the
     good one), imageWidth == imageHeight == 243, two "._" AppleDouble files. COCO: polygon objects, some
-    iscrowd=1 with uncompressed RLE, add / move / remove histories, zero original sizes, a duplicate record and
-    an image without a record. Deterministic for a seed. Returns a dict of counts.
+    iscrowd=1 with uncompressed RLE, add / move / remove histories, zero original sizes and an image without a
+    record; image ids are unique (the release's duplicate COCO-AB records are left to the tests that need one, so
+    the demos print no warning). Deterministic for a seed. Returns a dict of counts.
 
     spurious=p writes the background-shortcut set of synth_spurious() instead (n_classes, n_train, n_val,
     seed used; no COCO, no boxes).
@@ -362,9 +363,14 @@ def _synth_coco(root, seed, n_train, n_val, size):
             for name, cid in sorted(COCO_NAME_TO_ID.items(), key=lambda kv: kv[1])]
     stats, records = Counter(), []
     lo, hi = max(size[0], 80), max(size[1], 120)
+    taken = set()  # image ids are unique across train2014 and val2014, as in COCO
     for split, n_img in (("train", n_train), ("val", n_val)):
         rng_ids = np.random.default_rng([seed, 7, split == "train"])
-        ids = sorted(int(i) for i in rng_ids.choice(np.arange(9, 582000), n_img, replace=False))
+        ids = {int(i) for i in rng_ids.choice(np.arange(9, 582000), n_img, replace=False)} - taken
+        while len(ids) < n_img:  # val drew an id of train: draw another (the same ids as before where none is)
+            ids |= {int(rng_ids.integers(9, 582000))} - taken
+        ids = sorted(ids)
+        taken |= set(ids)
         images, anns = [], []
         for n, iid in enumerate(ids):
             rng = np.random.default_rng([seed, 8, iid])
@@ -413,10 +419,6 @@ def _synth_coco(root, seed, n_train, n_val, size):
             json.dump({"info": {"description": "LUAB synthetic COCO-style data", "version": "1.0"},
                        "licenses": [{"id": 1, "name": "synthetic"}], "images": images, "annotations": anns,
                        "categories": cats}, f)
-    if records:  # one duplicate image id: an early junk record that the later, real one must override
-        junk = dict(records[0], actionHistories=[{"actionType": "add", "iconType": "cake",
-                                                  "pointTo": {"x": 0.01, "y": 0.01}, "timeAt": 100}])
-        records.insert(0, junk)
     with open(os.path.join(root, "coco_ab_v1_0.json"), "w") as f:
         json.dump(records, f)
     stats["coco_ab_records"] = len(records)
