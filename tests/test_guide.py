@@ -84,7 +84,8 @@ def test_crop_and_flip_equal_the_projects(guide, data):
         img, label, pts, mask = ours[i]
         assert label == label_p
         assert torch.equal(img, img_p)
-        assert torch.equal(pts, pts_p[0]), (i, pts, pts_p)
+        if project.point_mask[i, 0] > 0:  # an image without a click has no target to move (its value is unused)
+            assert torch.equal(pts, pts_p[0]), (i, pts, pts_p)
         assert torch.equal(mask, mask_p[0]), (i, mask, mask_p)
         cut_away += int(project.point_mask[i, 0] > 0 and mask == 0)
     assert cut_away > 0  # the out-of-crop rule was exercised
