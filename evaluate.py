@@ -18,8 +18,7 @@ context rows up to 4e-6 points apart, the rest equal; more under bf16), which ca
 a PxAP bin or flip a near-tied argmax.
 
 The metrics are pure numpy functions of arrays (logits, labels, masks, boxes), so they are tested without a
-model. Coordinates: normalised (x, y) in [0, 1]^2 of the image a tensor represents, origin top-left, x right,
-y down; boxes are (x0, y0, x1, y1) pixels.
+model. Coordinates: normalised (x, y) in [0, 1]^2 of the image, origin top-left; boxes (x0, y0, x1, y1) pixels.
 """
 
 import argparse

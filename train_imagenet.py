@@ -94,7 +94,7 @@ def get_args_parser(add_help=True):
                                 epilog=utils.recipes_epilog(RECIPES))
     g = p.add_argument_group("ImageNet data")
     g.add_argument("--data-dir", help="ImageNet root with train/<wnid>/*.JPEG and val/<wnid>/*.JPEG")
-    g.add_argument("--byproducts", help="ImageNet-AB click index (byproducts.py index-imagenet) or XML root")
+    g.add_argument("--byproducts", help="ImageNet-AB click index (tools/prepare.py index-imagenet) or XML root")
     g.add_argument("--val-boxes", help="ILSVRC box XMLs of the val images: the point head's localisation accuracy")
     g.add_argument("--allow-empty-classes", action="store_true", help="keep class folders without images")
     add_training_args(p, recipes=RECIPES, defaults=DEFAULTS, optimizers=OPTIMIZERS)
@@ -196,7 +196,7 @@ def build_datasets(args):
     clicked_only = args.points == "random" and args.rand_points_on == "clicked"
     if (args.points == "clicks" or clicked_only) and not args.byproducts:
         raise SystemExit(f"{'--luab' if args.points == 'clicks' else '--rand-points-on clicked'} needs --byproducts "
-                         "(an index from `byproducts.py index-imagenet` or the XML root)")
+                         "(an index from `tools/prepare.py index-imagenet` or the XML root)")
     if args.byproducts and not os.path.exists(args.byproducts):
         raise SystemExit(f"--byproducts {args.byproducts!r} does not exist")
     train_tf = byproducts.TrainTransform(

@@ -89,7 +89,7 @@ def checkpoint_parts(ckpt):
     """What a checkpoint (read_checkpoint's result) holds -> (state dict, meta dict).
 
     Our training checkpoints carry "model" and a self-describing "meta" (model, num_classes, num_points,
-    point_head, img_size, val_resize, interpolation, classes; train_imagenet.checkpoint_meta); older ones only
+    point_head, img_size, val_resize, interpolation, classes; utils.checkpoint_meta); older ones only
     "args", read as meta; DeiT's are {"model": state dict}; torchvision's are the bare state dict (meta {})."""
     if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
         meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else ckpt.get("args")
@@ -789,10 +789,10 @@ def sigterm_as_ctrl_c():
 
 
 def demo_data_dir(seed=0):
-    """The demos' synthetic dataset (tools/synth.py) in ~/.cache/luab/synth-seed<seed> ($XDG_CACHE_HOME honoured),
-    written once into a temporary folder that is renamed when complete."""
+    """The demos' synthetic dataset (tools/synth.py) in ~/.cache/luab/synth-v2-seed<seed> ($XDG_CACHE_HOME honoured),
+    written once into a temporary folder that is renamed when complete. v2: COCO-AB without a duplicate image id."""
     root = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "luab")
-    path = os.path.join(root, f"synth-seed{seed}")
+    path = os.path.join(root, f"synth-v2-seed{seed}")
     if not os.path.isdir(path):
         tmp = f"{path}.tmp{os.getpid()}"
         print(f"writing the synthetic dataset to {path} (once)", flush=True)

@@ -210,7 +210,7 @@ def test_coco_stats(coco):
                                                  "E.2 action sequences"]
     assert rows["recall_by_size.small"] == ("pairs with an icon, small boxes", "66.67", "%")
     assert rows["icon_precision"] == ("placements inside a mask", "60.00", "%")
-    assert rows["point_source"] == ("icon rule (--point-source)", "final-add", "")
+    assert rows["icon_rule"] == ("icon rule (--icon-rule)", "final-add", "")
     assert rows["action_sequences_top_pct.add-remove-add"][1:] == ("25.00", "%")
     g, _ = an.coco_stats(bp.read_coco_ab(coco[0]), bp.read_coco_instances(coco[1]), mode="final-position")
     assert (g["placements"], g["icon_precision"]) == (4, 100.0)  # the moved dog lands inside, cake gone

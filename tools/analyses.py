@@ -285,7 +285,7 @@ COCO_SECTIONS = (
         ("reannotated", "images re-annotated (a COCO-AB record)", "images"),
         ("coverage_pct", "images re-annotated", "%"),
         ("records_without_image", "COCO-AB records of images not in --instances", "records"),
-        ("point_source", "icon rule (--point-source)", ""))),
+        ("icon_rule", "icon rule (--icon-rule)", ""))),
     ("E.2 recall: (image, GT class) pairs with an icon of the class; size: its largest box (small < 32^2, "
      "medium < 96^2 px)", (
         ("gt_pairs", "(image, GT class) pairs", "pairs"), ("recall", "pairs with an icon", "%"),
