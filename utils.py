@@ -1,6 +1,8 @@
 """
-What every script shares and nothing else: the torchrun process group, rank-0 logging, one progress line, and
-exact distributed gathering (every sample counted once, whatever the world size).
+What the scripts share and a reader of LUAB can skip: the infrastructure, one section each, in this order:
+checkpoints (reading and rebuilding) -> the torchrun process group -> image reading and the bad-input policy ->
+logging and progress -> exact distributed evaluation -> the run folder (checks, atomic writes, resume, Ctrl-C)
+-> the training machinery that is not LUAB's (flags, loaders, sampler, EMA, LR curve).
 
 Conventions: `log` writes to stdout (the run's record); `Progress` writes to stderr (transient: redrawn in place
 on a terminal, one line every `every` seconds in a log file). Both print on rank 0 only. Without a process group

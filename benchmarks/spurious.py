@@ -300,8 +300,8 @@ def main(argv=None):
 
 
 def draw_lambda_curve(results, path):
-    """The paper's Fig. L for this study: BG-gap against lambda, mean +- std over seeds, one line per points mode
-    (plain training sits at lambda 0, the random-point control at its lambda)."""
+    """BG-gap against lambda, mean +- std over seeds, one line per points mode, drawn like the paper's Fig. L (a
+    COCO ablation). Plain training sits at lambda 0, the random-point control at its lambda."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
     import plot
     groups, _ = plot.sweep_points([(r["run"], r) for r in results], "point_weight", "metrics.bg_gap", "points")

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader
 
+import byproducts
 import evaluate as E
 import utils
 from tools import analyses, coco_masks, figures

@@ -9,7 +9,7 @@ import torchvision
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 
 import models
-from test_models import perturb_  # distinct weights and BN statistics, so a skipped key shows
+from conftest import perturb_  # distinct weights and BN statistics, so a skipped key shows
 from tools import export_backbone as eb
 
 

@@ -110,10 +110,9 @@ def test_two_training_steps_match_the_projects_loss_and_groups(guide):
     assert len(steps) == 2
 
     args = argparse.Namespace(opt="sgd", weight_decay=1e-4, point_lr=point_lr)
-    groups = train_imagenet.optimizer_groups(args, reference)
-    for g in groups:
-        g["lr"] = lr * g.pop("lr_scale")
-    ref_opt = torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=1e-4)
+    ref_opt = torch.optim.SGD(train_imagenet.optimizer_groups(args, reference), lr=lr, momentum=0.9,
+                              weight_decay=1e-4)
+    train_imagenet.set_lr(args, ref_opt, lr)  # the head's groups at lr x point_lr, as the epoch loop sets them
     for images, labels, points, masks in batches:
         logits, pred = reference(images)
         loss = F.cross_entropy(logits, labels) + 20.0 * train_imagenet.point_loss(
@@ -163,7 +162,10 @@ def test_head_group_learns_at_lr_times_point_lr(guide):
     rest, head = ns["optimizer"].param_groups
     args = argparse.Namespace(opt="sgd", weight_decay=1e-4, point_lr=10.0)
     groups = train_imagenet.optimizer_groups(args, ns["model"])
-    assert [g["lr_scale"] for g in groups] == [1.0, 10.0]
+    assert [g["point_head"] for g in groups] == [False, True]
+    opt = torch.optim.SGD(groups, lr=ns["lr"])
+    train_imagenet.set_lr(args, opt, ns["lr"])
+    assert [g["lr"] for g in opt.param_groups] == [ns["lr"], ns["lr"] * 10.0]
     assert [id(p) for p in head["params"]] == [id(p) for p in groups[1]["params"]] \
         == [id(p) for p in models.point_parameters(ns["model"])]
     assert [id(p) for p in rest["params"]] == [id(p) for p in groups[0]["params"]]

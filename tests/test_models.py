@@ -7,6 +7,7 @@ import torch.nn.functional as F
 import torchvision
 
 import models
+from conftest import perturb_
 import utils
 
 RESNETS = ["resnet18", "resnet50", "resnet101", "resnet152"]
@@ -25,19 +26,6 @@ def small(name, **kw):
 
 def n_params(model):
     return sum(p.numel() for p in model.parameters())
-
-def perturb_(model):
-    """Make every parameter and BN statistic distinct, so a swapped or skipped key changes the output
-    (fresh BNs are all 1/0 and torchvision's ViT head is all zeros)."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    return model
 
 def assert_same_logits(a, b):
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())

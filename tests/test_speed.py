@@ -10,7 +10,7 @@ import torch
 
 import train_imagenet as T
 from models import create_model
-from test_train_imagenet import REPO, base_args, run, synth, torchrun  # noqa: F401 (synth is a fixture)
+from conftest import REPO, base_args, run, torchrun
 
 sys.path.append(os.path.join(REPO, "benchmarks"))  # last: benchmarks/models.py must not shadow models.py
 import gpu_check  # noqa: E402

@@ -11,6 +11,7 @@ import torch
 import byproducts
 import train_coco as C
 import train_imagenet as T
+from conftest import frozen_after_init_distributed
 from models import create_model, load_pretrained
 from tools.synth import synth
 
@@ -282,7 +283,6 @@ def test_distributed_validation_equals_single_process(coco, tmp_path):
 
 
 def test_args_are_not_changed_after_init_distributed(coco, tmp_path, monkeypatch):
-    from test_train_imagenet import frozen_after_init_distributed
     FrozenArgs = frozen_after_init_distributed(monkeypatch, C)
     args = C.get_args_parser().parse_args(base_args(coco, tmp_path, "--luab", "--epochs", "1",
                                                     "--max-steps-per-epoch", "1"), namespace=FrozenArgs())

@@ -14,30 +14,7 @@ import torch
 
 import train_imagenet as T
 import utils
-from tools.synth import synth as write_synth
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    write_synth(str(root), seed=0)
-    return root
-
-
-def base_args(synth, out, *extra):
-    """A tiny, fast configuration: small images, few steps; every test adds its own flags."""
-    return ["--data-dir", str(synth / "imagenet"), "--byproducts", str(synth / "imagenet_ab" / "train_xml"),
-            "--output-dir", str(out), "--img-size", "32", "--batch-size", "16", "--workers", "0",
-            "--print-freq", "1000", "--recipe", "resnet", "--lr", "0.05", "--weight-decay", "0",
-            "--color-jitter", "0", *extra]
-
-
-def run(argv):
-    return T.main(T.get_args_parser().parse_args(argv))
-
+from conftest import ENV, REPO, base_args, frozen_after_init_distributed, run, torchrun  # noqa: F401
 
 def read_log(out):
     with open(os.path.join(out, "log.jsonl")) as f:
@@ -46,14 +23,6 @@ def read_log(out):
 
 def weights(out):
     return torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)["model"]
-
-
-def torchrun(nproc, argv, timeout=300):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           os.path.join(REPO, "train_imagenet.py"), *argv]
-    res = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return res
 
 
 # ---------------------------------------------------------------------------- pure pieces
@@ -188,26 +157,6 @@ def test_plain_luab_rand_learn(three_runs):
     assert luab[-1]["val_point_acc"] > rand[-1]["val_point_acc"] + 10
     assert three_runs["plain"][-1]["train_point_loss"] == 0.0
     assert "val_point_acc" not in three_runs["plain"][-1]  # no point head, nothing to localise
-
-
-def frozen_after_init_distributed(monkeypatch, script):
-    """A Namespace class for script.main (train_imagenet or train_coco) whose instances refuse every attribute
-    set once script.init_distributed has returned: the moment `args` is complete."""
-    class FrozenArgs(T.argparse.Namespace):
-        frozen = False  # a class attribute, so vars(args) (config.json, checkpoints) does not show it
-
-        def __setattr__(self, name, value):
-            if type(self).frozen:
-                raise AttributeError(f"args.{name} set after init_distributed")
-            super().__setattr__(name, value)
-
-    real_init = script.init_distributed
-
-    def init_then_freeze(args):
-        real_init(args)
-        FrozenArgs.frozen = True
-    monkeypatch.setattr(script, "init_distributed", init_then_freeze)
-    return FrozenArgs
 
 
 def test_args_are_not_changed_after_init_distributed(synth, tmp_path, monkeypatch):

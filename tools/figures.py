@@ -135,6 +135,17 @@ def figure_points_imagenet(model, args, path, n=16, cell=192):
     return save_sheet(cells, title, legend, path)
 
 
+def draw_classes(c, cell, items, draw):
+    """On the cell picture c, one colour per class: for each (name, value) of items, draw(d, value, colour) draws
+    the class's marks and returns (x, y) of the one its name goes beside; then the names, outlined (draw_labels)."""
+    d, labels = ImageDraw.Draw(c), []
+    for j, (name, value) in enumerate(items):
+        colour = CLASS_COLOURS[j % len(CLASS_COLOURS)]
+        labels.append((*draw(d, value, colour), name, colour))
+    draw_labels(d, labels, cell)
+    return c
+
+
 @torch.no_grad()
 def figure_points_coco(model, args, path, n=12, cell=256):
     """Fig. N: for random COCO val images, each GT class's predicted point (its own point head) and the GT boxes
@@ -152,14 +163,12 @@ def figure_points_coco(model, args, path, n=12, cell=256):
         points = model(x[None], return_points=True)[1][0].float().cpu().numpy()  # [C, 2], normalised to the image
         info = ds.images[i]
         c = unnormalise(x).resize((cell, cell), Image.BILINEAR)
-        d, labels = ImageDraw.Draw(c), []
-        for j, (k, boxes) in enumerate(sorted(ds.boxes(i).items())):
-            colour = CLASS_COLOURS[j % len(CLASS_COLOURS)]
-            for b in boxes / np.array([info["width"], info["height"]] * 2) * cell:
+
+        def boxes_and_point(d, k, colour):
+            for b in ds.boxes(i)[k] / np.array([info["width"], info["height"]] * 2) * cell:
                 d.rectangle(b.tolist(), outline=colour, width=2)
-            labels.append((*mark_point(d, points[k], cell, colour), names[k], colour))
-        draw_labels(d, labels, cell)
-        cells.append(c)
+            return mark_point(d, points[k], cell, colour)
+        cells.append(draw_classes(c, cell, [(names[k], k) for k in sorted(ds.boxes(i))], boxes_and_point))
     title = f"Fig. N: {args.model} points on {len(cells)} random COCO {args.coco_split} images ({args.coco_size} px)"
     legend = ("per GT class of the image: x = that class's predicted point (its own point head; o on the border: "
               "outside the image), boxes = its GT boxes, one colour per class, the class name beside the point")
@@ -182,13 +191,13 @@ def figure_icons_coco(args, path, n=12, cell=256):
     for j, i in enumerate(chosen):
         c = reader.read(j, root / args.coco_train_split / inst.images[i]["file_name"])
         c = c.resize((cell, cell), Image.BILINEAR)
-        d, labels = ImageDraw.Draw(c), []
-        for k, (cid, (x, y)) in enumerate(sorted(byproducts.coco_points(records[i]).items())):
-            colour = CLASS_COLOURS[k % len(CLASS_COLOURS)]
-            d.ellipse([x * cell - 6, y * cell - 6, x * cell + 6, y * cell + 6], fill=colour, outline=dr.WHITE, width=2)
-            labels.append((x * cell, y * cell, names.get(cid, str(cid)), colour))
-        draw_labels(d, labels, cell)
-        cells.append(c)
+
+        def icon(d, xy, colour):
+            x, y = xy[0] * cell, xy[1] * cell
+            d.ellipse([x - 6, y - 6, x + 6, y + 6], fill=colour, outline=dr.WHITE, width=2)
+            return x, y
+        icons = sorted(byproducts.coco_points(records[i]).items())
+        cells.append(draw_classes(c, cell, [(names.get(cid, str(cid)), xy) for cid, xy in icons], icon))
     title = f"Fig. I: COCO-AB icon placements on {len(cells)} random COCO {args.coco_train_split} images"
     legend = ("dot = where the annotator dropped the class icon (the last 'add' of the class, the paper's point), "
               "class name beside it; images resized to square cells")

@@ -13,9 +13,10 @@ localisation, val_point_acc_centre). COCO: when some class has no positive in va
 e.g. the synthetic demo set), the mAP panel draws val_map_present, the mean over the classes present, and its
 title says so. Labels: --labels, else "points, lambda" from the run's config.json, else the folder name.
 
-sweep: the paper's Fig. L. Result JSONs {"run", "points", "point_weight", "seed", "metrics": {...}} (files, or
-folders: every *.json inside) give one line per --group value: at each --x value the mean of --y over the
-records there (seeds), with +-1 sample standard deviation bars (none for a single record).
+sweep: a lambda sweep drawn like the paper's Fig. L (a COCO ablation). Result JSONs {"run", "points",
+"point_weight", "seed", "metrics": {...}} (files, or folders: every *.json inside) give one line per --group
+value: at each --x value the mean of --y over the records there (seeds), with +-1 sample standard deviation bars
+(none for a single record).
 """
 
 import argparse

@@ -273,7 +273,7 @@ def sort_val(val_dir, labels, dry_run=False):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0],
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.strip().split("\n\n")[0],
                                  epilog=__doc__.strip().split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("val_dir", help="the flat val folder (ILSVRC2012_img_val.tar extracted)")
