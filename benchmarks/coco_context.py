@@ -47,7 +47,7 @@ from tools.synth import _background, _coco_ab_record, _jpeg, _paint, _shape_poly
 # class name -> (shape, look (tools/synth.py's palette colour and texture index), radius range as a fraction of
 # the side). A is small and so harder to see than B, which makes B the easier cue for A in the planted set.
 A, B = "skis", "person"
-CLASSES = {A: ("bar", 7, (0.10, 0.13)), B: ("hexagon", 8, (0.20, 0.26)),
+CLASSES = {A: ("bar", 7, (0.12, 0.16)), B: ("hexagon", 8, (0.20, 0.26)),
            "dog": ("disk", 2, (0.12, 0.17)), "cake": ("triangle", 3, (0.12, 0.17)),
            "potted plant": ("star", 1, (0.12, 0.17))}
 DISTRACTORS = [c for c in CLASSES if c not in (A, B)]
@@ -73,8 +73,9 @@ def get_args_parser():
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-2, help="AdamP, at batch 128 (train_coco.py's --lr-base-batch)")
-    p.add_argument("--variants", nargs="*", default=["1:10", "5:1"], metavar="LAMBDA:POINT_LR",
+    p.add_argument("--variants", nargs="*", default=["1:10", "1:30"], metavar="LAMBDA:POINT_LR",
                    help="step 2: LUAB also at these (--point-weight, --point-lr) settings (none: no variants)")
+    p.add_argument("--variant-seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds of the variants")
     p.add_argument("--extra", default="", help="more train_coco.py flags for every run")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the trainings and torch threads here")
     p.add_argument("--out", default="runs/coco_context", help="one JSON per run and summary.json go here")
@@ -323,19 +324,21 @@ def variant_flags(v):
 
 
 def plan(args):
-    """[(row label, run-name prefix, train set, flags)] in the order they run: step 1 first (usable alone)."""
+    """[(row label, run-name prefix, train set, flags, seeds)] in the order they run: step 1 first (usable
+    alone), the LUAB variants last."""
     rows = []
     if 1 in args.steps:
-        rows += [("plain, planted", "planted-plain", "planted", []),
-                 ("plain, control", "control-plain", "control", [])]
+        rows += [("plain, planted", "planted-plain", "planted", [], args.seeds),
+                 ("plain, control", "control-plain", "control", [], args.seeds)]
     if 2 in args.steps:
         if 1 not in args.steps:
-            rows.append(("plain, planted", "planted-plain", "planted", []))
-        rows += [(f"{m}, planted", "planted-" + m.replace(" ", "-"), "planted", f)
+            rows.append(("plain, planted", "planted-plain", "planted", [], args.seeds))
+        rows += [(f"{m}, planted", "planted-" + m.replace(" ", "-"), "planted", f, args.seeds)
                  for m, f in METHODS.items() if m != "plain"]
         for v in args.variants:
             flags, label = variant_flags(v)
-            rows.append((label + ", planted", f"planted-luab-w{v.replace(':', '-lr')}", "planted", flags))
+            rows.append((label + ", planted", f"planted-luab-w{v.replace(':', '-lr')}", "planted", flags,
+                         args.variant_seeds))
     return rows
 
 
@@ -347,10 +350,10 @@ def cell(rows, key, digits=1):
     return "–" if ms is None else f"{ms[0]:.{digits}f} ± {ms[1]:.{digits}f}"
 
 
-def table(title, labelled, keys, headers):
+def table(title, labelled, keys, headers, digits=1):
     lines = [title, "| run | seeds | " + " | ".join(headers) + " |", "|---|---:|" + "---:|" * len(keys)]
     for label, rows in labelled:
-        lines.append(f"| {label} | {len(rows)} | " + " | ".join(cell(rows, k) for k in keys) + " |")
+        lines.append(f"| {label} | {len(rows)} | " + " | ".join(cell(rows, k, digits) for k in keys) + " |")
     return "\n".join(lines)
 
 
@@ -386,8 +389,8 @@ def main(argv=None):
     check_settings(args)
     rows = plan(args)
     runs = {}
-    for label, prefix, train_set, flags in rows:
-        for seed in args.seeds:
+    for label, prefix, train_set, flags, seeds in rows:
+        for seed in seeds:
             name = f"{prefix}-seed{seed}"
             path = os.path.join(args.out, name + ".json")
             if os.path.exists(path):
@@ -400,7 +403,7 @@ def main(argv=None):
             m = runs[name]["metrics"]
             print(f"== {name} ({m['train_minutes']:.1f} min): " + " ".join(
                 f"{k} {m[k]:.3g}" for k in SCORE_KEYS + CTX_KEYS + HEAD_KEYS if k in m), flush=True)
-    by_label = {label: [runs[f"{prefix}-seed{s}"] for s in args.seeds] for label, prefix, _, _ in rows}
+    by_label = {label: [runs[f"{prefix}-seed{s}"] for s in seeds] for label, prefix, _, _, seeds in rows}
     with open(os.path.join(root, "composition.json")) as f:
         comp = json.load(f)
     print(f"\nCOCO context reliance, planted co-occurrence: A = {A!r} with B = {B!r} in "
@@ -428,7 +431,7 @@ def main(argv=None):
     if luab:
         print(table("\npoint heads (point_acc: % of (image, class) points inside a box of the class; centre: always "
                     "(0.5, 0.5)):", luab, HEAD_KEYS, ["point acc", "centre", "beats centre at epoch",
-                                                      "point loss / centre", "grad share 1st", "mean", "last"]))
+                                                      "point loss / centre", "grad share 1st", "mean", "last"], digits=2))
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     return summary
