@@ -27,11 +27,9 @@ end writes <out>/summary.json (mean +- std, the t-tests) and prints the tables.
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
-from collections import Counter
 
 import numpy as np
 import torch
@@ -41,7 +39,7 @@ sys.path.insert(0, REPO)
 sys.path.append(os.path.join(REPO, "benchmarks"))  # after the root: benchmarks/models.py is no models.py
 import evaluate  # noqa: E402
 from byproducts import COCO_NAME_TO_ID, annotation_mask  # noqa: E402
-from spurious import mean_std, welch  # noqa: E402
+from spurious import cached_data, mean_std, reuse_or_run, start, welch  # noqa: E402
 from tools.synth import _background, _coco_ab_record, _jpeg, _paint, _shape_polygons, _supercategory  # noqa: E402
 
 # class name -> (shape, look (tools/synth.py's palette colour and texture index), radius range as a fraction of
@@ -190,13 +188,11 @@ def write_data(root, n_train=320, n_val=40, p_a=0.4, p_b=0.5, cooccur=0.95, size
 
 
 def dataset(args):
-    root = args.data or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "luab",
-                                     f"coco-context-n{args.train}-v{args.val}-a{args.p_a}-b{args.p_b}"
-                                     f"-c{args.cooccur}-s{args.size}-seed{args.data_seed}")
-    if not os.path.exists(os.path.join(root, "composition.json")):
-        print(f"writing the planted / control COCO sets to {root}", flush=True)
-        write_data(root, args.train, args.val, args.p_a, args.p_b, args.cooccur, args.size, args.data_seed)
-    return root
+    return cached_data(args, f"coco-context-n{args.train}-v{args.val}-a{args.p_a}-b{args.p_b}-c{args.cooccur}"
+                             f"-s{args.size}-seed{args.data_seed}", "composition.json",
+                       "the planted / control COCO sets",
+                       lambda root: write_data(root, args.train, args.val, args.p_a, args.p_b, args.cooccur, args.size,
+                                               args.data_seed))
 
 
 # -----------------------------------------------------------------------------
@@ -304,20 +300,6 @@ RUN_SETTINGS = ("train", "val", "p_a", "p_b", "cooccur", "size", "data_seed", "m
                 "batch_size", "lr", "extra")
 
 
-def check_settings(args):
-    """One --out folder holds runs of one set of settings (runs are reused by name)."""
-    path, mine = os.path.join(args.out, "settings.json"), {k: getattr(args, k) for k in RUN_SETTINGS}
-    if os.path.exists(path):
-        with open(path) as f:
-            theirs = json.load(f)
-        if theirs != mine:
-            diff = ", ".join(f"{k}: {theirs.get(k)!r} there, {mine[k]!r} now" for k in mine if theirs.get(k) != mine[k])
-            raise SystemExit(f"--out {args.out} holds runs made with other settings ({diff}); pass another --out")
-    else:
-        with open(path, "w") as f:
-            json.dump(mine, f, indent=1)
-
-
 def variant_flags(v):
     lam, lr = v.split(":")
     return ["--luab", "--point-weight", lam, "--point-lr", lr], f"LUAB λ {lam}, point-lr {lr}"
@@ -380,29 +362,21 @@ HEAD_KEYS = ("point_acc", "point_acc_centre", "head_beats_centre_epoch", "point_
              "grad_share_first", "grad_share_mean", "grad_share_last")
 
 
+def describe(m):
+    return f"({m['train_minutes']:.1f} min) " + " ".join(
+        f"{k} {m[k]:.3g}" for k in SCORE_KEYS + CTX_KEYS + HEAD_KEYS if k in m)
+
+
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    root = dataset(args)
-    os.makedirs(args.out, exist_ok=True)
-    check_settings(args)
+    t0, root = start(args, dataset, RUN_SETTINGS)
     rows = plan(args)
     runs = {}
     for label, prefix, train_set, flags, seeds in rows:
         for seed in seeds:
             name = f"{prefix}-seed{seed}"
-            path = os.path.join(args.out, name + ".json")
-            if os.path.exists(path):
-                with open(path) as f:
-                    runs[name] = json.load(f)
-                continue
-            if os.path.isdir(os.path.join(args.out, name)):  # killed half-way: start it again
-                shutil.rmtree(os.path.join(args.out, name))
-            runs[name] = run_one(args, root, name, train_set, flags, seed)
-            m = runs[name]["metrics"]
-            print(f"== {name} ({m['train_minutes']:.1f} min): " + " ".join(
-                f"{k} {m[k]:.3g}" for k in SCORE_KEYS + CTX_KEYS + HEAD_KEYS if k in m), flush=True)
+            runs[name] = reuse_or_run(args.out, name, lambda: run_one(args, root, name, train_set, flags, seed),
+                                      describe)
     by_label = {label: [runs[f"{prefix}-seed{s}"] for s in seeds] for label, prefix, _, _, seeds in rows}
     with open(os.path.join(root, "composition.json")) as f:
         comp = json.load(f)
@@ -430,8 +404,9 @@ def main(argv=None):
     luab = [(label, rs) for label, rs in labelled if "LUAB" in label or "random" in label]
     if luab:
         print(table("\npoint heads (point_acc: % of (image, class) points inside a box of the class; centre: always "
-                    "(0.5, 0.5)):", luab, HEAD_KEYS, ["point acc", "centre", "beats centre at epoch",
-                                                      "point loss / centre", "grad share 1st", "mean", "last"], digits=2))
+                    "(0.5, 0.5)):", luab, HEAD_KEYS, digits=2,
+                    headers=["point acc", "centre", "beats centre at epoch", "point loss / centre",
+                             "grad share 1st", "mean", "last"]))
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     return summary

@@ -58,7 +58,8 @@ def test_planted_and_control_rates_as_written(data):
 def test_written_sets_read_as_coco_with_masks_and_icons(data):
     root, _ = data
     coco = os.path.join(root, "planted")
-    ds = byproducts.CocoAB(os.path.join(coco, "train2014"), os.path.join(coco, "annotations", "instances_train2014.json"),
+    ds = byproducts.CocoAB(os.path.join(coco, "train2014"),
+                           os.path.join(coco, "annotations", "instances_train2014.json"),
                            os.path.join(coco, "coco_ab_v1_0.json"), point_source="clicks", strict=False)
     a = ds.instances.cat_index[A_ID]
     has_a = ds.targets[:, a] > 0
