@@ -12,11 +12,14 @@ Which COCO context reading detects context reliance? A CPU-scale study with a pl
      both share one val set of four equal kinds: A and B together, A alone, B alone, neither.
    <data>/composition.json counts each set's kinds (and the planted co-occurrence rate it reached).
 2. Trains train_coco.py (one subprocess per run, OMP_NUM_THREADS = --threads): plain on both sets (step 1);
-   random points and LUAB on the planted set (step 2), and LUAB at each --variants setting (lambda, point-lr).
+   random points and LUAB on the planted set (step 2), and LUAB at each --variants setting (lambda, point-lr)
+   on --variant-seeds. A LUAB run also logs its point head: the gradient share of the point term, and the
+   first epoch its point loss falls below 0.9 x that of always answering the centre (log.jsonl).
 3. Scores each final model with evaluate.py's COCO functions: mAP over the classes present in val, AP of A and B
    over the val images where they occur apart (A alone, B alone, neither: a model that reads B to say A loses
    here), and every context reading of evaluate.context_bias (diff, drop, flip; o random and worst case), over
-   all qualifying pairs (what evaluate.py reports) and over A's pairs only ("a_*": the planted dependency).
+   all qualifying pairs (what evaluate.py reports) and over A's pairs only ("a_*": the planted dependency;
+   a model with no A pair above --ctx-thr has no a_* value, and the means are over the seeds that have one).
 
 Step 1 asks which reading moves, and which way, when a model has learned to read B as evidence of A: plain on
 planted against plain on control, Welch's t-test per reading. Step 2 asks whether the points change that.
@@ -377,6 +380,8 @@ def main(argv=None):
             name = f"{prefix}-seed{seed}"
             runs[name] = reuse_or_run(args.out, name, lambda: run_one(args, root, name, train_set, flags, seed),
                                       describe)
+    for r in runs.values():  # a metric without a value (NaN: e.g. no A pair qualified) is left out of the means
+        r["metrics"] = {k: v for k, v in r["metrics"].items() if v == v}
     by_label = {label: [runs[f"{prefix}-seed{s}"] for s in seeds] for label, prefix, _, _, seeds in rows}
     with open(os.path.join(root, "composition.json")) as f:
         comp = json.load(f)
