@@ -100,8 +100,8 @@ def test_head_log_summary():
     log = [{"epoch": e, "train_point_vs_centre": v, "point_grad_share": s}
            for e, (v, s) in enumerate([(1.0, 4.0), (0.95, 2.0), (0.5, 1.0)])]
     h = cc.head_log(log)
-    assert h["head_beats_centre_epoch"] == 2 and h["grad_share_first"] == 4.0
+    assert h["head_beats_centre_epoch"] == 2 and h["grad_share_last"] == 1.0
     assert h["grad_share_mean"] == pytest.approx(7 / 3) and h["point_vs_centre_last"] == 0.5
     assert cc.head_log([{"epoch": 0, "train_loss": 1.0}]) == {}  # a plain run
     never = cc.head_log([{"epoch": e, "train_point_vs_centre": 1.0} for e in range(4)])
-    assert never["head_beats_centre_epoch"] == 4 and "grad_share_first" not in never
+    assert never["head_beats_centre_epoch"] == 4 and "grad_share_mean" not in never
