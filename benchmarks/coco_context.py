@@ -254,7 +254,7 @@ def score(checkpoint, val_root, threads):
 
 
 def head_log(log):
-    """From a LUAB run's log.jsonl rows: the gradient share of the point term (first epoch, mean, last) and the
+    """From a LUAB run's log.jsonl rows: the gradient share of the point term (mean over epochs, last) and the
     first epoch whose point loss is below 0.9 x the centre's (the head beats always answering the centre)."""
     share = [e["point_grad_share"] for e in log if "point_grad_share" in e]
     vs = [e["train_point_vs_centre"] for e in log if "train_point_vs_centre" in e]
