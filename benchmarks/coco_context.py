@@ -226,7 +226,7 @@ def score(checkpoint, val_root, threads):
         ["--checkpoint", checkpoint, "--coco", val_root, "--workers", "0", "--batch-size", "64", "--device", "cpu",
          "--no-coco-pxap"])
     torch.set_num_threads(threads)
-    model = evaluate.prepare(evaluate.load_model(eargs), eargs)
+    model = evaluate.prepare(evaluate.load_run_model(eargs), eargs)
     inst = os.path.join(val_root, "annotations", "instances_val2014.json")
     ds = evaluate.CocoEvalSet(os.path.join(val_root, "val2014"), inst, eargs.coco_size)
     with open(inst) as f:
