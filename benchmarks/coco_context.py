@@ -41,7 +41,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.append(os.path.join(REPO, "benchmarks"))  # after the root: benchmarks/models.py is no models.py
 import evaluate  # noqa: E402
-from byproducts import COCO_NAME_TO_ID, annotation_mask  # noqa: E402
+from byproducts import COCO_NAME_TO_ID  # noqa: E402
+from tools.coco_masks import annotation_mask  # noqa: E402
 from spurious import cached_data, mean_std, reuse_or_run, start, welch  # noqa: E402
 from tools.synth import _background, _coco_ab_record, _jpeg, _paint, _shape_polygons, _supercategory  # noqa: E402
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import byproducts
+from tools.coco_masks import annotation_mask
 
 sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 import coco_context as cc  # noqa: E402
@@ -68,7 +69,7 @@ def test_written_sets_read_as_coco_with_masks_and_icons(data):
     inst = ds.instances
     for iid in inst.image_ids[:10]:  # every annotation's polygon gives a non-empty mask at its box
         for ann in inst.anns[iid]:
-            m = inst.ann_mask(ann)
+            m = annotation_mask(ann["segmentation"], 32, 32)
             x, y, w, h = ann["bbox"]
             assert m.sum() == ann["area"] > 0 and m[int(y):int(y + h), int(x):int(x + w)].sum() == m.sum()
 
