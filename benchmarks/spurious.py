@@ -74,15 +74,21 @@ def get_args_parser():
     return p
 
 
-def dataset(args):
-    root = args.data or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "luab",
-                                     f"spurious-p{args.p}-c{args.classes}-n{args.train}-t{args.test}-s{args.size}"
-                                     f"-seed{args.data_seed}")
-    if not os.path.exists(os.path.join(root, "spurious.json")):
-        print(f"writing the spurious-background set to {root}", flush=True)
-        synth_spurious(root, p=args.p, seed=args.data_seed, n_classes=args.classes,
-                                  n_train=args.train, n_val=args.test, size=args.size)
+def cached_data(args, name, marker, what, write):
+    """The dataset folder: --data, else <cache>/luab/<name>; write(root) fills it first unless <root>/<marker>
+    exists (the file its writer makes last)."""
+    root = args.data or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "luab", name)
+    if not os.path.exists(os.path.join(root, marker)):
+        print(f"writing {what} to {root}", flush=True)
+        write(root)
     return root
+
+
+def dataset(args):
+    return cached_data(args, f"spurious-p{args.p}-c{args.classes}-n{args.train}-t{args.test}-s{args.size}"
+                             f"-seed{args.data_seed}", "spurious.json", "the spurious-background set",
+                       lambda root: synth_spurious(root, p=args.p, seed=args.data_seed, n_classes=args.classes,
+                                                   n_train=args.train, n_val=args.test, size=args.size))
 
 
 @torch.no_grad()
@@ -219,9 +225,10 @@ def table(title, labelled_rows):
 RUN_SETTINGS = ("p", "classes", "train", "test", "size", "data_seed", "model", "epochs", "batch_size", "lr", "extra")
 
 
-def check_settings(args):
-    """Runs are reused by name, so one --out folder must only ever hold runs of one set of training settings."""
-    path, mine = os.path.join(args.out, "settings.json"), {k: getattr(args, k) for k in RUN_SETTINGS}
+def check_settings(args, keys=RUN_SETTINGS):
+    """Runs are reused by name, so one --out folder must only ever hold runs of one set of training settings
+    (the attributes `keys` of args)."""
+    path, mine = os.path.join(args.out, "settings.json"), {k: getattr(args, k) for k in keys}
     if os.path.exists(path):
         with open(path) as f:
             theirs = json.load(f)
@@ -233,13 +240,34 @@ def check_settings(args):
             json.dump(mine, f, indent=1)
 
 
-def main(argv=None):
-    args = get_args_parser().parse_args(argv)
+def start(args, dataset, keys):
+    """A study's first steps: torch threads, its data (dataset(args) -> root), the --out folder and its pinned
+    settings (check_settings). -> (start time, data root)."""
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     root = dataset(args)
     os.makedirs(args.out, exist_ok=True)
-    check_settings(args)
+    check_settings(args, keys)
+    return t0, root
+
+
+def reuse_or_run(out, name, run, describe):
+    """<out>/<name>.json if a finished run wrote it, else run() (which writes it) after removing what a run
+    killed half-way left in <out>/<name>/; prints "== name: describe(metrics)" for a new run."""
+    path = os.path.join(out, name + ".json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    if os.path.isdir(os.path.join(out, name)):
+        shutil.rmtree(os.path.join(out, name))
+    result = run()
+    print(f"== {name}: {describe(result['metrics'])}", flush=True)
+    return result
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    t0, root = start(args, dataset, RUN_SETTINGS)
     recipe = train_imagenet.RECIPES["deit" if args.model.startswith("vit") else "resnet"]
     lam = recipe["point_weight"] if args.point_weight is None else args.point_weight
     todo = [(m, args.seeds, [lam]) for m in args.methods] + [("LUAB (clicks)", args.curve_seeds, args.lambdas)]
@@ -249,18 +277,9 @@ def main(argv=None):
         for w in lams:
             for seed in seeds:
                 name = f"{points}-seed{seed}" if points == "none" else f"{points}-lambda{w:g}-seed{seed}"
-                path = os.path.join(args.out, name + ".json")
-                if name in runs:
-                    continue
-                if os.path.exists(path):
-                    with open(path) as f:
-                        runs[name] = json.load(f)
-                    continue
-                if os.path.isdir(os.path.join(args.out, name)):  # a run killed half-way: start it again
-                    shutil.rmtree(os.path.join(args.out, name))
-                runs[name] = run_one(args, root, name, points, flags, w, seed)
-                print(f"== {name}: " + " ".join(f"{k} {v:.3g}" for k, v in runs[name]["metrics"].items()),
-                      flush=True)
+                if name not in runs:
+                    runs[name] = reuse_or_run(args.out, name, lambda: run_one(args, root, name, points, flags, w, seed),
+                                              lambda m: " ".join(f"{k} {v:.3g}" for k, v in m.items()))
     minutes = (time.perf_counter() - t0) / 60
 
     def select(points, w, seeds):
