@@ -1277,9 +1277,9 @@ def context_results(ctx, args):
                             ("ctx_worst", 2, "the other class whose erasure lowers s_c most")):
         m = context_bias(c[:, 0], c[:, col], c[:, 3], args.ctx_thr)
         res.update({key: m["diff"], f"{key}_flip": m["flip"], f"{key}_drop": m["drop"]})
-        proto[key] = what + which + "; mean of s_c(o erased) - s_c(c erased), in points (table default)"
+        proto[key] = what + which + "; mean of s_c(o erased) - s_c(c erased), in points"
         proto[f"{key}_flip"] = what + which + "; % pairs whose s_c(o erased) <= thr"
-        proto[f"{key}_drop"] = what + which + "; mean of s_c - s_c(o erased), in points"
+        proto[f"{key}_drop"] = what + which + "; mean of s_c - s_c(o erased), in points (table default)"
     return res, proto, {"ctx_pairs": len(c)}
 
 def context_scores(model, args, x, logits, classes, masks, idx, fill):
@@ -1333,7 +1333,7 @@ TABLE_COLUMNS = [
     ("cocc", "Cocc", True), ("objnet", "ObjNet", True), ("si_size", "SI-size", True), ("si_loc", "SI-loc", True),
     ("si_rot", "SI-rot", True), ("bgc_gap", "BGC-gap", False), ("bgc_acc", "BGC-acc", True),
     ("inc_mce", "IN-C mCE", False), ("maxboxacc_v2", "Loc", True), ("point_acc", "PointAcc", True),
-    ("coco_map", "mAP", True), ("ctx_random", "Ctx-rand", False), ("ctx_worst", "Ctx-worst", False),
+    ("coco_map", "mAP", True), ("ctx_worst", "Ctx-worst", False), ("ctx_random", "Ctx-rand", False),
     ("pxap", "mPxAP", True), ("coco_point_acc", "COCO PointAcc", True),
 ]
 
@@ -1613,9 +1613,9 @@ def get_args_parser():
     g = p.add_argument_group("table")
     g.add_argument("--ino-metric", default="auroc", choices=["auroc", "aupr"], help="what the IN-O column shows")
     g.add_argument("--objnet-protocol", default="A", choices=["A", "B"], help="what the ObjNet column shows")
-    g.add_argument("--ctx-metric", default="diff", choices=["diff", "flip", "drop"],
-                   help="context columns: diff = s_c(other erased) - s_c(c erased) (default), flip = %% pairs "
-                   "flipped below --ctx-thr, drop = clean - other erased")
+    g.add_argument("--ctx-metric", default="drop", choices=["diff", "flip", "drop"],
+                   help="context columns: drop = clean - other erased (default), diff = s_c(other erased) - "
+                   "s_c(c erased), flip = %% pairs flipped below --ctx-thr")
     g.add_argument("--real-denominator", default="labelled", choices=["labelled", "all"],
                    help="IN-Real column: over the 46,837 labelled images (Table 1) or all 50,000 (appendix tables)")
     return p

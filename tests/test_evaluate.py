@@ -1036,7 +1036,7 @@ def test_table_params_real_denominator_and_context_metric(tmp_path, capsys):
     r = {"meta": {"name": "R50", "params_m": 25.557032}, "inreal": 86.6, "inreal_all": 81.1, "ctx_random": 47.6,
          "ctx_random_flip": 3.0}
     (tmp_path / "r.json").write_text(json.dumps(r))
-    E.main(["--table", str(tmp_path / "r.json")])
+    E.main(["--table", str(tmp_path / "r.json"), "--ctx-metric", "diff"])
     out = capsys.readouterr().out.splitlines()
     assert [c.strip() for c in out[0].split("|")] == ["Model", "Params", "IN-Real↑", "Ctx-rand↓"]
     assert [c.strip() for c in out[2].split("|")] == ["R50", "25.6M", "86.6", "47.6"]
@@ -1044,6 +1044,12 @@ def test_table_params_real_denominator_and_context_metric(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert [c.strip() for c in out[0].split("|")] == ["Model", "Params", "IN-Real(50k)↑", "Ctx-rand↓"]
     assert [c.strip() for c in out[2].split("|")] == ["R50", "25.6M", "81.1", "3.0"]
+    r.update(ctx_worst_drop=4.9, ctx_random_drop=2.2)  # the default reading (drop), the worst-case row first
+    (tmp_path / "r.json").write_text(json.dumps(r))
+    E.main(["--table", str(tmp_path / "r.json")])
+    out = capsys.readouterr().out.splitlines()
+    assert [c.strip() for c in out[0].split("|")][-2:] == ["Ctx-worst↓", "Ctx-rand↓"]
+    assert [c.strip() for c in out[2].split("|")][-2:] == ["4.9", "2.2"]
 
 
 def test_params_count_leaves_out_the_point_head(tmp_path):

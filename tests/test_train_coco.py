@@ -57,17 +57,17 @@ def weights(out):
 # ---------------------------------------------------------------------------- pure pieces
 
 def test_recipe_and_lambda_by_backbone():
-    """The recipe names the paper's lambda rule ("by-backbone"); resolving it gives 5 for the small backbones
-    (ResNet-18, ViT-Ti) and 20 for the larger ones, and --point-weight wins over it."""
+    """The recipe names the paper's lambda rule ("by-backbone"); resolving it gives 1 for the small backbones
+    (ResNet-18, ViT-Ti) and 4 for the larger ones, and --point-weight wins over it."""
     parse = C.get_args_parser().parse_args
     assert C.RECIPES["coco"]["point_weight"] == "by-backbone"
     a = C.resolve_coco_args(parse(["--model", "resnet18"]))
     assert (a.recipe, a.opt, a.epochs, a.warmup_epochs, a.batch_size, a.img_size) == ("coco", "adamp", 100, 5, 128, 224)
-    assert (a.min_scale, a.re_prob, a.point_weight, a.point_lr) == (0.5, 0.25, 5.0, 10.0)
+    assert (a.min_scale, a.re_prob, a.point_weight, a.point_lr) == (0.5, 0.25, 1.0, 10.0)
     lam = {m: C.resolve_coco_args(parse(["--model", m])).point_weight
            for m in ("resnet18", "vit_tiny", "resnet50", "resnet152", "vit_small", "vit_base")}
-    assert lam == {"resnet18": 5.0, "vit_tiny": 5.0, "resnet50": 20.0, "resnet152": 20.0, "vit_small": 20.0,
-                   "vit_base": 20.0}
+    assert lam == {"resnet18": 1.0, "vit_tiny": 1.0, "resnet50": 4.0, "resnet152": 4.0, "vit_small": 4.0,
+                   "vit_base": 4.0}
     assert C.resolve_coco_args(parse(["--model", "vit_tiny", "--point-weight", "3"])).point_weight == 3.0
 
 
