@@ -122,10 +122,11 @@ def test_an_idle_head_is_reported(spurious, tmp_path, capsys):
     # end; lambda 5: 0.95 x and 0.10, lambda 1: 0.98 x and 0.016 (the head idles at the centre)
     ("resnet", ["--epochs", "6", "--lr", "0.2", "--sched", "cosine"], 0.8, 0.2),
     # the DeiT recipe (AdamW, RandAugment, Mixup/CutMix, label smoothing, 3 repeats), shortened: 1 warm-up epoch
-    # of 8, lr 8e-3 x 32/512 = 5e-4 as DeiT's per-image rate. ResNet-18, not a ViT: on 32 px images a ViT-Ti
-    # did not learn positions in this budget at any lambda or head LR tried. Measured: 0.79 x centre, share
-    # 0.88; with the head at the backbone's LR (--point-lr 1) 0.97 x and 0.16, and lambda 5 then 0.98 x, 0.03.
-    ("deit", ["--epochs", "8", "--warmup-epochs", "1", "--lr", "8e-3", "--drop-path", "0"], 0.9, 0.3),
+    # of 10, lr 8e-3 x 32/512 = 5e-4 as DeiT's per-image rate. ResNet-18, not a ViT: on 32 px images a ViT-Ti
+    # did not learn positions in this budget at any lambda or head LR tried. Measured (2026-12-05): 0.87 x centre,
+    # share 0.82 after 10 epochs (0.90 x after 8, once RandAugment masked points it pushes off the canvas);
+    # earlier, with the head at the backbone's LR (--point-lr 1): 0.97 x and 0.16, and lambda 5 then 0.98 x, 0.03.
+    ("deit", ["--epochs", "10", "--warmup-epochs", "1", "--lr", "8e-3", "--drop-path", "0"], 0.9, 0.3),
 ])
 def test_luab_acts_under_the_recipe_defaults(spurious, tmp_path, recipe, flags, max_vs_centre, min_share):
     """With the recipe's default lambda and head LR the head leaves the centre baseline and feeds the backbone."""
