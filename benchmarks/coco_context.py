@@ -59,7 +59,7 @@ READINGS = ("diff", "drop", "flip")
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=None, help="dataset folder (default: a cache folder keyed by the settings)")
     p.add_argument("--train", type=int, default=320, help="training images per set")
     p.add_argument("--val", type=int, default=40, help="val images per kind (4 kinds)")
