@@ -681,11 +681,6 @@ def _collate_with_masks(batch):
 # inference: the one prediction loop (evaluation and the training scripts' validation), batched, multi-worker,
 # exact under torchrun
 
-def to_input(x, device, channels_last=False):
-    """A batch on the model's device, in its memory format (channels_last: NHWC, for a CNN on CUDA)."""
-    x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
 @torch.no_grad()
 def predict(model, loader, device, autocast=contextlib.nullcontext, channels_last=False, points=False, pre=None,
             post=None, desc=None):
@@ -707,7 +702,7 @@ def predict(model, loader, device, autocast=contextlib.nullcontext, channels_las
     progress = Progress(desc, len(loader.dataset)) if desc else None
     outs = []
     for batch in loader:
-        x = to_input(batch[0], device, channels_last)
+        x = utils.to_input(batch[0], device, channels_last)
         if pre is not None:
             x = pre(x)
         with autocast():
@@ -780,12 +775,10 @@ def eval_imagenet_val(model, args):
         res["ino_in_scores"] = -max_softmax(logits[in_o], subset_indices("imagenet_o"))
     if points:
         boxes, sizes, source = val_point_boxes(paths, args)
-        keep = [i for i, b in enumerate(boxes) if b is not None]
-        if keep:
-            pts = points[0][:, 0].numpy()[keep]
-            px = eval_points_to_original(pts, sizes[keep], resize=args.resize, crop=args.img_size)
-            res["point_acc"] = point_in_box_accuracy(px / sizes[keep], [boxes[i] for i in keep])
-            n["point_acc"] = len(keep)
+        kept = sum(b is not None for b in boxes)
+        if kept:
+            res["point_acc"] = box_point_accuracy(points[0][:, 0].numpy(), boxes, sizes, args.resize, args.img_size)
+            n["point_acc"] = kept
             proto["point_acc"] = (f"point head output on the IN-1k input ({describe_default(args)}) mapped back to "
                                   f"the original image; hit iff inside any GT box of {source} (inclusive)")
     fill = cocc_fill(args.cocc_fill)
@@ -839,6 +832,12 @@ def image_boxes(paths, keys, table):
         out.append(rec["boxes"] / np.array([w, h, w, h], np.float64))
     problems.finish()
     return out, sizes
+
+def box_point_accuracy(points, boxes, sizes, resize, crop):
+    """% of points [N, 2] on the eval crop inside a GT box, image_boxes' (boxes, sizes); images without boxes skipped."""
+    keep = [i for i, b in enumerate(boxes) if b is not None]
+    px = eval_points_to_original(points[keep], sizes[keep], resize=resize, crop=crop)
+    return point_in_box_accuracy(px / sizes[keep], [boxes[i] for i in keep])
 
 def val_point_boxes(paths, args):
     """GT boxes of the IN-val images for the point accuracy -> (boxes, sizes, description) as image_boxes
@@ -1036,7 +1035,7 @@ def bgc_vulnerability(model, args, fg_paths, mask_paths, labels, bg_paths):
         fooled = False
         for s in range(0, len(bgs), args.process_bgc_batch):
             x = bgs[s:s + args.process_bgc_batch].float() / 255 * (1 - m) + m * fg
-            x = to_input((x - mean) / std, args.device, args.channels_last)
+            x = utils.to_input((x - mean) / std, args.device, args.channels_last)
             with utils.autocast(args.device, args.amp_dtype):
                 pred = safe_argmax(model(x).float())
             pred = torch.where(pred < 0, -1, map9[pred.clamp(min=0)])
@@ -1143,7 +1142,7 @@ def eval_wsol(model, args):
     pool = mp.get_context("spawn").Pool(args.workers) if args.workers > 0 else None
     pending = deque()
     for x, idx in _loader(ds, args):
-        x = to_input(x, args.device, args.channels_last)
+        x = utils.to_input(x, args.device, args.channels_last)
         classes = torch.tensor([meta["labels"][ids[i]] for i in idx.tolist()], device=args.device)
         with utils.autocast(args.device, args.amp_dtype):
             fmap = model.feature_map(x)
@@ -1233,7 +1232,7 @@ def coco_mask_pass(model, args, ds, logits):
     loader, ctx = _loader(masked, args, collate_fn=_collate_with_masks), [torch.zeros(0, C, 4)]
     progress = Progress("COCO masks", len(ds))
     for x, idx, classes, masks in loader:
-        x = to_input(x, args.device, args.channels_last)
+        x = utils.to_input(x, args.device, args.channels_last)
         if args.coco_pxap:
             flat = torch.cat(classes).to(args.device)
             owner = torch.repeat_interleave(torch.arange(len(idx)), torch.tensor([len(c) for c in classes]))

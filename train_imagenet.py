@@ -597,11 +597,8 @@ def evaluate_imagenet(args, model, loader, boxes=None):
     stats = {f"val_{k}": v for k, v in evaluate.topk_accuracy(logits, torch.tensor(dataset.targets)).items()}
     if points:
         pts = points[0][:, 0].numpy()
-        boxes, sizes = boxes
-        keep = [i for i, b in enumerate(boxes) if b is not None]
-        for name, p in (("val_point_acc", pts[keep]), ("val_point_acc_centre", np.full_like(pts[keep], 0.5))):
-            px = evaluate.eval_points_to_original(p, sizes[keep], resize=args.val_resize, crop=args.img_size)
-            stats[name] = evaluate.point_in_box_accuracy(px / sizes[keep], [boxes[i] for i in keep])
+        for name, p in (("val_point_acc", pts), ("val_point_acc_centre", np.full_like(pts, 0.5))):
+            stats[name] = evaluate.box_point_accuracy(p, *boxes, args.val_resize, args.img_size)
     stats["val_broken_images"] = dataset.reader.counts(all_ranks=True)["broken_images"]  # counted wrong above
     return stats
 

@@ -880,13 +880,16 @@ def make_loader(args, dataset, sampler, train):
         persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers > 0 else None)
 
 
+def to_input(x, device, channels_last=False):
+    """A batch of images on the model's device, in its memory format (channels_last: NHWC, for a CNN on CUDA)."""
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
 def to_device(args, batch):
-    """A loader's batch -> the same list on args.device (images channels_last if args.channels_last)."""
+    """A loader's batch -> the same list on args.device (images through to_input)."""
     images, *rest = batch
-    images = images.to(args.device, non_blocking=True)
-    if args.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return [images] + [t.to(args.device, non_blocking=True) for t in rest]
+    return [to_input(images, args.device, args.channels_last)] + [t.to(args.device, non_blocking=True) for t in rest]
 
 
 class RepeatedAugSampler(Sampler):

@@ -92,13 +92,7 @@ def export_backbone(checkpoint, out, drop_fc=False, arch=None):
     result = getattr(torchvision.models, arch)(weights=None).load_state_dict(state, strict=False)
     if result.unexpected_keys or set(result.missing_keys) - set(FC):
         raise ValueError(f"{checkpoint}: the export does not fit torchvision.models.{arch} ({result})")
-    tmp = f"{out}.tmp.{os.getpid()}"
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    utils.save_checkpoint(state, out)  # atomic: a temporary file, fsynced and renamed
     return arch, "fc.weight" in state, notes
 
 
