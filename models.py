@@ -11,7 +11,9 @@ The seven backbones of the LUAB paper, hand-written in plain PyTorch, with an op
   It is trained next to the classifier and dropped at inference.
 - The paper's other use of the clicks (appendix, Table D), for the ResNets: `pooling="attentive"` replaces the
   global average pool with a learned attention over the last feature map (ResNet.pool); its centre of mass is
-  the predicted point, regressed to the click by the same loss, so no point head is needed.
+  the predicted point, so no point head is needed. The click supervises it in one of two ways
+  (ATTENTION_TARGETS): that point regressed to the click by the same loss, or the whole attention map pulled
+  towards a small Gaussian at the click (attention_map_loss).
 """
 
 import math
@@ -29,6 +31,7 @@ from utils import checkpoint_parts, load_pretrained, read_checkpoint, strip_wrap
 
 POINT_HEADS = ("normed", "plain")  # what the point head reads: ImageClassifier.point_input
 POOLINGS = ("avg", "attentive")  # how a ResNet pools its last feature map: ResNet.pool
+ATTENTION_TARGETS = ("centre-of-mass", "map")  # how the click supervises an attentive pool: ResNet.forward
 
 class ImageClassifier(nn.Module):
     """Subclasses define pooled_features (x -> (features [B, D], points [B, K, 2] the pooling predicted, or
@@ -136,10 +139,12 @@ def make_stage(block, inplanes, planes, num_blocks, stride):
 
 class ResNet(ImageClassifier):
 
-    def __init__(self, block, layers, num_classes=1000, num_points=0, point_head="normed", pooling="avg"):
+    def __init__(self, block, layers, num_classes=1000, num_points=0, point_head="normed", pooling="avg",
+                 attention_target="centre-of-mass"):
         super().__init__()
-        if pooling not in POOLINGS:
-            raise ValueError(f"unknown pooling {pooling!r}; choose from {', '.join(POOLINGS)}")
+        if pooling not in POOLINGS or attention_target not in ATTENTION_TARGETS:
+            raise ValueError(f"unknown pooling {pooling!r} or attention target {attention_target!r}; choose from "
+                             f"{', '.join(POOLINGS)} and {', '.join(ATTENTION_TARGETS)}")
         if pooling == "attentive" and num_points > 1:
             raise ValueError("attentive pooling predicts one point (ImageNet's click), not num_points > 1")
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
@@ -160,7 +165,7 @@ class ResNet(ImageClassifier):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        self.pooling = pooling
+        self.pooling, self.attention_target = pooling, attention_target
         # LUAB (appendix, Table D): a 1x1 conv scores every cell of the last feature map; zero-initialised, the
         # softmax of the scores is uniform and the pool is exactly the average pool (torchvision's model)
         self.attention = nn.Conv2d(inplanes, 1, 1) if pooling == "attentive" else None
@@ -174,27 +179,35 @@ class ResNet(ImageClassifier):
     def classifier(self):
         return self.fc
 
+    def attention_scores(self, fmap):
+        """[B, D, h, w] -> the attention's logits [B, 1, h, w] (float32); the 1x1 conv reads each cell's features
+        as the point head reads the pooled ones (point_input: L2-normalised by default, for the same reason)."""
+        return self.attention(F.normalize(fmap, dim=1) if self.point_head_kind == "normed" else fmap).float()
+
     def attention_map(self, fmap):
         """[B, D, h, w] -> attention [B, h, w]: a softmax over the h x w cells (sums to 1 per image)."""
-        scores = self.attention(fmap).flatten(1).float()
-        return scores.softmax(dim=1).view(-1, *fmap.shape[2:])
+        return self.attention_scores(fmap).flatten(1).softmax(dim=1).view(-1, *fmap.shape[2:])
 
     def pool(self, fmap):
         """LUAB (appendix): the last feature map [B, D, h, w] -> (features [B, D], points [B, 1, 2] or None).
 
         "avg": the global average pool; no point. "attentive" (the paper's point-guided pooling): features =
         sum over cells of attention x cell feature; point = the attention's centre of mass, cell (i, j) sitting
-        at ((j + 0.5) / w, (i + 0.5) / h) of the input, in the point head's normalised frame. Training regresses
-        that point to the click with LUAB's point loss, so the click is the attention's target and the
-        classifier sees features gathered where the annotator clicked; at test time no click exists and the
-        prediction alone pools. Images without a click (mask 0) leave the attention to the classifier's loss."""
+        at ((j + 0.5) / w, (i + 0.5) / h) of the input, in the point head's normalised frame. How the click
+        supervises the attention (attention_target): "centre-of-mass" regresses that point to the click with
+        LUAB's point loss; "map" pulls the whole attention towards a Gaussian at the click (attention_map_loss),
+        so in training mode the second output is then the attention's scores [B, 1, h, w], what that loss reads
+        (in eval mode always the point). Either way the classifier sees features gathered where the annotator
+        clicked; at test time no click exists and the prediction alone pools. Images without a click (mask 0)
+        leave the attention to the classifier's loss."""
         if self.attention is None:
             return torch.flatten(self.avgpool(fmap), 1), None
-        att = self.attention_map(fmap)                                  # [B, h, w], float32
+        scores = self.attention_scores(fmap)                            # [B, 1, h, w]
+        att = scores.flatten(1).softmax(dim=1).view(-1, *fmap.shape[2:])  # [B, h, w], as attention_map
         feats = torch.einsum("bdhw,bhw->bd", fmap.float(), att).to(fmap.dtype)
-        h, w = att.shape[1:]
-        ys = (torch.arange(h, device=att.device, dtype=att.dtype) + 0.5) / h
-        xs = (torch.arange(w, device=att.device, dtype=att.dtype) + 0.5) / w
+        if self.training and self.attention_target == "map":
+            return feats, scores
+        ys, xs = cell_centres(*att.shape[1:], att)
         point = torch.stack([(att.sum(1) * xs).sum(1), (att.sum(2) * ys).sum(1)], dim=1)
         return feats, point.view(-1, 1, 2)
 
@@ -206,6 +219,22 @@ class ResNet(ImageClassifier):
     def pooled_features(self, x):
         """x -> (pooled features [B, D], point [B, 1, 2] or None): the global average pool, or the attentive pool."""
         return self.pool(self.feature_map(x))
+
+def cell_centres(h, w, like):
+    """The centres of an h x w grid's cells in normalised input coordinates: (ys [h], xs [w])."""
+    return [(torch.arange(n, device=like.device, dtype=torch.float32) + 0.5) / n for n in (h, w)]
+
+def attention_map_loss(scores, points, sigma=0.1):
+    """LUAB, attentive pooling's "map" reading: KL(target || attention) per click, 0 when the attention is the
+    target. scores [B, 1, h, w] (the attention's logits, ResNet.pool); points [B, 1, 2] or [B, J, 1, 2]
+    (normalised clicks, J after Mixup/CutMix) -> [B, 1] or [B, J, 1]. The target is a Gaussian of std `sigma`
+    (a fraction of the image side) centred on the click, over the cells, normalised to sum 1."""
+    h, w = scores.shape[-2:]
+    ys, xs = cell_centres(h, w, scores)
+    d2 = (points[..., :1] - xs.repeat(h)) ** 2 + (points[..., 1:] - ys.repeat_interleave(w)) ** 2  # [.., 1, hw]
+    log_target = (-d2.float() / (2 * sigma ** 2)).log_softmax(-1)
+    log_att = scores.flatten(1).log_softmax(-1).view(-1, *[1] * (points.dim() - 2), h * w)
+    return (log_target.exp() * (log_target - log_att)).sum(-1)
 
 # -----------------------------------------------------------------------------
 # Vision Transformer
@@ -347,10 +376,11 @@ def is_vit_name(name):
     return name.startswith("vit")
 
 def create_model(name, num_classes=1000, num_points=0, drop_path=0.0, img_size=224, point_head="normed",
-                 pooling="avg"):
+                 pooling="avg", attention_target="centre-of-mass"):
     """A backbone by name (MODEL_NAMES); num_points=K > 0 adds the point head, which reads the features as
     `point_head` (POINT_HEADS, see ImageClassifier.point_input) says. img_size only matters for ViTs.
-    pooling="attentive" (ResNets, K <= 1): the attention's centre of mass is the point, no point head."""
+    pooling="attentive" (ResNets, K <= 1): the attention's centre of mass is the point, no point head; the click
+    supervises it as attention_target (ATTENTION_TARGETS) says."""
     if name not in _CONFIGS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
     if is_vit_name(name):
@@ -361,7 +391,7 @@ def create_model(name, num_classes=1000, num_points=0, drop_path=0.0, img_size=2
     if drop_path:
         raise ValueError("drop_path is only implemented for the ViTs")
     return ResNet(**_CONFIGS[name], num_classes=num_classes, num_points=num_points, point_head=point_head,
-                  pooling=pooling)
+                  pooling=pooling, attention_target=attention_target)
 
 def point_parameters(model):
     """LUAB's own parameters in any module: its point head's and an attentive pool's attention; [] for a plain
@@ -410,7 +440,7 @@ def model_from_checkpoint(path_or_ckpt, name=None, num_classes=None, num_points=
     pooling = meta.get("pooling") or ("attentive" if attentive else "avg")
     model = create_model(name, num_classes=num_classes, num_points=num_points,
                          img_size=img_size or meta.get("img_size") or 224, point_head=meta.get("point_head", "normed"),
-                         pooling=pooling)
+                         pooling=pooling, attention_target=meta.get("attention_target", "centre-of-mass"))
     try:
         notes = load_pretrained(model, sd)
     except ValueError as e:

@@ -51,8 +51,8 @@ import evaluate
 import utils
 from utils import RepeatedAugSampler, SeededItems, UnpaddedDistributedSampler, all_reduce_sum, has_fused, log, \
     make_loader, resolve_speed_flags, to_device
-from models import MODEL_NAMES, POINT_HEADS, POOLINGS, create_model, is_vit_name, load_pretrained, param_groups, \
-    point_parameters, read_checkpoint
+from models import ATTENTION_TARGETS, MODEL_NAMES, POINT_HEADS, POOLINGS, attention_map_loss, create_model, \
+    is_vit_name, load_pretrained, param_groups, point_parameters, read_checkpoint
 
 # -----------------------------------------------------------------------------
 # Recipes and flags. Every recipe value is a flag default; any flag given on the command line wins. The README's
@@ -123,6 +123,9 @@ def add_training_args(p, recipes, defaults, optimizers):
     g.add_argument("--point-lr", type=float, help="the point head's LR as a multiple of the scheduled LR (recipe)")
     g.add_argument("--point-head", choices=list(POINT_HEADS), default="normed", help="what the point head reads")
     g.add_argument("--pooling", choices=list(POOLINGS), default="avg", help="ResNets: attentive = point-guided pooling")
+    g.add_argument("--attention-target", choices=list(ATTENTION_TARGETS), default="centre-of-mass",
+                   help="--pooling attentive: what the click supervises (models.ResNet.pool)")
+    g.add_argument("--attention-sigma", type=float, default=0.1, help="the map target's std (a fraction of the side)")
     g.add_argument("--point-loss", choices=["smoothl1", "mse"], default="smoothl1", help="per-point loss")
     g.add_argument("--smoothl1-beta", type=float, default=1.0, help="SmoothL1's quadratic-to-linear switch")
     g = p.add_argument_group("optimisation (recipe: the defaults come from --recipe)")
@@ -249,7 +252,7 @@ def build_model(args, num_classes, num_points):
     try:
         model = create_model(args.model, num_classes=num_classes, num_points=num_points if args.points != "none" else 0,
                              drop_path=args.drop_path, img_size=args.img_size, point_head=args.point_head,
-                             pooling=args.pooling)
+                             pooling=args.pooling, attention_target=args.attention_target)
     except ValueError as e:  # e.g. --pooling attentive with a ViT or with COCO's 80 points
         raise SystemExit(f"--model {args.model} --pooling {args.pooling}: {e}")
     if args.pretrained:  # fine-tuning: a classifier / point head of another size keeps its fresh initialisation
@@ -273,21 +276,20 @@ def build_model(args, num_classes, num_points):
 # -----------------------------------------------------------------------------
 # Objective: the task loss, and LUAB's point loss
 
-def point_loss(pred, points, point_mask, kind="smoothl1", beta=1.0):
+def point_loss(pred, points, point_mask, kind="smoothl1", beta=1.0, sigma=0.1):
     """LUAB: masked point regression, averaged over the points that count in the *global* batch.
 
     pred [B, K, 2]; points [B, K, 2] or [B, J, K, 2] (J targets per sample after Mixup/CutMix); point_mask the
     same without the last dim: 0 where a point does not count (no byproduct, or it left the crop), else its
     weight (1, or the mixing weight after Mixup/CutMix). Dividing by the global mask sum (times world size,
     because DDP averages gradients) makes the loss and its gradients identical for any number of processes.
-    """
-    if points.dim() == 4:
-        pred = pred.unsqueeze(1)
-    pred = pred.float().expand_as(points)
-    if kind == "smoothl1":
-        per_point = F.smooth_l1_loss(pred, points, reduction="none", beta=beta).sum(-1)  # [B, (J,) K]
+    --attention-target map: pred is the attention's scores [B, 1, h, w], a point's loss attention_map_loss."""
+    if pred.dim() == 4:
+        per_point = attention_map_loss(pred, points, sigma)  # [B, (J,) 1]
     else:
-        per_point = F.mse_loss(pred, points, reduction="none").sum(-1)
+        pred = (pred.unsqueeze(1) if points.dim() == 4 else pred).float().expand_as(points)
+        per_point = (F.smooth_l1_loss(pred, points, reduction="none", beta=beta) if kind == "smoothl1"
+                     else F.mse_loss(pred, points, reduction="none")).sum(-1)  # [B, (J,) K]
     denom = all_reduce_sum(point_mask.sum().detach().clone())
     world = utils.get_world_size()
     return (per_point * point_mask).sum() * world / denom.clamp(min=1e-6)
@@ -304,7 +306,8 @@ def imagenet_loss(args, outputs, batch):
         loss_task = torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
     if pred_points is None:
         return loss_task, torch.zeros((), device=logits.device)
-    return loss_task, point_loss(pred_points, points, point_mask, args.point_loss, args.smoothl1_beta)
+    return loss_task, point_loss(pred_points, points, point_mask, args.point_loss, args.smoothl1_beta,
+                                 args.attention_sigma)
 
 
 def make_mix(args, num_classes, multi_label=False):

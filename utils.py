@@ -811,7 +811,7 @@ def checkpoint_meta(args, classes, num_points):
     return {"model": args.model, "num_classes": len(classes), "num_points": num_points,
             "img_size": args.img_size, "val_resize": args.val_resize, "interpolation": args.interpolation,
             "classes": list(classes), "points": args.points, "point_head": args.point_head, "pooling": args.pooling,
-            "torch": str(torch.__version__)}
+            "attention_target": args.attention_target, "torch": str(torch.__version__)}
 
 
 # -----------------------------------------------------------------------------

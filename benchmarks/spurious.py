@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import byproducts  # noqa: E402
 import evaluate  # noqa: E402
 import train_imagenet  # noqa: E402
-from models import create_model  # noqa: E402
+from models import model_from_checkpoint  # noqa: E402
 from tools.synth import synth_spurious  # noqa: E402
 from utils import UnpaddedDistributedSampler  # noqa: E402
 
@@ -48,29 +48,34 @@ METHODS = {"plain": ("none", []), "random points": ("random", ["--rand-points"])
 TABLE = ("val_top1", "mixed_same", "mixed_rand", "bg_gap")
 
 
-def get_args_parser():
-    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
+def add_study_args(p, size=32, out="runs/spurious"):
+    """The flags of a study on this data (also benchmarks/attentive_pooling.py's): the set, the training, --out."""
     p.add_argument("--data", default=None, help="dataset folder (default: a cache folder keyed by the settings)")
     p.add_argument("--p", type=float, default=0.9, help="train background/label agreement")
     p.add_argument("--classes", type=int, default=6)
     p.add_argument("--train", type=int, default=100, help="train images per class")
     p.add_argument("--test", type=int, default=30, help="images per class in each test split")
-    p.add_argument("--size", type=int, default=32, help="image side (px), also the training resolution")
+    p.add_argument("--size", type=int, default=size, help="image side (px), also the training resolution")
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="training seeds of the table")
     p.add_argument("--model", default="resnet18")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=0.2, help="at batch 256 (train_imagenet.py's --lr-base-batch)")
+    p.add_argument("--extra", default="", help="more train_imagenet.py flags, e.g. '--point-head plain'")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (1: on a shared 2-core machine 2 OpenMP threads ran 5x slower)")
+    p.add_argument("--out", default=out, help="one JSON per run and summary.json go here")
+    return p
+
+
+def get_args_parser():
+    p = add_study_args(argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0]))
     p.add_argument("--point-weight", type=float, default=None, help="lambda of the table (default: the recipe's)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), help="subset of the table's three rows")
     p.add_argument("--lambdas", type=float, nargs="*", default=[0, 1, 5, 20, 50, 100],
                    help="the LUAB lambda curve (none: no curve)")
     p.add_argument("--curve-seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--extra", default="", help="more train_imagenet.py flags, e.g. '--point-head plain'")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (1: on a shared 2-core machine 2 OpenMP threads ran 5x slower)")
-    p.add_argument("--out", default="runs/spurious", help="one JSON per run and summary.json go here")
     return p
 
 
@@ -125,11 +130,7 @@ def run_one(args, root, name, points, flags, lam, seed):
         argv += ["--point-weight", str(lam)]
     targs = train_imagenet.get_args_parser().parse_args(argv)  # recipe: resnet, or deit for a ViT
     train_imagenet.main(targs)
-    ckpt = torch.load(os.path.join(out_dir, "checkpoint.pt"), map_location="cpu", weights_only=True)
-    model = create_model(args.model, num_classes=args.classes, num_points=int(points != "none"), img_size=args.size,
-                         point_head=targs.point_head)
-    model.load_state_dict(ckpt["model"])
-    model.eval()
+    model, _, _ = model_from_checkpoint(os.path.join(out_dir, "checkpoint.pt"))  # its head, pooling, classes
     with open(os.path.join(out_dir, "log.jsonl")) as f:
         log = [json.loads(line) for line in f]
     m = {k: log[-1][k] for k in ("val_top1", "train_point_loss", "train_point_centre_loss",

@@ -1,6 +1,8 @@
 """models.py: shapes, gradients, parameter counts, torchvision parity and checkpoint loading.
 Small inputs throughout (64 px ResNets, 32 px ViTs) except where a real 224 layout is the point."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -376,17 +378,18 @@ def test_attentive_point_is_the_attention_centre_of_mass():
 
 def test_attention_moves_toward_a_planted_click():
     """Regressing the attention's centre of mass to a click at (0.85, 0.15) with LUAB's SmoothL1 (lambda 20):
-    3 SGD steps take the point from the centre to within 0.1 of the click, the attention onto the click's
-    quarter of the 4 x 4 map (which holds 1/4 of it when uniform)."""
+    10 SGD steps take the point from the centre to within 0.15 of the click, the attention onto the click's
+    quarter of the 4 x 4 map (which holds 1/4 of it when uniform). (The attention reads L2-normalised cell
+    features, whose scores move by at most lr x |gradient|: hence lr 1 on these random features.)"""
     torch.manual_seed(0)
     model = models.create_model("resnet18", num_classes=2, num_points=1, pooling="attentive")
     x = torch.randn(2, 3, 128, 128)                     # 4 x 4 feature map
     click = torch.tensor([0.85, 0.15]).expand(2, 1, 2)
-    opt = torch.optim.SGD(model.parameters(), lr=0.02)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
     model.eval()  # BatchNorm statistics fixed: only the regression moves the weights
     with torch.no_grad():
         start = (model(x, return_points=True)[1] - click).norm(dim=-1).mean().item()
-    for _ in range(3):
+    for _ in range(10):
         _, points = model(x, return_points=True)
         loss = 20 * F.smooth_l1_loss(points, click)
         opt.zero_grad()
@@ -396,8 +399,8 @@ def test_attention_moves_toward_a_planted_click():
         _, points = model(x, return_points=True)
         att = model.attention_map(model.feature_map(x))  # [2, 4, 4]
     assert start == pytest.approx(0.4950, abs=1e-4)  # |(0.35, -0.35)|: uniform attention answers the centre
-    assert (points - click).norm(dim=-1).mean().item() < 0.1
-    assert att[:, :2, 2:].sum((1, 2)).mean().item() > 0.9
+    assert (points - click).norm(dim=-1).mean().item() < 0.15
+    assert att[:, :2, 2:].sum((1, 2)).mean().item() > 0.85
 
 def test_attentive_checkpoint_rebuilds_itself(tmp_path):
     src = models.create_model("resnet18", num_classes=3, num_points=1, pooling="attentive")
@@ -410,3 +413,60 @@ def test_attentive_checkpoint_rebuilds_itself(tmp_path):
     torch.testing.assert_close(model.attention.weight, src.attention.weight, rtol=0, atol=0)
     with pytest.raises(ValueError, match="only implemented for the ResNets"):
         models.create_model("vit_tiny", pooling="attentive")
+
+# the "map" reading: the attention map itself against a Gaussian at the click
+
+def test_attention_map_loss_is_the_kl_to_a_gaussian_at_the_click():
+    """On a 2 x 2 map (cells centred at 0.25 / 0.75), a click at (0.25, 0.75) with sigma 0.25: the target gives
+    cell (row 1, col 0) weight 1, its two neighbours exp(-2), the far cell exp(-4); the loss is KL(target || att),
+    0 for att = target, and for uniform scores KL(target || uniform)."""
+    w = torch.tensor([math.exp(-2), math.exp(-4), 1.0, math.exp(-2)])  # cells in row-major order
+    target = w / w.sum()
+    click = torch.tensor([[[0.25, 0.75]]])
+    uniform = torch.zeros(1, 1, 2, 2)
+    want = (target * (target * 4).log()).sum()
+    torch.testing.assert_close(models.attention_map_loss(uniform, click, sigma=0.25), want.view(1, 1))
+    exact = target.log().view(1, 1, 2, 2) + 3.0  # logits of the target (a shift changes nothing)
+    assert models.attention_map_loss(exact, click, sigma=0.25).abs().item() < 1e-6
+    mixed = torch.stack([click, torch.tensor([[[0.75, 0.25]]])], dim=1)  # [B, J, 1, 2] after Mixup/CutMix
+    per_target = models.attention_map_loss(exact, mixed, sigma=0.25)
+    assert per_target.shape == (1, 2, 1) and per_target[0, 0].abs().item() < 1e-6 and per_target[0, 1].item() > 1
+
+def test_the_map_reading_trains_on_scores_and_evaluates_with_the_point():
+    """In training mode --attention-target map returns the attention's scores (what its loss reads); in eval mode
+    the same model returns the centre of mass, as the other reading; checkpoints say which reading trained."""
+    model = models.create_model("resnet18", num_points=1, pooling="attentive", attention_target="map")
+    x = torch.randn(2, 3, 128, 128)
+    assert model.train()(x, return_points=True)[1].shape == (2, 1, 4, 4)
+    torch.testing.assert_close(model.eval()(x, return_points=True)[1], torch.full((2, 1, 2), 0.5))
+    with pytest.raises(ValueError, match="attention target 'peak'"):
+        models.create_model("resnet18", pooling="attentive", attention_target="peak")
+
+def test_the_map_reading_puts_the_attention_on_a_planted_click():
+    """10 SGD steps (lr 1, as above) of attention_map_loss (lambda 1) toward a click at (0.85, 0.15) on a 4 x 4
+    map put most of the attention on the click's cell (row 0, col 3), which holds 1/16 of it when uniform, and
+    the centre of mass near the click."""
+    torch.manual_seed(0)
+    model = models.create_model("resnet18", num_classes=2, num_points=1, pooling="attentive", attention_target="map")
+    x = torch.randn(2, 3, 128, 128)
+    click = torch.tensor([0.85, 0.15]).expand(2, 1, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    model.eval()  # BatchNorm statistics fixed; the scores are read from the pool directly
+    for _ in range(10):
+        scores = model.attention_scores(model.feature_map(x))
+        loss = models.attention_map_loss(scores, click).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        att = model.attention_map(model.feature_map(x))
+        _, points = model(x, return_points=True)
+    assert att[:, 0, 3].mean().item() > 0.7
+    assert (points - click).norm(dim=-1).mean().item() < 0.1
+
+def test_attention_target_round_trips_through_a_checkpoint(tmp_path):
+    src = models.create_model("resnet18", num_classes=3, num_points=1, pooling="attentive", attention_target="map")
+    torch.save({"model": src.state_dict(), "meta": {"model": "resnet18", "num_classes": 3, "num_points": 1,
+                                                    "pooling": "attentive", "attention_target": "map"}}, tmp_path / "c.pt")
+    model, _, _ = models.model_from_checkpoint(tmp_path / "c.pt")
+    assert (model.pooling, model.attention_target) == ("attentive", "map")

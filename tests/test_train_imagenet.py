@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 
+import models
 import train_imagenet as T
 import utils
 from conftest import ENV, REPO, base_args, frozen_after_init_distributed, run, torchrun  # noqa: F401
@@ -110,6 +111,12 @@ def test_point_loss_masks_and_averages_over_points_that_count():
     assert T.point_loss(pred, target, torch.zeros_like(w)).item() == 0.0
     # beta 0.1: |0.2| >= beta is in the linear zone, 0.2 - 0.05 = 0.15, mean over the 2 points that count
     assert T.point_loss(pred, target, w, beta=0.1).item() == pytest.approx(0.075)
+    # --attention-target map: pred is the attention's scores [B, 1, h, w]; the same masked mean of each click's KL
+    scores = torch.randn(3, 1, 2, 2)
+    kl = models.attention_map_loss(scores, target, sigma=0.2)  # [3, 1]
+    assert T.point_loss(scores, target, w, sigma=0.2).item() == pytest.approx((kl[0, 0] + kl[2, 0]).item() / 2)
+    klm = models.attention_map_loss(scores, mixed, sigma=0.2)  # [3, 2, 1]
+    assert T.point_loss(scores, mixed, wm, sigma=0.2).item() == pytest.approx((klm * wm).sum().item() / 2)
 
 
 def test_checkpoint_survives_sigkill_during_save(tmp_path):
