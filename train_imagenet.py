@@ -26,7 +26,8 @@ LUAB in 9 places (each marked "LUAB:" in the code); everything else is ordinary 
   8. train_imagenet.py: optimizer_groups and set_lr - the point head's parameters learn at lr x --point-lr
   9. train_coco.py: coco_loss and main - one point head output per class, averaged over each image's classes
 The appendix's other use of the clicks (--pooling attentive, ResNets; Table D) replaces 1-3 with one place:
-  models.py: ResNet.pool - a learned attention pools the last feature map; its centre of mass is the point
+  models.py: ResNet.pool - a learned attention pools the last feature map; the click supervises its centre of
+  mass, or the map itself (--attention-target map: attention_map_loss)
 lambda and the head's LR per recipe: RECIPES (point_weight, point_lr; COCO's in train_coco.RECIPES). The evidence
 that the head learns (train_point_vs_centre, point_grad_share, val_point_acc next to the centre's) is measured in
 train_one_epoch and evaluate_imagenet, and judged by head_condition; it changes no weight.
@@ -523,7 +524,6 @@ def fit(args, train_set, val_set, classes, num_points, loss_fn, evaluate_fn, opt
     if not args.eval_only:  # room for a checkpoint: the weights, SGD's 1 or Adam's 2 moments, the EMA
         run.prepare(args.resume, args.overwrite, sum(t.numel() * t.element_size() for t in model.state_dict().values()),
                     copies=1 + (2 if args.opt != "sgd" else 1) + (1 if ema else 0))
-
     start_epoch, log_lines, best, elapsed_before = 0, [], None, 0.0
     # weights_only=True (read_checkpoint): a checkpoint must not run code
     ckpt = run.resume(read_checkpoint, {"model": args.model, "points": args.points}, args.eval_only) \

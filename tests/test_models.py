@@ -470,3 +470,14 @@ def test_attention_target_round_trips_through_a_checkpoint(tmp_path):
                                                     "pooling": "attentive", "attention_target": "map"}}, tmp_path / "c.pt")
     model, _, _ = models.model_from_checkpoint(tmp_path / "c.pt")
     assert (model.pooling, model.attention_target) == ("attentive", "map")
+
+def test_the_attention_reads_normalised_cell_features_as_the_point_head():
+    """--point-head normed (default): a cell's score ignores its feature norm, so rescaling cells leaves the
+    attention as it was; --point-head plain scores the raw features."""
+    torch.manual_seed(0)
+    fmap, scale = torch.rand(2, 512, 3, 3), torch.rand(2, 1, 3, 3) * 5 + 0.1
+    for kind, same in (("normed", True), ("plain", False)):
+        model = models.create_model("resnet18", num_points=1, pooling="attentive", point_head=kind)
+        torch.nn.init.normal_(model.attention.weight)
+        a, b = model.attention_map(fmap), model.attention_map(fmap * scale)
+        assert torch.allclose(a, b, atol=1e-6) == same, kind
