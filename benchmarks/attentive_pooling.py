@@ -38,8 +38,10 @@ ROWS = {  # table row -> (run name, points, train_imagenet.py flags, lambda)
     "average pool + point head": ("avg-head", "clicks", ["--luab"], 20.0),
     "attentive, no clicks": ("att-plain", "none", ["--pooling", "attentive"], 0.0),
     "attentive, centre of mass": ("att-com", "clicks", ATTENTIVE + ["centre-of-mass"], 20.0),
+    "attentive, centre of mass, λ 100": ("att-com100", "clicks", ATTENTIVE + ["centre-of-mass"], 100.0),
     "attentive, map, λ 1": ("att-map1", "clicks", ATTENTIVE + ["map"], 1.0),
     "attentive, map, λ 5": ("att-map5", "clicks", ATTENTIVE + ["map"], 5.0),
+    "attentive, map, λ 20": ("att-map20", "clicks", ATTENTIVE + ["map"], 20.0),
 }
 BASELINE = "average pool + point head"
 

@@ -75,7 +75,7 @@ def get_args_parser():
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-2, help="AdamP, at batch 128 (train_coco.py's --lr-base-batch)")
-    p.add_argument("--variants", nargs="*", default=["1:10", "1:30", "0.5:10"], metavar="LAMBDA:POINT_LR",
+    p.add_argument("--variants", nargs="*", default=["5:10", "1:30", "0.5:10"], metavar="LAMBDA:POINT_LR",
                    help="step 2: LUAB also at these (--point-weight, --point-lr) settings (none: no variants)")
     p.add_argument("--variant-seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds of the variants")
     p.add_argument("--extra", default="", help="more train_coco.py flags for every run")
