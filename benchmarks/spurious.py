@@ -115,7 +115,7 @@ def point_scores(points, objects):
 
 
 def run_one(args, root, name, points, flags, lam, seed):
-    """Train one model, score it, write <out>/<name>.json (the checkpoint is deleted: ~90 MB per run)."""
+    """Train one model, score it, write <out>/<name>.json (the checkpoints are deleted: ~90 MB per run)."""
     out_dir = os.path.join(args.out, name)
     argv = ["--data-dir", os.path.join(root, "imagenet"),
             "--byproducts", os.path.join(root, "imagenet_ab", "train_xml"),
@@ -150,7 +150,9 @@ def run_one(args, root, name, points, flags, lam, seed):
         m["point_acc_centre"], m["point_dist_centre"] = point_scores(np.full_like(pts, 0.5), objects)
     result = {"run": name, "points": points, "point_weight": lam if points != "none" else 0.0, "seed": seed,
               "metrics": m}
-    os.remove(os.path.join(out_dir, "checkpoint.pt"))
+    for ckpt in ("checkpoint.pt", "best.pt"):
+        if os.path.exists(os.path.join(out_dir, ckpt)):
+            os.remove(os.path.join(out_dir, ckpt))
     with open(os.path.join(args.out, name + ".json"), "w") as f:
         json.dump(result, f, indent=1)
     return result

@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -119,3 +120,23 @@ def test_a_study_folder_holds_one_setting(tmp_path):
     args.epochs = 3
     with pytest.raises(SystemExit, match=r"holds runs made with other settings \(epochs: 12 there, 3 now\)"):
         S.check_settings(args)
+
+
+def test_the_attentive_pooling_study_runs_each_reading(tmp_path):
+    """benchmarks/attentive_pooling.py end to end on a tiny set (1 epoch, 2 seeds): every row trains what it names
+    (the run's config says its pooling and attention target) and the summary has each row, the tests against the
+    average pool + head and the matched-share comparison of the two readings."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import attentive_pooling as A
+    rows = ["average pool + point head", "attentive, centre of mass", "attentive, map, λ 1"]
+    argv = ["--seeds", "0", "1", "--epochs", "1", "--train", "8", "--test", "4", "--data", str(tmp_path / "data"),
+            "--out", str(tmp_path / "out"), "--rows", *rows]
+    summary = A.main(argv)
+    assert list(summary["table"]) == rows
+    assert "bg_gap attentive, map, λ 1 vs attentive, centre of mass" in summary["welch"]
+    for key, want in (("avg-head", ("avg", "centre-of-mass")), ("att-map1", ("attentive", "map"))):
+        with open(tmp_path / "out" / f"{key}-seed0" / "config.json") as f:
+            meta = json.load(f)["meta"]
+        assert (meta["pooling"], meta["attention_target"]) == want
+    with pytest.raises(SystemExit, match="--rows: unknown"):
+        A.main(argv[:-3] + ["attentive, peak"])
