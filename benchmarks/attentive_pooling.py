@@ -32,7 +32,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from spurious import RUN_SETTINGS, add_study_args, dataset, mean_std, reuse_or_run, run_one, start, table, welch  # noqa: E402,E501
+from spurious import RUN_SETTINGS, add_study_args, dataset, mean_std, print_tests, reuse_or_run, run_one, start, \
+    table, welch_tests  # noqa: E402
 
 ATTENTIVE = ["--luab", "--pooling", "attentive", "--attention-target"]
 ROWS = {  # table row -> (run name, points, train_imagenet.py flags, lambda)
@@ -71,18 +72,13 @@ def main(argv=None):
                                   lambda: run_one(args, root, f"{key}-seed{seed}", points, flags, lam, seed),
                                   lambda m: " ".join(f"{k} {v:.3g}" for k, v in m.items()))
                      for seed in args.seeds]
-    tests = {}
-    for a, b in [(row, BASELINE) for row in rows if row != BASELINE] + MATCHED:
-        if len(rows.get(a, [])) > 1 and len(rows.get(b, [])) > 1:
-            for metric in ("bg_gap", "val_top1"):
-                t, df, p = welch([r["metrics"][metric] for r in rows[a]], [r["metrics"][metric] for r in rows[b]])
-                tests[f"{metric} {a} vs {b}"] = {"t": t, "df": df, "p": p}
+    pairs = [(row, BASELINE) for row in rows if row != BASELINE] + MATCHED
+    tests = welch_tests(rows, [(f"{a} vs {b}", a, b) for a, b in pairs], ("bg_gap", "val_top1"))
     minutes = (time.perf_counter() - t0) / 60
     print(f"\nattentive pooling on spurious backgrounds: p={args.p}, {args.classes} classes x {args.train} train, "
           f"{args.size} px, {args.model}, {args.epochs} epochs {args.extra} ({minutes:.1f} min this call)")
     print(table(f"\nseeds {args.seeds}:", list(rows.items())))
-    for name, r in tests.items():
-        print(f"Welch t-test, {name}: t = {r['t']:.2f}, df = {r['df']:.1f}, p = {r['p']:.3g}")
+    print_tests(tests)
     summary = {"benchmark": "attentive_pooling", "settings": vars(args),
                "table": {row: {k: mean_std(rs, k) for k in rs[0]["metrics"]} for row, rs in rows.items() if rs},
                "welch": tests}

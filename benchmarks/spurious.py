@@ -202,6 +202,23 @@ def welch(a, b):
     return float(t), float(df), float(student_t_sf2(float(t), float(df)))
 
 
+def welch_tests(rows, pairs, metrics=("bg_gap",)):
+    """Welch's t-test of each metric for each (name, a, b) of `pairs` whose rows a and b both hold 2 or more runs:
+    {f"{metric} {name}": {"t", "df", "p"}}; print_tests prints them."""
+    tests = {}
+    for name, a, b in pairs:
+        if len(rows.get(a) or []) > 1 and len(rows.get(b) or []) > 1:
+            for metric in metrics:
+                t, df, p = welch([r["metrics"][metric] for r in rows[a]], [r["metrics"][metric] for r in rows[b]])
+                tests[f"{metric} {name}"] = {"t": t, "df": df, "p": p}
+    return tests
+
+
+def print_tests(tests):
+    for name, r in tests.items():
+        print(f"Welch t-test, {name}: t = {r['t']:.2f}, df = {r['df']:.1f}, p = {r['p']:.3g}")
+
+
 def mean_std(rows, key):
     v = np.array([r["metrics"][key] for r in rows if key in r["metrics"]], np.float64)
     if len(v) == 0:
@@ -291,19 +308,13 @@ def main(argv=None):
 
     rows = {m: select(METHODS[m][0], lam, args.seeds) for m in args.methods}
     curve = {w: select("clicks", w, args.curve_seeds) for w in args.lambdas}
-    tests = {}
-    luab = rows.get("LUAB (clicks)")
-    for other in ("plain", "random points"):
-        if luab and rows.get(other) and len(luab) > 1 and len(rows[other]) > 1:
-            t, df, p = welch([r["metrics"]["bg_gap"] for r in luab], [r["metrics"]["bg_gap"] for r in rows[other]])
-            tests[f"bg_gap LUAB vs {other}"] = {"t": t, "df": df, "p": p}
+    tests = welch_tests(rows, [(f"LUAB vs {other}", "LUAB (clicks)", other) for other in ("plain", "random points")])
     settings = dict(vars(args))
     means = lambda rs: {k: mean_std(rs, k) for k in rs[0]["metrics"]}  # noqa: E731
     print(f"\nspurious backgrounds: p={args.p}, {args.classes} classes x {args.train} train, {args.size} px, "
           f"{args.model}, {args.epochs} epochs, lambda={lam:g} {args.extra} ({minutes:.1f} min this call)")
     print(table(f"\nseeds {args.seeds}:", list(rows.items())))
-    for name, r in tests.items():
-        print(f"Welch t-test, {name}: t = {r['t']:.2f}, df = {r['df']:.1f}, p = {r['p']:.3g}")
+    print_tests(tests)
     if args.lambdas:
         print(table(f"\nLUAB lambda curve, seeds {args.curve_seeds}:",
                     [(f"λ = {w:g}", rs) for w, rs in curve.items()]))
