@@ -193,13 +193,12 @@ class ResNet(ImageClassifier):
 
         "avg": the global average pool; no point. "attentive" (the paper's point-guided pooling): features =
         sum over cells of attention x cell feature; point = the attention's centre of mass, cell (i, j) sitting
-        at ((j + 0.5) / w, (i + 0.5) / h) of the input, in the point head's normalised frame. How the click
-        supervises the attention (attention_target): "centre-of-mass" regresses that point to the click with
-        LUAB's point loss; "map" pulls the whole attention towards a Gaussian at the click (attention_map_loss),
-        so in training mode the second output is then the attention's scores [B, 1, h, w], what that loss reads
-        (in eval mode always the point). Either way the classifier sees features gathered where the annotator
-        clicked; at test time no click exists and the prediction alone pools. Images without a click (mask 0)
-        leave the attention to the classifier's loss."""
+        at ((j + 0.5) / w, (i + 0.5) / h) of the input, in the point head's normalised frame. The click
+        supervises it as attention_target says: "centre-of-mass" regresses that point to the click with LUAB's
+        point loss; "map" pulls the attention towards a Gaussian at the click (attention_map_loss), so then in
+        training mode the second output is the attention's scores [B, 1, h, w], what that loss reads. The
+        classifier sees features gathered where the annotator clicked; at test time the prediction alone pools.
+        Images without a click (mask 0) leave the attention to the classifier's loss."""
         if self.attention is None:
             return torch.flatten(self.avgpool(fmap), 1), None
         scores = self.attention_scores(fmap)                            # [B, 1, h, w]
@@ -383,6 +382,8 @@ def create_model(name, num_classes=1000, num_points=0, drop_path=0.0, img_size=2
     supervises it as attention_target (ATTENTION_TARGETS) says."""
     if name not in _CONFIGS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+    if attention_target != "centre-of-mass" and pooling != "attentive":  # else nothing would read it
+        raise ValueError(f"attention target {attention_target!r} supervises an attentive pool: add pooling='attentive'")
     if is_vit_name(name):
         if pooling != "avg":
             raise ValueError(f"pooling {pooling!r} is only implemented for the ResNets")

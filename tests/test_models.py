@@ -441,6 +441,9 @@ def test_the_map_reading_trains_on_scores_and_evaluates_with_the_point():
     torch.testing.assert_close(model.eval()(x, return_points=True)[1], torch.full((2, 1, 2), 0.5))
     with pytest.raises(ValueError, match="attention target 'peak'"):
         models.create_model("resnet18", pooling="attentive", attention_target="peak")
+    for name in ("resnet18", "vit_tiny"):  # the map target without an attentive pool would be silently unread
+        with pytest.raises(ValueError, match="'map' supervises an attentive pool: add pooling='attentive'"):
+            models.create_model(name, num_points=1, attention_target="map")
 
 def test_the_map_reading_puts_the_attention_on_a_planted_click():
     """10 SGD steps (lr 1, as above) of attention_map_loss (lambda 1) toward a click at (0.85, 0.15) on a 4 x 4
